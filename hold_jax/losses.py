@@ -1,0 +1,129 @@
+"""Score-matching objectives: BCSM and DSM with their weightings (DESIGN section 4).
+
+Only the last block receives noise, so only its score is learned. With u_t = mean + L_t eps and L_t lower
+triangular in block order, the last-block score of u_t given what is conditioned on is exactly
+-eps_last / l_t with l_t = L_t[n-1, n-1]; its conditional expectation given u_t is the marginal score.
+
+  BCSM: condition on x_0, integrate the auxiliaries out (S_0 = diag(0, sigma^2, ...)).
+  DSM:  condition on the full initial state (x_0 and sampled auxiliaries); L_t is the factor of Q alone.
+
+The loss is lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates, with
+lambda = l_t^2 ('eps', the default: the loss is then || eps_theta - eps_last ||^2 when s = -eps_theta / l_t),
+xi beta(t) ('likelihood', g^2 / 2) or 1 ('none'). The score function is any callable; the network
+parametrisations that produce one are in `score_from_output`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from hold_jax import exact_scores
+from hold_jax import sde as sde_lib
+
+# score_fn(params, u (batch, n, *data_shape), t (batch,)) -> last-block score (batch, *data_shape).
+ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+OBJECTIVES = ("bcsm", "dsm")
+WEIGHTINGS = ("eps", "likelihood", "none")
+PARAMETRIZATIONS = ("eps", "score", "mixed")
+
+
+def score_scale(sde: sde_lib.LangevinSDE, t: jax.Array) -> jax.Array:
+  """l_t = L_t[n-1, n-1] of the BCSM kernel (x_0 known), shape t.shape: the std of eps_last / score."""
+  _, factor = sde_lib.marginal_factor(sde, t)
+  return factor[..., -1, -1]
+
+
+def score_from_output(sde: sde_lib.LangevinSDE, parametrization: str, output: jax.Array, u: jax.Array,
+                      t: jax.Array) -> jax.Array:
+  """Turns a network output (batch, *data_shape) into the last-block score.
+
+  'score': the output is the score. 'eps': the output predicts eps_last, score = -output / l_t.
+  'mixed': the exact score of N(0, I) data plus the 'eps' correction (CLD's mixed score).
+  """
+  if parametrization == "score":
+    return output
+  scale = _per_example(score_scale(sde, t), output.ndim)
+  correction = -output / scale
+  if parametrization == "eps":
+    return correction
+  if parametrization == "mixed":
+    return exact_scores.gaussian_score(sde, u, t, 0.0, 1.0) + correction
+  raise ValueError(f"loss.parametrization = {parametrization!r} is not allowed: it must be one of "
+                   f"{PARAMETRIZATIONS}.")
+
+
+def perturb(sde: sde_lib.LangevinSDE, objective: str, x0: jax.Array, t: jax.Array, rng: jax.Array
+            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Draws u_t from the kernel of `objective`.
+
+  Args:
+    x0: (batch, *data_shape) data; t: (batch,) times.
+
+  Returns:
+    u_t (batch, n, *data_shape), eps_last (batch, *data_shape) and l_t (batch,), such that the
+    conditional last-block score is -eps_last / l_t.
+  """
+  eps_rng, aux_rng = jax.random.split(rng)
+  batch = x0.shape[0]
+  n = sde.order
+  noise = jax.random.normal(eps_rng, (batch, n) + x0.shape[1:], x0.dtype)
+  if objective == "bcsm":
+    phi, factor = sde_lib.marginal_factor(sde, t)
+    mean = phi[:, :, 0].reshape((batch, n) + (1,) * (x0.ndim - 1)) * x0[:, None]
+  elif objective == "dsm":
+    phi, factor = sde_lib.marginal_factor(sde, t, jnp.zeros((n,), x0.dtype))
+    aux_std = jnp.sqrt(jnp.asarray(sde.init_aux_var, x0.dtype)).reshape((n - 1,) + (1,) * (x0.ndim - 1))
+    aux = aux_std * jax.random.normal(aux_rng, (batch, n - 1) + x0.shape[1:], x0.dtype)
+    mean = sde_lib.apply_blocks(phi, jnp.concatenate([x0[:, None], aux], axis=1))
+  else:
+    raise ValueError(f"loss.objective = {objective!r} is not allowed: it must be one of {OBJECTIVES}.")
+  u = mean + sde_lib.apply_blocks(factor, noise)
+  return u, noise[:, -1], factor[:, -1, -1]
+
+
+def weighting_over_scale_squared(sde: sde_lib.LangevinSDE, weighting: str, t: jax.Array,
+                                 scale: jax.Array) -> jax.Array:
+  """lambda(t) / l_t^2, the factor in front of || l_t s + eps_last ||^2; shape t.shape."""
+  if weighting == "eps":
+    return jnp.ones_like(scale)
+  if weighting == "likelihood":
+    return sde.friction * sde_lib.beta(sde, t) / scale**2
+  if weighting == "none":
+    return 1.0 / scale**2
+  raise ValueError(f"loss.weighting = {weighting!r} is not allowed: it must be one of {WEIGHTINGS}.")
+
+
+def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x0: jax.Array,
+                     rng: jax.Array, objective: str = "bcsm", weighting: str = "eps") -> jax.Array:
+  """lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates; returns (batch,).
+
+  t ~ U[eps, T] per example.
+  """
+  t_rng, noise_rng = jax.random.split(rng)
+  t = jax.random.uniform(t_rng, x0.shape[:1], x0.dtype, sde.eps, sde.T)
+  u, eps_last, scale = perturb(sde, objective, x0, t, noise_rng)
+  score = score_fn(params, u, t)
+  residual = _per_example(scale, score.ndim) * score + eps_last  # l_t (s + eps_last / l_t)
+  squared = jnp.mean(residual.reshape(residual.shape[0], -1) ** 2, axis=-1)
+  return weighting_over_scale_squared(sde, weighting, t, scale) * squared
+
+
+def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Callable:
+  """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss, from `config.loss`."""
+  objective, weighting = loss_config.objective, loss_config.weighting
+  for field, value, allowed in (("objective", objective, OBJECTIVES), ("weighting", weighting, WEIGHTINGS),
+                                ("parametrization", loss_config.parametrization, PARAMETRIZATIONS)):
+    if value not in allowed:
+      raise ValueError(f"loss.{field} = {value!r} is not allowed: it must be one of {allowed}.")
+
+  def loss_fn(params, x0, rng):
+    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting))
+
+  return loss_fn
+
+
+def _per_example(values: jax.Array, ndim: int) -> jax.Array:
+  return jnp.reshape(values, values.shape + (1,) * (ndim - values.ndim))

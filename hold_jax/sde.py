@@ -1,0 +1,428 @@
+"""The order-n Langevin process and its closed-form perturbation kernel (DESIGN.md sections 2-3).
+
+Per data coordinate the state is ``u = (u_0, ..., u_{n-1}) = (x, v, a, ...)``. Every coordinate follows
+
+    du = beta(t) F u dt + sqrt(beta(t)) G dW,   F = -(D + K),   G G^T = diag(0, ..., 0, 2 xi),
+
+with ``K`` skew-symmetric tridiagonal (``F[k, k+1] = w_{k+1} = -F[k+1, k]``) and ``D = diag(0, ..., 0, xi)``.
+Order 1 with ``xi = 1/2`` is the VP SDE, order 2 with ``w_1 = 2, xi = 4`` is CLD (M = 1/4, Gamma = 1, velocity
+at unit scale), order 3 is HOLD.
+
+State layout: a batch of states is an array of shape ``(batch, n, *data_shape)``; the n x n kernel matrices act
+on axis 1 (``apply_blocks``). Every function here is pure: the process is the frozen, hashable record
+``LangevinSDE`` (pass it as a static argument or close over it), and times are arrays.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BETA_SCHEDULES = ("constant", "linear")
+
+# Taylor order and step bound of the scaling-and-doubling kernel (see `propagator_and_noise`): with
+# ||h F|| <= 1/2 the truncated series is below float64 round-off even for the smallest (x, x) entries.
+_TAYLOR_ORDER = 18
+_TAYLOR_STEP_NORM = 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parameters.
+
+
+def critical_parameters(order: int, first_coupling: float = 1.0) -> tuple[tuple[float, ...], float, float]:
+  """Couplings and friction that make every eigenvalue of F equal (critical damping), for any order.
+
+  F is a Schwarz matrix (tridiagonal, zero diagonal but the last entry), so its couplings are read off the
+  Routh array of its characteristic polynomial: with leading principal minors f_k = det(lam I - F[:k, :k]),
+  f_k = lam f_{k-1} + w_{k-1}^2 f_{k-2} for k < n, and f_n = (lam + xi) f_{n-1} + w_{n-1}^2 f_{n-2}. Since f_k
+  has the parity of k for k < n, the part of f_n = (lam + r)^n with the parity of n - 1 is xi f_{n-1}; the
+  rest peels off one coupling per step. We solve at r = 1 and rescale so that w_1 = first_coupling.
+
+  Args:
+    order: n >= 1.
+    first_coupling: w_1 > 0, the scale of the process (ignored for n = 1).
+
+  Returns:
+    (couplings w_1..w_{n-1}, friction xi, rate r): the characteristic polynomial of F is (lam + r)^n.
+    Order 1 has no coupling to fix the scale; it returns the VP SDE, xi = r = 1/2.
+  """
+  if order == 1:
+    return (), 0.5, 0.5
+  n = order
+  target = np.array([math.comb(n, k) for k in range(n + 1)], dtype=np.float64)  # (lam + 1)^n, low first
+
+  def parity_part(poly, parity):
+    return np.array([c if k % 2 == parity % 2 else 0.0 for k, c in enumerate(poly)])
+
+  def times_lam(poly):
+    return np.concatenate([[0.0], poly])
+
+  friction = target[n - 1]
+  f_hi = parity_part(target, n - 1)[:n] / friction  # f_{n-1}, monic of degree n - 1
+  remainder = (parity_part(target, n) - times_lam(f_hi))[: n - 1]
+  squared = [0.0] * (n - 1)
+  squared[n - 2] = remainder[n - 2]
+  f_lo = remainder / remainder[n - 2]  # f_{n-2}
+  for k in range(n - 1, 1, -1):  # w_{k-1}^2 f_{k-2} = f_k - lam f_{k-1}
+    remainder = (f_hi - times_lam(f_lo))[: k - 1]
+    squared[k - 2] = remainder[k - 2]
+    f_hi, f_lo = f_lo, remainder / remainder[k - 2]
+  couplings = np.sqrt(np.array(squared))
+  scale = first_coupling / couplings[0]
+  return tuple(float(w) for w in couplings * scale), float(friction * scale), float(scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class LangevinSDE:
+  """Parameters of the order-n Langevin process; hashable, so it can be a static jit argument.
+
+  Attributes:
+    couplings: (w_1, ..., w_{n-1}), all > 0; the order is n = len(couplings) + 1.
+    friction: xi > 0, friction and noise strength of the last block.
+    beta_schedule: 'constant' (beta = beta_0) or 'linear' (beta_0 at t = 0 to beta_1 at t = T).
+    beta_0, beta_1: > 0.
+    T: end time of the forward process.
+    eps: smallest time used for training and the end of sampling, 0 < eps < T.
+    init_aux_var: initial variances of the auxiliary blocks u_1..u_{n-1}, each >= 0.
+  """
+
+  couplings: tuple[float, ...]
+  friction: float
+  beta_schedule: str = "constant"
+  beta_0: float = 6.5
+  beta_1: float = 6.5
+  T: float = 1.0
+  eps: float = 1e-3
+  init_aux_var: tuple[float, ...] = ()
+
+  def __post_init__(self):
+    for k, w in enumerate(self.couplings):
+      _require(w > 0 and math.isfinite(w), f"sde.couplings[{k}]", w, "a finite number > 0")
+    _require(self.friction > 0 and math.isfinite(self.friction), "sde.friction", self.friction,
+             "a finite number > 0")
+    _require(self.beta_schedule in BETA_SCHEDULES, "sde.beta_schedule", self.beta_schedule,
+             f"one of {BETA_SCHEDULES}")
+    _require(self.beta_0 > 0, "sde.beta_0", self.beta_0, "a number > 0")
+    _require(self.beta_1 > 0, "sde.beta_1", self.beta_1, "a number > 0")
+    _require(self.T > 0, "sde.T", self.T, "a number > 0")
+    _require(0 < self.eps < self.T, "sde.eps", self.eps, f"a number in (0, sde.T = {self.T})")
+    _require(len(self.init_aux_var) == self.order - 1, "sde.init_aux_var", self.init_aux_var,
+             f"one variance per auxiliary block ({self.order - 1} for order {self.order}) or a single float")
+    for k, var in enumerate(self.init_aux_var):
+      _require(var >= 0, f"sde.init_aux_var[{k}]", var, "a number >= 0")
+
+  @property
+  def order(self) -> int:
+    return len(self.couplings) + 1
+
+  @functools.cached_property
+  def decay_rate(self) -> float:
+    """Slowest decay rate of the mean, -max Re(eig F) (the critical rate r when damped critically)."""
+    return float(-np.max(np.linalg.eigvals(drift_matrix(self, np.float64)).real))
+
+  @property
+  def integrated_beta_at_T(self) -> float:
+    """B(T), on the host."""
+    if self.beta_schedule == "constant":
+      return self.beta_0 * self.T
+    return 0.5 * (self.beta_0 + self.beta_1) * self.T
+
+  @functools.cached_property
+  def num_doublings(self) -> int:
+    """Doublings that bring the largest scaled generator of `propagator_and_noise` to the Taylor bound."""
+    norm = np.abs(drift_matrix(self, np.float64)).sum(axis=0).max()
+    b_max = max(self.integrated_beta_at_T, 1.0)
+    return max(0, int(math.ceil(math.log2(b_max * norm / _TAYLOR_STEP_NORM))))
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ValueError(f"{field} = {value!r} is not allowed: it must be {allowed}.")
+
+
+def from_config(config) -> LangevinSDE:
+  """Builds the process from `config.sde` (see configs/default.py).
+
+  `order` selects n. Empty `couplings` and unset `friction` give critical damping with w_1 =
+  `coupling_scale`; any positive values are accepted instead.
+  """
+  order = config.order
+  _require(isinstance(order, int) and order >= 1, "sde.order", order, "an integer >= 1")
+  _require(config.coupling_scale > 0, "sde.coupling_scale", config.coupling_scale, "a number > 0")
+  critical_couplings, critical_friction, _ = critical_parameters(order, float(config.coupling_scale))
+  couplings = config.get("couplings") or critical_couplings
+  _require(len(couplings) == order - 1, "sde.couplings", couplings,
+           f"{order - 1} numbers for order {order} (or empty for critical damping)")
+  friction = config.get("friction")
+  friction = critical_friction if friction is None else friction
+  aux_var = config.init_aux_var
+  if isinstance(aux_var, (int, float)):
+    aux_var = (float(aux_var),) * (order - 1)
+  return LangevinSDE(
+      couplings=tuple(float(w) for w in couplings),
+      friction=float(friction),
+      beta_schedule=config.beta_schedule,
+      beta_0=float(config.beta_0),
+      beta_1=float(config.beta_1),
+      T=float(config.T),
+      eps=float(config.eps),
+      init_aux_var=tuple(float(v) for v in aux_var),
+  )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The process matrices and the time change.
+
+
+def drift_matrix(sde: LangevinSDE, dtype=None) -> jax.Array:
+  """F = -(D + K), shape (n, n) (DESIGN section 2)."""
+  n = sde.order
+  matrix = np.zeros((n, n))
+  for k, w in enumerate(sde.couplings):
+    matrix[k, k + 1] = w
+    matrix[k + 1, k] = -w
+  matrix[-1, -1] = -sde.friction
+  if dtype is np.float64:
+    return matrix
+  return jnp.asarray(matrix, dtype=dtype or jnp.result_type(float))
+
+
+def reverse_linear_matrix(sde: LangevinSDE, dtype=None) -> jax.Array:
+  """F_A = S F S with S = diag(1, -1, 1, ...): the linear part of the reverse SDE (DESIGN section 5)."""
+  signs = np.array([(-1.0) ** k for k in range(sde.order)])
+  matrix = drift_matrix(sde, np.float64) * np.outer(signs, signs)
+  return jnp.asarray(matrix, dtype=dtype or jnp.result_type(float))
+
+
+def noise_variance(sde: LangevinSDE) -> float:
+  """2 xi: the only non-zero entry of G G^T, on the last block."""
+  return 2.0 * sde.friction
+
+
+def initial_cov(sde: LangevinSDE, data_var: float = 0.0, dtype=None) -> jax.Array:
+  """S_0 = diag(data_var, sigma_1^2, ..., sigma_{n-1}^2), shape (n, n). data_var = 0 conditions on x_0."""
+  return jnp.diag(initial_var(sde, data_var, dtype))
+
+
+def initial_var(sde: LangevinSDE, data_var: float = 0.0, dtype=None) -> jax.Array:
+  """Diagonal of `initial_cov`, shape (n,)."""
+  return jnp.asarray((data_var,) + sde.init_aux_var, dtype=dtype or jnp.result_type(float))
+
+
+def beta(sde: LangevinSDE, t: jax.Array) -> jax.Array:
+  """beta(t), same shape as t."""
+  t = jnp.asarray(t, dtype=jnp.result_type(t, float))
+  if sde.beta_schedule == "constant":
+    return jnp.full_like(t, sde.beta_0)
+  return sde.beta_0 + (sde.beta_1 - sde.beta_0) * t / sde.T
+
+
+def integrated_beta(sde: LangevinSDE, t: jax.Array) -> jax.Array:
+  """B(t) = integral_0^t beta, same shape as t."""
+  t = jnp.asarray(t, dtype=jnp.result_type(t, float))
+  if sde.beta_schedule == "constant":
+    return sde.beta_0 * t
+  return sde.beta_0 * t + 0.5 * (sde.beta_1 - sde.beta_0) * t**2 / sde.T
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The kernel (DESIGN section 3).
+
+
+def propagator_and_noise(drift: jax.Array, noise_var: float, dB: jax.Array, num_doublings: int,
+                         decay_rate: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """expm(dB F) and Q(dB) = int_0^dB expm(rF) g g^T expm(rF^T) dr, with g g^T = noise_var e_last e_last^T.
+
+  Accurate to round-off in float64 and to ~1e-5 in float32 for every dB >= 0 (see tests/test_sde.py):
+    * Grading. For dB < 1 the blocks live on scales dB^{n-1-k}: we work with the similarity-scaled
+      generator Ft = P (dB F) P^{-1}, P = diag(rho^{-(n-1-k)}), rho = min(dB, 1), whose entries stay O(1),
+      and with Qt = P Q P; Q_xx ~ dB^{2n-1} is never formed from cancelling O(1) terms.
+    * Scaling and doubling. With h = 2^-s, expm(h Ft) and Qt(h) come from their Taylor series
+      (Q's terms obey C_{k+1} = Ft C_k + C_k Ft^T), then s doublings Q(2h) = Q(h) + E Q(h) E^T, E <- E E.
+      Each doubling adds two positive semi-definite terms, so unlike I - Phi Phi^T (cancels at small dB)
+      or Van Loan's block exponential (grows like e^{r dB}) nothing cancels at either end.
+    * The shift by decay_rate (-max Re eig F) is carried as a scalar factor so that the matrix being
+      squared has no decaying part: for critical damping it is nilpotent and Phi keeps its relative
+      accuracy even where it is e^{-r dB} small.
+
+  Args:
+    drift: (n, n) matrix F (or F_A for the reverse linear step).
+    noise_var: g^2 = 2 xi.
+    dB: (...) integrated beta over the step, >= 0.
+    num_doublings: s (static), large enough that max(dB, 1) ||F||_1 2^-s <= 1/2.
+    decay_rate: shift c in expm(dB F) = e^{-c dB} expm(dB (F + c I)); must make F + c I not decay faster.
+
+  Returns:
+    phi: (..., n, n) expm(dB F).
+    noise_cov: (..., n, n) Q(dB).
+    noise_factor: (..., n, n) lower Cholesky factor of Q(dB), computed on the scaled Qt (zero at dB = 0).
+  """
+  n = drift.shape[-1]
+  dtype = drift.dtype
+  dB = jnp.asarray(dB, dtype=dtype)
+  positive = dB > 0
+  dB_safe = jnp.where(positive, dB, 1.0)  # avoids 0 * inf and NaN gradients at dB = 0
+  rho = jnp.minimum(dB_safe, 1.0)[..., None, None]
+  index = jnp.arange(n)
+  offset = (index[None, :] - index[:, None]).astype(dtype)  # j - i
+  grade = (2 * (n - 1) - index[None, :] - index[:, None]).astype(dtype)
+  shifted = drift + decay_rate * jnp.eye(n, dtype=dtype)
+  generator = dB_safe[..., None, None] * shifted * rho ** (-offset)  # P (dB (F + cI)) P^{-1}
+  lyapunov = dB_safe[..., None, None] * drift * rho ** (-offset)  # P (dB F) P^{-1}
+  source = dB_safe[..., None, None] * jnp.zeros((n, n), dtype).at[-1, -1].set(noise_var)
+
+  h = 2.0 ** (-num_doublings)
+  eye = jnp.broadcast_to(jnp.eye(n, dtype=dtype), generator.shape)
+  expm_h, term = eye, eye
+  for k in range(1, _TAYLOR_ORDER + 1):
+    term = (h / k) * (generator @ term)
+    expm_h = expm_h + term
+  term = h * source
+  cov_h = term
+  for k in range(1, _TAYLOR_ORDER + 1):
+    term = (h / (k + 1)) * (lyapunov @ term + term @ _t(lyapunov))
+    cov_h = cov_h + term
+
+  step = h * dB_safe[..., None, None]  # unscaled length of the current doubling step
+  for _ in range(num_doublings):
+    decay = jnp.exp(-2.0 * decay_rate * step)
+    cov_h = cov_h + decay * (expm_h @ cov_h @ _t(expm_h))
+    expm_h = expm_h @ expm_h
+    step = 2.0 * step
+
+  phi = jnp.exp(-decay_rate * dB_safe)[..., None, None] * rho**offset * expm_h
+  noise_cov = rho**grade * cov_h
+  half_grade = (n - 1 - index).astype(dtype)
+  noise_factor = rho ** half_grade[:, None] * jnp.linalg.cholesky(_symmetrize(cov_h))
+  phi = jnp.where(positive[..., None, None], phi, jnp.eye(n, dtype=dtype))
+  noise_cov = jnp.where(positive[..., None, None], noise_cov, 0.0)
+  noise_factor = jnp.where(positive[..., None, None], noise_factor, 0.0)
+  return phi, noise_cov, noise_factor
+
+
+def _t(matrix: jax.Array) -> jax.Array:
+  return jnp.swapaxes(matrix, -1, -2)
+
+
+def _symmetrize(matrix: jax.Array) -> jax.Array:
+  return 0.5 * (matrix + _t(matrix))
+
+
+def _kernel(sde: LangevinSDE, t: jax.Array, dtype=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  t = jnp.asarray(t, dtype=dtype or jnp.result_type(t, float))
+  return propagator_and_noise(drift_matrix(sde, t.dtype), noise_variance(sde), integrated_beta(sde, t),
+                              sde.num_doublings, sde.decay_rate)
+
+
+def marginal(sde: LangevinSDE, t: jax.Array, init_cov: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Perturbation kernel of u_t given u_0 ~ N(m, init_cov): mean Phi m, covariance Sigma (DESIGN section 3).
+
+  Args:
+    t: (...) times in [0, T].
+    init_cov: (n, n) covariance of u_0 (`initial_cov(sde)` conditions on x_0 and integrates the auxiliaries out).
+
+  Returns:
+    phi: (..., n, n) expm(B(t) F).
+    sigma: (..., n, n) Phi init_cov Phi^T + Q(B(t)).
+  """
+  check_times(sde, t)
+  init_cov = jnp.asarray(init_cov)
+  if init_cov.shape != (sde.order, sde.order):
+    raise ValueError(f"init_cov has shape {init_cov.shape}; it must be (sde.order, sde.order) = "
+                     f"({sde.order}, {sde.order}).")
+  phi, noise_cov, _ = _kernel(sde, t)
+  init_cov = init_cov.astype(phi.dtype)
+  return phi, phi @ init_cov @ _t(phi) + noise_cov
+
+
+def marginal_factor(sde: LangevinSDE, t: jax.Array, init_var: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Phi and the lower Cholesky factor L of Sigma, in square-root form (DESIGN section 4, "Numerics").
+
+  u_t - Phi u_0 = Phi S_0^{1/2} z_0 + L_Q z is a linear map of independent sources. Sigma_t is too
+  ill-conditioned at small t for a Cholesky (condition 1e14 at t = 1e-4 for order 3), so L comes from a
+  QR of the stacked factors [Phi S_0^{1/2}, L_Q]^T, with L_Q from the scaled kernel: the condition number
+  is never squared.
+
+  Args:
+    t: (...) times in [0, T].
+    init_var: (n,) diagonal of S_0; default `initial_var(sde)` (x_0 known, auxiliaries integrated out).
+
+  Returns:
+    phi: (..., n, n); factor: (..., n, n) lower triangular with a non-negative diagonal, L L^T = Sigma.
+    The score scale of BCSM is l_t = factor[..., -1, -1].
+  """
+  check_times(sde, t)
+  phi, _, noise_factor = _kernel(sde, t)
+  if init_var is None:
+    init_var = initial_var(sde, dtype=phi.dtype)
+  init_var = jnp.asarray(init_var, phi.dtype)
+  if init_var.shape != (sde.order,):
+    raise ValueError(f"init_var has shape {init_var.shape}; it must be (sde.order,) = ({sde.order},).")
+  stacked = jnp.concatenate([phi * jnp.sqrt(init_var), noise_factor], axis=-1)  # (..., n, 2n)
+  upper = jnp.linalg.qr(_t(stacked), mode="r")  # (..., n, n)
+  factor = _t(upper)
+  signs = jnp.where(jnp.diagonal(factor, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(phi.dtype)
+  return phi, factor * signs[..., None, :]
+
+
+def check_times(sde: LangevinSDE, t: Any) -> None:
+  """Raises ValueError when concrete times lie outside [0, T]; traced times are not checked."""
+  if isinstance(t, jax.core.Tracer):
+    return
+  values = np.asarray(t)
+  if values.size and (not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > sde.T):
+    raise ValueError(f"t must lie in [0, sde.T = {sde.T}]; got values in [{values.min()}, {values.max()}].")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# States, the prior and the reverse-time drifts.
+
+
+def apply_blocks(matrix: jax.Array, u: jax.Array) -> jax.Array:
+  """matrix @ u over the block axis: matrix (n, n) or (batch, n, n), u (batch, n, *data_shape)."""
+  flat = u.reshape(u.shape[:2] + (-1,))
+  return jnp.einsum("...ij,...jd->...id", matrix, flat).reshape(u.shape)
+
+
+def prior_sample(sde: LangevinSDE, rng: jax.Array, shape: Sequence[int], dtype=None) -> jax.Array:
+  """u_T ~ N(0, I): the stationary law of every order. shape = (batch, *data_shape); returns (batch, n, ...)."""
+  batch, *data_shape = shape
+  return jax.random.normal(rng, (batch, sde.order, *data_shape), dtype=dtype or jnp.result_type(float))
+
+
+def prior_logp(u: jax.Array) -> jax.Array:
+  """log N(u; 0, I) per example: u (batch, n, *data_shape) -> (batch,)."""
+  flat = u.reshape(u.shape[0], -1)
+  return -0.5 * jnp.sum(flat**2, axis=-1) - 0.5 * flat.shape[-1] * jnp.log(2 * jnp.pi)
+
+
+def reverse_drift(sde: LangevinSDE, u: jax.Array, t: jax.Array, score_last: jax.Array) -> jax.Array:
+  """du/ds of the reverse SDE in s = T - t: beta [-F u + 2 xi s_last e_last] (DESIGN section 5).
+
+  u: (batch, n, *data_shape); t: (batch,); score_last: (batch, *data_shape) = grad_{u_{n-1}} log p_t(u).
+  """
+  return _reverse_drift(sde, u, t, score_last, 2.0)
+
+
+def probability_flow_drift(sde: LangevinSDE, u: jax.Array, t: jax.Array, score_last: jax.Array
+                           ) -> jax.Array:
+  """du/ds of the probability-flow ODE in s = T - t: beta [-F u + xi s_last e_last]."""
+  return _reverse_drift(sde, u, t, score_last, 1.0)
+
+
+def _reverse_drift(sde, u, t, score_last, score_weight):
+  linear = -apply_blocks(drift_matrix(sde, u.dtype), u)
+  drift = linear.at[:, -1].add(score_weight * sde.friction * score_last)
+  return _per_example(beta(sde, t), u.ndim) * drift
+
+
+def _per_example(values: jax.Array, ndim: int) -> jax.Array:
+  """Reshapes (batch,) values to broadcast against (batch, ...) arrays of rank ndim."""
+  return jnp.reshape(values, values.shape + (1,) * (ndim - values.ndim))
