@@ -135,10 +135,14 @@ class LangevinSDE:
 
   @functools.cached_property
   def num_doublings(self) -> int:
-    """Doublings that bring the largest scaled generator of `propagator_and_noise` to the Taylor bound."""
-    norm = np.abs(drift_matrix(self, np.float64)).sum(axis=0).max()
-    b_max = max(self.integrated_beta_at_T, 1.0)
-    return max(0, int(math.ceil(math.log2(b_max * norm / _TAYLOR_STEP_NORM))))
+    """Doublings `propagator_and_noise` needs for every step up to B(T)."""
+    return required_doublings(drift_matrix(self, np.float64), self.integrated_beta_at_T)
+
+
+def required_doublings(drift: np.ndarray, max_integrated_beta: float) -> int:
+  """Smallest s with max(dB, 1) ||F||_1 2^-s <= 1/2 for all dB <= max_integrated_beta (host, static)."""
+  norm = np.abs(np.asarray(drift)).sum(axis=0).max()
+  return max(0, int(math.ceil(math.log2(max(max_integrated_beta, 1.0) * norm / _TAYLOR_STEP_NORM))))
 
 
 def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
@@ -255,7 +259,7 @@ def propagator_and_noise(drift: jax.Array, noise_var: float, dB: jax.Array, num_
     drift: (n, n) matrix F (or F_A for the reverse linear step).
     noise_var: g^2 = 2 xi.
     dB: (...) integrated beta over the step, >= 0.
-    num_doublings: s (static), large enough that max(dB, 1) ||F||_1 2^-s <= 1/2.
+    num_doublings: s (static), at least `required_doublings(F, max dB)`; larger only costs time.
     decay_rate: shift c in expm(dB F) = e^{-c dB} expm(dB (F + c I)); must make F + c I not decay faster.
 
   Returns:
