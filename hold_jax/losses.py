@@ -45,7 +45,7 @@ def score_from_output(sde: sde_lib.LangevinSDE, parametrization: str, output: ja
   """
   if parametrization == "score":
     return output
-  scale = _per_example(score_scale(sde, t), output.ndim)
+  scale = sde_lib.per_example(score_scale(sde, t), output.ndim)
   correction = -output / scale
   if parametrization == "eps":
     return correction
@@ -106,7 +106,7 @@ def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x
   t = jax.random.uniform(t_rng, x0.shape[:1], x0.dtype, sde.eps, sde.T)
   u, eps_last, scale = perturb(sde, objective, x0, t, noise_rng)
   score = score_fn(params, u, t)
-  residual = _per_example(scale, score.ndim) * score + eps_last  # l_t (s + eps_last / l_t)
+  residual = sde_lib.per_example(scale, score.ndim) * score + eps_last  # l_t (s + eps_last / l_t)
   squared = jnp.mean(residual.reshape(residual.shape[0], -1) ** 2, axis=-1)
   return weighting_over_scale_squared(sde, weighting, t, scale) * squared
 
@@ -124,6 +124,3 @@ def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Ca
 
   return loss_fn
 
-
-def _per_example(values: jax.Array, ndim: int) -> jax.Array:
-  return jnp.reshape(values, values.shape + (1,) * (ndim - values.ndim))

@@ -76,7 +76,6 @@ def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.A
   t_now, t_next = times[:-1], times[1:]
   dB = sde_lib.integrated_beta(sde, t_now) - sde_lib.integrated_beta(sde, t_next)
   steps = jnp.arange(num_steps)
-  drift = sde_lib.drift_matrix(sde, dtype)
   two_xi = 2.0 * sde.friction
 
   def batch_times(t):
@@ -99,16 +98,14 @@ def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.A
     def step(u, inputs):
       t, db, k = inputs
       noise = _per_sample_normal(keys, k, state_shape[1:], dtype)
-      score = score_fn(params, u, batch_times(t))
-      u = u + db * (-sde_lib.apply_blocks(drift, u)).at[:, -1].add(two_xi * score)
+      u = u + db * sde_lib.reverse_drift_per_beta(sde, u, score_fn(params, u, batch_times(t)))
       return u.at[:, -1].add(jnp.sqrt(two_xi * db) * noise), None
 
     u, _ = jax.lax.scan(step, u, (t_now, dB, steps))
 
   if denoise:
     last_db = sde_lib.integrated_beta(sde, jnp.asarray(sde.eps, dtype))
-    score = score_fn(params, u, batch_times(sde.eps))
-    u = u + last_db * (-sde_lib.apply_blocks(drift, u)).at[:, -1].add(two_xi * score)
+    u = u + last_db * sde_lib.reverse_drift_per_beta(sde, u, score_fn(params, u, batch_times(sde.eps)))
   return u[:, 0]
 
 

@@ -421,12 +421,20 @@ def probability_flow_drift(sde: LangevinSDE, u: jax.Array, t: jax.Array, score_l
   return _reverse_drift(sde, u, t, score_last, 1.0)
 
 
-def _reverse_drift(sde, u, t, score_last, score_weight):
+def reverse_drift_per_beta(sde: LangevinSDE, u: jax.Array, score_last: jax.Array,
+                           score_weight: float = 2.0) -> jax.Array:
+  """-F u + score_weight xi s_last e_last: the reverse drift per unit of integrated beta (dB = beta ds).
+
+  score_weight is 2 for the reverse SDE and 1 for the probability-flow ODE.
+  """
   linear = -apply_blocks(drift_matrix(sde, u.dtype), u)
-  drift = linear.at[:, -1].add(score_weight * sde.friction * score_last)
-  return _per_example(beta(sde, t), u.ndim) * drift
+  return linear.at[:, -1].add(score_weight * sde.friction * score_last)
 
 
-def _per_example(values: jax.Array, ndim: int) -> jax.Array:
+def _reverse_drift(sde, u, t, score_last, score_weight):
+  return per_example(beta(sde, t), u.ndim) * reverse_drift_per_beta(sde, u, score_last, score_weight)
+
+
+def per_example(values: jax.Array, ndim: int) -> jax.Array:
   """Reshapes (batch,) values to broadcast against (batch, ...) arrays of rank ndim."""
   return jnp.reshape(values, values.shape + (1,) * (ndim - values.ndim))
