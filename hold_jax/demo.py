@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hold_jax import exact_scores
+from hold_jax import plots
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 
@@ -50,22 +51,6 @@ def mode_statistics(samples: np.ndarray, means: np.ndarray, component_std: float
   }
 
 
-def save_plot(path: str, samples: np.ndarray, means: np.ndarray, title: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  finite = samples[np.isfinite(samples).all(axis=1)]
-  figure, axis = plt.subplots(figsize=(5, 5))
-  axis.scatter(finite[:, 0], finite[:, 1], s=2, alpha=0.4, label="samples")
-  axis.scatter(means[:, 0], means[:, 1], s=40, marker="x", color="black", label="component means")
-  limit = 1.6 * np.abs(means).max()
-  axis.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title)
-  axis.legend(loc="upper right", fontsize=8)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
-
-
 def run(config, workdir: str) -> dict[str, float]:
   """Samples the mixture, writes samples.npz, samples.png and metrics.json to workdir."""
   os.makedirs(workdir, exist_ok=True)
@@ -74,7 +59,8 @@ def run(config, workdir: str) -> dict[str, float]:
   np.savez(os.path.join(workdir, "samples.npz"), samples=samples, means=means)
   title = (f"order {config.sde.order}, {config.sampling.method}, {config.sampling.num_steps} steps: "
            f"{100 * metrics['on_mode_fraction']:.1f}% on a mode")
-  save_plot(os.path.join(workdir, "samples.png"), samples, means, title)
+  plots.scatter(os.path.join(workdir, "samples.png"), samples, title, markers=means,
+                limit=1.6 * np.abs(means).max())
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)
   return metrics

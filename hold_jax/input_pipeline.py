@@ -1,0 +1,134 @@
+"""Low-dimensional data: generated 2-D sets and a user's own point cloud (DESIGN section 7).
+
+Every batch is a pure function of (seed, step, process index), so a resumed run sees exactly the batches
+an uninterrupted one would have, and each process draws only its own share of the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+SWISS_ROLL_CENTRES = np.array([(0.0, 0.0), (0.8, 0.8), (0.8, -0.8), (-0.8, -0.8), (-0.8, 0.8)])
+SWISS_ROLL_ANGLES = (1.5 * np.pi, 4.5 * np.pi)
+SWISS_ROLL_SCALE, SWISS_ROLL_NOISE = 0.01, 0.002
+
+
+def multimodal_swiss_roll(rng: np.random.Generator, num: int) -> np.ndarray:
+  """Five equally likely centres, each with a spiral arm centre + 0.01 (t cos t, t sin t) + N(0, 0.002^2)."""
+  centres = SWISS_ROLL_CENTRES[rng.integers(0, len(SWISS_ROLL_CENTRES), num)]
+  angle = rng.uniform(*SWISS_ROLL_ANGLES, num)
+  arm = SWISS_ROLL_SCALE * np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=-1)
+  return centres + arm + SWISS_ROLL_NOISE * rng.standard_normal((num, 2))
+
+
+def gaussian_mixture(rng: np.random.Generator, num: int) -> np.ndarray:
+  """Eight equally likely N(mu_k, 0.05^2 I) with mu_k evenly spaced on the unit circle."""
+  angles = 2 * np.pi * rng.integers(0, 8, num) / 8
+  return np.stack([np.cos(angles), np.sin(angles)], axis=-1) + 0.05 * rng.standard_normal((num, 2))
+
+
+def checkerboard(rng: np.random.Generator, num: int) -> np.ndarray:
+  """Uniform on the 8 black squares of a 4 x 4 board covering [-1, 1]^2."""
+  cells = rng.integers(0, 8, num)
+  row = cells // 2
+  column = 2 * (cells % 2) + (row % 2)
+  corner = np.stack([column, row], axis=-1) * 0.5 - 1.0
+  return corner + 0.5 * rng.uniform(size=(num, 2))
+
+
+GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "multimodal_swiss_roll": multimodal_swiss_roll,
+    "gaussian_mixture": gaussian_mixture,
+    "checkerboard": checkerboard,
+}
+
+
+def spiral_distance(points: np.ndarray, num_curve_points: int = 20000, chunk: int = 2048) -> np.ndarray:
+  """Distance of each 2-D point (N, 2) to the nearest noiseless spiral arm of the multimodal swiss roll."""
+  angle = np.linspace(*SWISS_ROLL_ANGLES, num_curve_points)
+  arm = SWISS_ROLL_SCALE * np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=-1)
+  curves = (SWISS_ROLL_CENTRES[:, None, :] + arm[None]).reshape(-1, 2)
+  distances = []
+  for start in range(0, len(points), chunk):
+    block = points[start:start + chunk]
+    squared = (np.sum(block**2, 1)[:, None] - 2 * block @ curves.T + np.sum(curves**2, 1)[None])
+    distances.append(np.sqrt(np.maximum(squared.min(axis=1), 0.0)))
+  return np.concatenate(distances)
+
+
+def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_directions: int = 256, seed: int = 0) -> float:
+  """Sliced Wasserstein-1 distance between equal-size point clouds (N, D), over random unit directions."""
+  if a.shape != b.shape:
+    raise ValueError(f"sliced_wasserstein needs equal shapes, got {a.shape} and {b.shape}.")
+  directions = np.random.default_rng(seed).standard_normal((a.shape[1], num_directions))
+  directions /= np.linalg.norm(directions, axis=0, keepdims=True)
+  projected_a, projected_b = np.sort(a @ directions, axis=0), np.sort(b @ directions, axis=0)
+  return float(np.mean(np.abs(projected_a - projected_b)))
+
+
+def load_point_cloud(path: str) -> np.ndarray:
+  """An (N, D) float array from a .npy file, checked: config.data.dataset = 'npy:PATH'."""
+  if not os.path.isfile(path):
+    raise ValueError(f"data.dataset = 'npy:{path}': no such file. Point it at an (N, D) array saved with "
+                     "numpy.save.")
+  points = np.load(path, allow_pickle=False)
+  if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 1:
+    raise ValueError(f"data.dataset = 'npy:{path}' holds an array of shape {points.shape}; it must be (N, D) "
+                     "with N >= 2 points of D >= 1 coordinates.")
+  if not np.issubdtype(points.dtype, np.number):
+    raise ValueError(f"data.dataset = 'npy:{path}' holds dtype {points.dtype}; it must be numeric.")
+  points = points.astype(np.float32)
+  bad = ~np.isfinite(points).all(axis=1)
+  if bad.any():
+    raise ValueError(f"data.dataset = 'npy:{path}': {bad.sum()} rows hold NaN or inf (first at row "
+                     f"{np.argmax(bad)}); remove them.")
+  return points
+
+
+@dataclasses.dataclass(frozen=True)
+class PointStream:
+  """Batches of points, each a pure function of (seed, step, process index).
+
+  local_batch(step) returns this process's (global_batch / process_count, D) float32 share.
+  """
+
+  dataset: str
+  global_batch: int
+  seed: int = 0
+  process_index: int = 0
+  process_count: int = 1
+  points: np.ndarray | None = None  # the point cloud of an 'npy:' dataset
+
+  @property
+  def local_batch_size(self) -> int:
+    return self.global_batch // self.process_count
+
+  @property
+  def data_shape(self) -> tuple[int, ...]:
+    return (self.points.shape[1],) if self.points is not None else (2,)
+
+  def local_batch(self, step: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, step, self.process_index])
+    if self.points is not None:
+      return self.points[rng.integers(0, len(self.points), self.local_batch_size)]
+    return GENERATORS[self.dataset](rng, self.local_batch_size).astype(np.float32)
+
+
+def create_stream(data_config, global_batch: int, seed: int) -> PointStream:
+  """The stream of `config.data.dataset` for this process."""
+  dataset = data_config.dataset
+  process_count = jax.process_count()
+  if global_batch % process_count or global_batch % jax.device_count():
+    raise ValueError(f"training.batch_size = {global_batch} must be divisible by the number of processes "
+                     f"({process_count}) and of devices ({jax.device_count()}).")
+  points = None
+  if dataset.startswith("npy:"):
+    points = load_point_cloud(dataset[len("npy:"):])
+  elif dataset not in GENERATORS:
+    raise ValueError(f"data.dataset = {dataset!r} is not allowed: it must be one of {sorted(GENERATORS)} or "
+                     "'npy:PATH' for an (N, D) array.")
+  return PointStream(dataset, global_batch, seed, jax.process_index(), process_count, points)

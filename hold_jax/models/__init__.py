@@ -1,0 +1,22 @@
+"""Score networks, one registry keyed by `config.model.name`."""
+from __future__ import annotations
+
+import flax.linen as nn
+
+from hold_jax.models import mlp
+
+MODELS = {"mlp": mlp.ScoreMLP}
+
+
+def create_model(model_config, data_shape: tuple[int, ...]) -> nn.Module:
+  """The network named by model_config.name for data of shape data_shape (without batch)."""
+  name = model_config.name
+  if name not in MODELS:
+    raise ValueError(f"model.name = {name!r} is not allowed: it must be one of {sorted(MODELS)}.")
+  if name == "mlp":
+    if len(data_shape) != 1:
+      raise ValueError(f"model.name = 'mlp' takes flat points (D,), got data of shape {data_shape}.")
+    return mlp.ScoreMLP(data_dim=data_shape[0], width=model_config.width, depth=model_config.depth,
+                        embedding=model_config.embedding, embedding_dim=model_config.embedding_dim,
+                        fourier_scale=model_config.fourier_scale)
+  raise AssertionError(name)

@@ -1,0 +1,49 @@
+"""Score MLP for low-dimensional data (DESIGN section 4): input all n blocks, output the last block."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hold_jax.models import embeddings
+
+
+class ResidualBlock(nn.Module):
+  """h + Dense(silu(Dense(silu(LayerNorm(h))) + Dense(time embedding)))."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array, embedding: jax.Array) -> jax.Array:
+    y = nn.Dense(self.width)(nn.silu(nn.LayerNorm()(h)))
+    y = y + nn.Dense(self.width)(embedding)
+    y = nn.Dense(self.width, kernel_init=nn.initializers.zeros)(nn.silu(y))
+    return h + y
+
+
+class ScoreMLP(nn.Module):
+  """(u (batch, n, D), t (batch,)) -> (batch, D), the network output for the last block.
+
+  Attributes:
+    data_dim: D.
+    width, depth: hidden width and number of residual blocks.
+    embedding: 'fourier' (random features of log t) or 'sinusoidal' (transformer-style of t).
+    embedding_dim: size of the time features.
+    fourier_scale: standard deviation of the Fourier frequencies.
+  """
+
+  data_dim: int
+  width: int = 128
+  depth: int = 3
+  embedding: str = "fourier"
+  embedding_dim: int = 64
+  fourier_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, u: jax.Array, t: jax.Array) -> jax.Array:
+    features = embeddings.time_embedding(self.embedding, t, self.embedding_dim, self.fourier_scale)
+    features = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(features)))
+    h = nn.Dense(self.width)(u.reshape(u.shape[0], -1))
+    for _ in range(self.depth):
+      h = ResidualBlock(self.width)(h, features)
+    return nn.Dense(self.data_dim)(nn.silu(nn.LayerNorm()(h)))

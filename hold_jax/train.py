@@ -1,0 +1,218 @@
+"""Train state, the data-parallel train step, and the training loop with automatic resume (DESIGN section 7).
+
+One `jax.jit` step over a `Mesh` of every device of every host: the batch is sharded on the 'data' axis
+and the state replicated, which is the data-parallel "pmapped" step written with today's sharding API.
+Each host builds its share of the global batch (`input_pipeline`) and the global array is assembled with
+`jax.make_array_from_process_local_data`. The rng of step k is fold_in(state.rng, k), and batch k depends
+only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hold_jax import input_pipeline
+from hold_jax import losses
+from hold_jax import models
+from hold_jax import sde as sde_lib
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue; saved whole by orbax.
+
+  first_bad_step is -1 while every loss and gradient has been finite; at the first non-finite one it
+  records that step and the state stops changing, so what is saved or inspected is the last good state.
+  """
+
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+  first_bad_step: jax.Array
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh over all devices of all processes, axis 'data'."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def learning_rate_schedule(optim_config) -> optax.Schedule:
+  """Linear warm-up from 0 to optim.learning_rate over optim.warmup_steps, then constant."""
+  warmup = max(int(optim_config.warmup_steps), 1)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, optim_config.learning_rate, warmup),
+       optax.constant_schedule(optim_config.learning_rate)], [warmup])
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  """Adam with warm-up, after clipping the global gradient norm to optim.grad_clip (<= 0: no clipping)."""
+  if optim_config.learning_rate <= 0:
+    raise ValueError(f"optim.learning_rate = {optim_config.learning_rate} must be > 0.")
+  adam = optax.adam(learning_rate_schedule(optim_config), b1=optim_config.beta1, b2=optim_config.beta2,
+                    eps=optim_config.eps)
+  if optim_config.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adam)
+  return adam
+
+
+def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+  """EMA decay at `step`: min(decay, (1 + step) / (10 + step)) with warm-up, so early averages forget init."""
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, parametrization: str) -> losses.ScoreFn:
+  """score_fn(params, u, t) of a network whose output is read through `parametrization`."""
+
+  def score_fn(params, u, t):
+    return losses.score_from_output(sde, parametrization, model.apply({"params": params}, u, t), u, t)
+
+  return score_fn
+
+
+def init_state(model: nn.Module, data_shape: tuple[int, ...], order: int, optimizer: optax.GradientTransformation,
+               seed: int) -> TrainState:
+  """Fresh parameters (EMA equal to them), optimizer state, step 0."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  u = jnp.zeros((1, order) + tuple(data_shape), jnp.float32)
+  params = model.init(init_rng, u, jnp.ones((1,), jnp.float32))["params"]
+  return TrainState(step=jnp.asarray(0, jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
+                    opt_state=optimizer.init(params), rng=train_rng,
+                    first_bad_step=jnp.asarray(-1, jnp.int32))
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_config) -> Callable:
+  """train_step(state, batch (global_batch, *data_shape)) -> (state, metrics); not yet jitted."""
+
+  def train_step(state: TrainState, batch: jax.Array):
+    rng = jax.random.fold_in(state.rng, state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(state.step, ema_config.decay, ema_config.warmup)
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    good = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.first_bad_step < 0)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(good, a, b), new, old)
+    new_state = state.replace(step=jnp.where(good, state.step + 1, state.step),
+                              params=keep(params, state.params), ema_params=keep(ema_params, state.ema_params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              first_bad_step=jnp.where(good | (state.first_bad_step >= 0), state.first_bad_step,
+                                                       state.step))
+    metrics = {"loss": loss, "grad_norm": grad_norm}
+    return new_state, metrics
+
+  return train_step
+
+
+def checkpoint_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=checkpoint_config.keep,
+                                         enable_async_checkpointing=checkpoint_config.asynchronous)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+
+
+def restore_or_init(manager: ocp.CheckpointManager, fresh_state: TrainState, sharding: NamedSharding
+                    ) -> TrainState:
+  """The latest checkpoint of the workdir if there is one, placed with `sharding`; else fresh_state."""
+  step = manager.latest_step()
+  if step is None:
+    return jax.device_put(fresh_state, sharding)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), fresh_state)
+  logging.info("Resuming from the checkpoint of step %d in %s", step, manager.directory)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def nonfinite_error(state: TrainState, last_saved: int | None) -> FloatingPointError:
+  saved = (f"the checkpoint of step {last_saved} is intact and a restart resumes from it"
+           if last_saved is not None else "no checkpoint was written yet")
+  return FloatingPointError(
+      f"Non-finite loss or gradient at step {int(state.first_bad_step)}; training stopped and {saved}. "
+      "Lower optim.learning_rate, lower optim.grad_clip, or raise sde.eps (the score scale 1/l_t grows as "
+      "t -> 0); with loss.weighting = 'likelihood' or 'none' try 'eps'.")
+
+
+def train(config, workdir: str) -> TrainState:
+  """Trains config.training.num_steps steps in workdir, resuming from its latest checkpoint if any."""
+  training = config.training
+  mesh = make_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  stream = input_pipeline.create_stream(config.data, training.batch_size, config.seed)
+  sde = sde_lib.from_config(config.sde)
+  model = models.create_model(config.model, stream.data_shape)
+  optimizer = make_optimizer(config.optim)
+  score_fn = make_score_fn(sde, model, config.loss.parametrization)
+  loss_fn = losses.make_loss_fn(sde, score_fn, config.loss)
+  train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
+                       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
+                       donate_argnums=0)
+
+  manager = checkpoint_manager(workdir, config.checkpoint)
+  state = restore_or_init(manager, init_state(model, stream.data_shape, sde.order, optimizer, config.seed),
+                          replicated)
+  start = int(state.step)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+  hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
+                                           every_steps=training.log_every)] if jax.process_index() == 0 else []
+  schedule = learning_rate_schedule(config.optim)
+  global_shape = (training.batch_size,) + stream.data_shape
+  pending = []
+  last_saved = manager.latest_step()
+  for step in range(start, training.num_steps):
+    batch = jax.make_array_from_process_local_data(batch_sharding, stream.local_batch(step), global_shape)
+    state, metrics = train_step(state, batch)
+    pending.append(metrics)
+    for hook in hooks:
+      hook(step + 1)
+    done = step + 1 == training.num_steps
+    if (step + 1) % training.log_every == 0 or done:
+      if int(state.first_bad_step) >= 0:
+        manager.wait_until_finished()
+        raise nonfinite_error(state, last_saved)
+      summary = jax.tree.map(lambda *values: float(np.mean(values)), *jax.device_get(pending))
+      summary["learning_rate"] = float(schedule(step))
+      writer.write_scalars(step + 1, summary)
+      pending = []
+    if (step + 1) % training.checkpoint_every == 0 or done:
+      if int(state.first_bad_step) >= 0:
+        manager.wait_until_finished()
+        raise nonfinite_error(state, last_saved)
+      manager.save(step + 1, args=ocp.args.StandardSave(state))
+      last_saved = step + 1
+  manager.wait_until_finished()
+  writer.flush()
+  return state
+
+
+def load_ema_params(config, workdir: str, data_shape: tuple[int, ...]) -> tuple[Any, int]:
+  """EMA parameters and step of the latest checkpoint in workdir (ValueError when there is none)."""
+  sde = sde_lib.from_config(config.sde)
+  model = models.create_model(config.model, data_shape)
+  manager = checkpoint_manager(workdir, config.checkpoint)
+  if manager.latest_step() is None:
+    raise ValueError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
+                     "(python -m hold_jax.main --config ... --workdir ... --mode=train).")
+  fresh = init_state(model, data_shape, sde.order, make_optimizer(config.optim), config.seed)
+  state = restore_or_init(manager, fresh, NamedSharding(make_mesh(), PartitionSpec()))
+  return state.ema_params, int(state.step)
