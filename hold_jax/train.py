@@ -106,7 +106,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
   def train_step(state: TrainState, batch: jax.Array):
     rng = jax.random.fold_in(state.rng, state.step)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, ema_config.decay, ema_config.warmup)
