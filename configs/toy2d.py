@@ -27,6 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 1000
+  config.optim.schedule = "cosine"  # or 'constant'; cosine decays to 0 at training.num_steps
   config.optim.beta1 = 0.9
   config.optim.beta2 = 0.999
   config.optim.eps = 1e-8

@@ -35,4 +35,4 @@ def check(config) -> None:
     raise ValueError(f"checkpoint.keep = {config.checkpoint.keep} must be >= 1.")
   stream = input_pipeline.create_stream(config.data, config.training.batch_size, config.seed)
   models.create_model(config.model, stream.data_shape)
-  train.make_optimizer(config.optim)
+  train.make_optimizer(config.optim, config.training.num_steps)

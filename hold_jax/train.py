@@ -53,19 +53,27 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
-def learning_rate_schedule(optim_config) -> optax.Schedule:
-  """Linear warm-up from 0 to optim.learning_rate over optim.warmup_steps, then constant."""
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to optim.learning_rate over optim.warmup_steps, then optim.schedule:
+  'constant', or 'cosine' decay to 0 at num_steps (the training length)."""
   warmup = max(int(optim_config.warmup_steps), 1)
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, optim_config.learning_rate, warmup),
-       optax.constant_schedule(optim_config.learning_rate)], [warmup])
+  if optim_config.schedule == "constant":
+    after = optax.constant_schedule(optim_config.learning_rate)
+  elif optim_config.schedule == "cosine":
+    after = optax.cosine_decay_schedule(optim_config.learning_rate, max(num_steps - warmup, 1))
+  else:
+    raise ValueError(f"optim.schedule = {optim_config.schedule!r} is not allowed: it must be one of {SCHEDULES}.")
+  return optax.join_schedules([optax.linear_schedule(0.0, optim_config.learning_rate, warmup), after], [warmup])
 
 
-def make_optimizer(optim_config) -> optax.GradientTransformation:
+def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
   """Adam with warm-up, after clipping the global gradient norm to optim.grad_clip (<= 0: no clipping)."""
   if optim_config.learning_rate <= 0:
     raise ValueError(f"optim.learning_rate = {optim_config.learning_rate} must be > 0.")
-  adam = optax.adam(learning_rate_schedule(optim_config), b1=optim_config.beta1, b2=optim_config.beta2,
+  adam = optax.adam(learning_rate_schedule(optim_config, num_steps), b1=optim_config.beta1, b2=optim_config.beta2,
                     eps=optim_config.eps)
   if optim_config.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adam)
@@ -159,7 +167,7 @@ def train(config, workdir: str) -> TrainState:
   stream = input_pipeline.create_stream(config.data, training.batch_size, config.seed)
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, stream.data_shape)
-  optimizer = make_optimizer(config.optim)
+  optimizer = make_optimizer(config.optim, training.num_steps)
   score_fn = make_score_fn(sde, model, config.loss.parametrization)
   loss_fn = losses.make_loss_fn(sde, score_fn, config.loss)
   train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
@@ -175,32 +183,31 @@ def train(config, workdir: str) -> TrainState:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
                                            every_steps=training.log_every)] if jax.process_index() == 0 else []
-  schedule = learning_rate_schedule(config.optim)
+  schedule = learning_rate_schedule(config.optim, training.num_steps)
   global_shape = (training.batch_size,) + stream.data_shape
   pending = []
   last_saved = manager.latest_step()
-  for step in range(start, training.num_steps):
-    batch = jax.make_array_from_process_local_data(batch_sharding, stream.local_batch(step), global_shape)
-    state, metrics = train_step(state, batch)
-    pending.append(metrics)
-    for hook in hooks:
-      hook(step + 1)
-    done = step + 1 == training.num_steps
-    if (step + 1) % training.log_every == 0 or done:
-      if int(state.first_bad_step) >= 0:
-        manager.wait_until_finished()
+  try:
+    for step in range(start, training.num_steps):
+      batch = jax.make_array_from_process_local_data(batch_sharding, stream.local_batch(step), global_shape)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      for hook in hooks:
+        hook(step + 1)
+      done = step + 1 == training.num_steps
+      log, save = (step + 1) % training.log_every == 0 or done, (step + 1) % training.checkpoint_every == 0 or done
+      if (log or save) and int(state.first_bad_step) >= 0:  # one host sync per log or save, not per step
         raise nonfinite_error(state, last_saved)
-      summary = jax.tree.map(lambda *values: float(np.mean(values)), *jax.device_get(pending))
-      summary["learning_rate"] = float(schedule(step))
-      writer.write_scalars(step + 1, summary)
-      pending = []
-    if (step + 1) % training.checkpoint_every == 0 or done:
-      if int(state.first_bad_step) >= 0:
-        manager.wait_until_finished()
-        raise nonfinite_error(state, last_saved)
-      manager.save(step + 1, args=ocp.args.StandardSave(state))
-      last_saved = step + 1
-  manager.wait_until_finished()
+      if log:
+        summary = jax.tree.map(lambda *values: float(np.mean(values)), *jax.device_get(pending))
+        summary["learning_rate"] = float(schedule(step))
+        writer.write_scalars(step + 1, summary)
+        pending = []
+      if save:
+        manager.save(step + 1, args=ocp.args.StandardSave(state))
+        last_saved = step + 1
+  finally:  # a run that dies still completes the saves it started
+    manager.wait_until_finished()
   writer.flush()
   return state
 
@@ -213,6 +220,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...]) -> tuple[
   if manager.latest_step() is None:
     raise ValueError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
                      "(python -m hold_jax.main --config ... --workdir ... --mode=train).")
-  fresh = init_state(model, data_shape, sde.order, make_optimizer(config.optim), config.seed)
+  fresh = init_state(model, data_shape, sde.order, make_optimizer(config.optim, config.training.num_steps),
+                     config.seed)
   state = restore_or_init(manager, fresh, NamedSharding(make_mesh(), PartitionSpec()))
   return state.ema_params, int(state.step)

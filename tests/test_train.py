@@ -89,16 +89,27 @@ def test_ema_starts_at_the_parameters_and_warms_up():
 
 def _model_and_optimizer(config):
   from hold_jax import models  # pylint: disable=g-import-not-at-top
-  return models.create_model(config.model, (2,)), (2,), config.sde.order, train.make_optimizer(config.optim)
+  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  return models.create_model(config.model, (2,)), (2,), config.sde.order, optimizer
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
   config = local_config(num_steps=30, checkpoint_every=10, log_every=10)
   uninterrupted = train.train(config, str(tmp_path / "a"))
-  config.training.num_steps = 20  # "preempted" right after the save at step 20
-  train.train(config, str(tmp_path / "b"))
-  config.training.num_steps = 30
-  resumed = train.train(config, str(tmp_path / "b"))
+
+  original = input_pipeline.PointStream.local_batch
+
+  def dies_at_step_25(self, step):
+    if step == 25:
+      raise KeyboardInterrupt("preempted")
+    return original(self, step)
+
+  monkeypatch.setattr(input_pipeline.PointStream, "local_batch", dies_at_step_25)
+  with pytest.raises(KeyboardInterrupt):
+    train.train(config, str(tmp_path / "b"))
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["10", "20"]
+  monkeypatch.setattr(input_pipeline.PointStream, "local_batch", original)
+  resumed = train.train(config, str(tmp_path / "b"))  # same command, no flag: resumes from step 20
   assert int(resumed.step) == 30
   np.testing.assert_array_equal(flat_params(resumed), flat_params(uninterrupted))
   assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["10", "20", "30"]
