@@ -25,10 +25,15 @@ import numpy as np
 
 BETA_SCHEDULES = ("constant", "linear")
 
-# Taylor order and step bound of the scaling-and-doubling kernel (see `propagator_and_noise`): with
-# ||h F|| <= 1/2 the truncated series is below float64 round-off even for the smallest (x, x) entries.
-_TAYLOR_ORDER = 18
+# Step bound and Taylor orders of the scaling-and-doubling kernel (see `propagator_and_noise`): with
+# ||h F|| <= 1/2 the truncated series is below the dtype's round-off even for the smallest (x, x) entries
+# (their series start at order 2n - 2, hence the order-dependent part).
 _TAYLOR_STEP_NORM = 0.5
+_TAYLOR_EXTRA_TERMS = {np.dtype(np.float32): 8, np.dtype(np.float64): 14}
+
+
+def _taylor_order(order: int, dtype) -> int:
+  return 2 * order - 2 + _TAYLOR_EXTRA_TERMS.get(np.dtype(dtype), 14)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,14 +287,15 @@ def propagator_and_noise(drift: jax.Array, noise_var: float, dB: jax.Array, num_
   source = dB_safe[..., None, None] * jnp.zeros((n, n), dtype).at[-1, -1].set(noise_var)
 
   h = 2.0 ** (-num_doublings)
+  taylor_order = _taylor_order(n, dtype)
   eye = jnp.broadcast_to(jnp.eye(n, dtype=dtype), generator.shape)
   expm_h, term = eye, eye
-  for k in range(1, _TAYLOR_ORDER + 1):
+  for k in range(1, taylor_order + 1):
     term = (h / k) * (generator @ term)
     expm_h = expm_h + term
   term = h * source
   cov_h = term
-  for k in range(1, _TAYLOR_ORDER + 1):
+  for k in range(1, taylor_order + 1):
     term = (h / (k + 1)) * (lyapunov @ term + term @ _t(lyapunov))
     cov_h = cov_h + term
 
