@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   loss.objective = "bcsm"  # 'bcsm' (condition on x_0) or 'dsm' (condition on the full initial state)
   loss.weighting = "eps"  # 'eps' (lambda = l_t^2), 'likelihood' (xi beta) or 'none'
   loss.parametrization = "eps"  # network output: 'eps', 'score' or 'mixed' (N(0, I) score + correction)
+  loss.time_sampling = "uniform"  # training times: 'uniform' on [eps, T] or 'log_uniform' (density ~ 1/t)
 
   # Sampling (hold_jax/sampling.py, DESIGN section 5).
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -26,6 +26,7 @@ from hold_jax import sde as sde_lib
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 OBJECTIVES = ("bcsm", "dsm")
+TIME_SAMPLINGS = ("uniform", "log_uniform")
 WEIGHTINGS = ("eps", "likelihood", "none")
 PARAMETRIZATIONS = ("eps", "score", "mixed")
 
@@ -96,14 +97,30 @@ def weighting_over_scale_squared(sde: sde_lib.LangevinSDE, weighting: str, t: ja
   raise ValueError(f"loss.weighting = {weighting!r} is not allowed: it must be one of {WEIGHTINGS}.")
 
 
+def sample_times(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, shape: tuple[int, ...], dtype
+                 ) -> jax.Array:
+  """Training times: 'uniform' on [eps, T], or 'log_uniform' (density proportional to 1/t on [eps, T]).
+
+  log_uniform spends as many examples on [1e-3, 1e-2] as on [0.1, 1]: the fine structure of the data is
+  only visible to the score at small t. It is the same objective with the weighting multiplied by
+  (T - eps) / (t log(T / eps)).
+  """
+  if kind == "uniform":
+    return jax.random.uniform(rng, shape, dtype, sde.eps, sde.T)
+  if kind == "log_uniform":
+    return sde.eps * (sde.T / sde.eps) ** jax.random.uniform(rng, shape, dtype)
+  raise ValueError(f"loss.time_sampling = {kind!r} is not allowed: it must be one of {TIME_SAMPLINGS}.")
+
+
 def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x0: jax.Array,
-                     rng: jax.Array, objective: str = "bcsm", weighting: str = "eps") -> jax.Array:
+                     rng: jax.Array, objective: str = "bcsm", weighting: str = "eps",
+                     time_sampling: str = "uniform") -> jax.Array:
   """lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates; returns (batch,).
 
-  t ~ U[eps, T] per example.
+  t is drawn per example by `sample_times(time_sampling)`.
   """
   t_rng, noise_rng = jax.random.split(rng)
-  t = jax.random.uniform(t_rng, x0.shape[:1], x0.dtype, sde.eps, sde.T)
+  t = sample_times(sde, time_sampling, t_rng, x0.shape[:1], x0.dtype)
   u, eps_last, scale = perturb(sde, objective, x0, t, noise_rng)
   score = score_fn(params, u, t)
   residual = sde_lib.per_example(scale, score.ndim) * score + eps_last  # l_t (s + eps_last / l_t)
@@ -114,13 +131,15 @@ def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x
 def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Callable:
   """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss, from `config.loss`."""
   objective, weighting = loss_config.objective, loss_config.weighting
+  time_sampling = loss_config.get("time_sampling", "uniform")
   for field, value, allowed in (("objective", objective, OBJECTIVES), ("weighting", weighting, WEIGHTINGS),
-                                ("parametrization", loss_config.parametrization, PARAMETRIZATIONS)):
+                                ("parametrization", loss_config.parametrization, PARAMETRIZATIONS),
+                                ("time_sampling", time_sampling, TIME_SAMPLINGS)):
     if value not in allowed:
       raise ValueError(f"loss.{field} = {value!r} is not allowed: it must be one of {allowed}.")
 
   def loss_fn(params, x0, rng):
-    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting))
+    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting, time_sampling))
 
   return loss_fn
 

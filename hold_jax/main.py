@@ -3,6 +3,7 @@
 Thin on purpose: it parses flags, checks the config, and hands it to train, sample or the demo; everything
 else is importable from a notebook.
 """
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -18,12 +19,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
                                "from the latest checkpoint found here.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "train (and resume), or sample from the latest "
                           "EMA parameters.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: set it on every "
+                                  "host of a multi-host job (TPU pod slices detect their peers themselves).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   config = _CONFIG.value
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)

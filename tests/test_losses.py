@@ -79,8 +79,8 @@ def true_score_fn(sde):
   return lambda params, u, t: exact_scores.gaussian_score(sde, u, t, DATA_MEAN, DATA_VAR)
 
 
-def analytic_minimum(sde, objective, weighting):
-  """E_t c(t) (1 - l_t^2 (Sigma_data^{-1})_{last, last}), t ~ U[eps, T], by composite Gauss-Legendre.
+def analytic_minimum(sde, objective, weighting, time_sampling="uniform"):
+  """E_t c(t) (1 - l_t^2 (Sigma_data^{-1})_{last, last}) over the training times, by composite Gauss-Legendre.
 
   At the true score, E || l s + eps_last ||^2 = 1 - l^2 E[s^2] per coordinate, and E[s^2] is the last
   diagonal entry of the inverse marginal covariance of the data's u_t; c(t) = lambda(t) / l_t^2.
@@ -96,21 +96,26 @@ def analytic_minimum(sde, objective, weighting):
   _, sigma = sde_lib.marginal(sde, t, sde_lib.initial_cov(sde, DATA_VAR))
   precision = jnp.linalg.inv(sigma)[:, -1, -1]
   integrand = losses.weighting_over_scale_squared(sde, weighting, t, scale) * (1 - scale**2 * precision)
-  return float(np.sum(w * np.asarray(integrand)) / (sde.T - sde.eps))
+  density = (np.full_like(np.asarray(t), 1 / (sde.T - sde.eps)) if time_sampling == "uniform"
+             else 1 / (np.asarray(t) * np.log(sde.T / sde.eps)))
+  return float(np.sum(w * density * np.asarray(integrand)))
 
 
-@pytest.mark.parametrize("objective, weighting", [("bcsm", "eps"), ("bcsm", "likelihood"), ("dsm", "eps")])
-def test_loss_at_true_score_is_the_analytic_minimum(objective, weighting):
+@pytest.mark.parametrize("objective, weighting, time_sampling", [
+    ("bcsm", "eps", "uniform"), ("bcsm", "likelihood", "uniform"), ("dsm", "eps", "uniform"),
+    ("bcsm", "eps", "log_uniform")])
+def test_loss_at_true_score_is_the_analytic_minimum(objective, weighting, time_sampling):
   sde = make_sde(3)
   x0 = gaussian_data(jax.random.PRNGKey(0))
   per_example = losses.per_example_loss(sde, true_score_fn(sde), None, x0, jax.random.PRNGKey(1), objective,
-                                        weighting)
+                                        weighting, time_sampling)
   standard_error = float(jnp.std(per_example)) / np.sqrt(NUM_EXAMPLES)
-  expected = analytic_minimum(sde, objective, weighting)
+  expected = analytic_minimum(sde, objective, weighting, time_sampling)
   assert abs(float(jnp.mean(per_example)) - expected) < 4 * standard_error
   # The test can fail: a score 10% off raises the loss by many standard errors of the paired difference.
   wrong = lambda params, u, t: 1.1 * exact_scores.gaussian_score(sde, u, t, DATA_MEAN, DATA_VAR)
-  excess = losses.per_example_loss(sde, wrong, None, x0, jax.random.PRNGKey(1), objective, weighting) - per_example
+  excess = losses.per_example_loss(sde, wrong, None, x0, jax.random.PRNGKey(1), objective, weighting,
+                                   time_sampling) - per_example
   assert float(jnp.mean(excess)) > 10 * float(jnp.std(excess)) / np.sqrt(NUM_EXAMPLES)
 
 
@@ -180,9 +185,10 @@ def test_eps_weighting_is_eps_prediction_error():
 
 
 @pytest.mark.parametrize("field, value", [("objective", "ism"), ("weighting", "snr"),
-                                          ("parametrization", "v")])
+                                          ("parametrization", "v"), ("time_sampling", "beta")])
 def test_bad_loss_config_names_the_field(field, value):
-  config = ml_collections.ConfigDict(dict(objective="bcsm", weighting="eps", parametrization="eps"))
+  config = ml_collections.ConfigDict(dict(objective="bcsm", weighting="eps", parametrization="eps",
+                                          time_sampling="uniform"))
   config[field] = value
   with pytest.raises(ValueError, match=f"loss.{field}"):
     losses.make_loss_fn(make_sde(3), lambda p, u, t: u[:, -1], config)
