@@ -9,7 +9,6 @@ and 80-digit mpmath). Writes benchmarks/results/process.json.
   python benchmarks/process.py
 """
 import json
-import math
 import os
 import platform
 import sys

@@ -8,7 +8,6 @@ only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable
 

@@ -9,7 +9,6 @@ import pytest
 
 from hold_jax import exact_scores
 from hold_jax import sampling
-from hold_jax import sde as sde_lib
 from test_sde import make_sde
 
 DATA_MEAN = np.array([0.5, -0.5])
