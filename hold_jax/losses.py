@@ -7,6 +7,9 @@ triangular in block order, the last-block score of u_t given what is conditioned
   BCSM: condition on x_0, integrate the auxiliaries out (S_0 = diag(0, sigma^2, ...)).
   DSM:  condition on the full initial state (x_0 and sampled auxiliaries); L_t is the factor of Q alone.
 
+BCSM reads the kernel from a float64 table on a log-t grid (kernel_table.py); DSM, kept for comparison,
+computes it directly.
+
 The loss is lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates, with
 lambda = l_t^2 ('eps', the default: the loss is then || eps_theta - eps_last ||^2 when s = -eps_theta / l_t),
 xi beta(t) ('likelihood', g^2 / 2) or 1 ('none'). The score function is any callable; the network
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from hold_jax import exact_scores
+from hold_jax import kernel_table
 from hold_jax import sde as sde_lib
 
 # score_fn(params, u (batch, n, *data_shape), t (batch,)) -> last-block score (batch, *data_shape).
@@ -32,8 +36,11 @@ PARAMETRIZATIONS = ("eps", "score", "mixed")
 
 
 def score_scale(sde: sde_lib.LangevinSDE, t: jax.Array) -> jax.Array:
-  """l_t = L_t[n-1, n-1] of the BCSM kernel (x_0 known), shape t.shape: the std of eps_last / score."""
-  _, factor = sde_lib.marginal_factor(sde, t)
+  """l_t = L_t[n-1, n-1] of the BCSM kernel (x_0 known), shape t.shape: the std of eps_last / score.
+
+  Read from the tabulated kernel (t in [eps, T]), like `perturb`, so training and sampling use one l_t.
+  """
+  _, factor = kernel_table.bcsm_kernel(sde, t)
   return factor[..., -1, -1]
 
 
@@ -71,9 +78,9 @@ def perturb(sde: sde_lib.LangevinSDE, objective: str, x0: jax.Array, t: jax.Arra
   batch = x0.shape[0]
   n = sde.order
   noise = jax.random.normal(eps_rng, (batch, n) + x0.shape[1:], x0.dtype)
-  if objective == "bcsm":
-    phi, factor = sde_lib.marginal_factor(sde, t)
-    mean = phi[:, :, 0].reshape((batch, n) + (1,) * (x0.ndim - 1)) * x0[:, None]
+  if objective == "bcsm":  # the hot path: the kernel read from its table (hold_jax/kernel_table.py)
+    mean_coefficients, factor = kernel_table.bcsm_kernel(sde, t)
+    mean = mean_coefficients.reshape((batch, n) + (1,) * (x0.ndim - 1)) * x0[:, None]
   elif objective == "dsm":
     phi, factor = sde_lib.marginal_factor(sde, t, jnp.zeros((n,), x0.dtype))
     aux_std = jnp.sqrt(jnp.asarray(sde.init_aux_var, x0.dtype)).reshape((n - 1,) + (1,) * (x0.ndim - 1))

@@ -1,0 +1,59 @@
+"""The BCSM kernel tabulated on a log-time grid, for the training and sampling hot path.
+
+Every train step needs Phi[:, 0] and L_t (sde.marginal_factor) at a fresh time per example: a batched
+Taylor series, doublings and a QR of (n, 2n) matrices, which cost as much as a small score network's
+forward and backward pass on a CPU. They depend on t alone, so they are computed once, on a grid
+geometric in t over [eps, T], and read back by linear interpolation in log t.
+
+Accuracy: the entries behave like powers t^p near eps (p <= 2n - 1/2), smooth in s = log t, so linear
+interpolation with spacing h errs by about p^2 h^2 / 8 relative. The table is computed in float64; with
+16384 points over [1e-3, 1] the interpolated float32 values are within 3e-6 of the float64 kernel for
+n <= 4 (Phi 2.6e-6, L_t 3.3e-7, l_t 1.7e-7), closer than the float32 kernel computed directly
+(tests/test_kernel_table.py).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hold_jax import sde as sde_lib
+
+NUM_POINTS = 16384
+
+
+@functools.lru_cache(maxsize=32)
+def _table(sde: sde_lib.LangevinSDE, num_points: int, dtype_name: str) -> tuple[np.ndarray, np.ndarray]:
+  """mean coefficients Phi[:, :, 0] (G, n) and factors L_t (G, n, n) at t_g = eps (T / eps)^(g / (G - 1)).
+
+  Computed in float64 (then cast), so the table's only error is the interpolation's.
+  """
+  # ensure_compile_time_eval: concrete constants even when first called inside a jit trace.
+  with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+    t = jnp.geomspace(sde.eps, sde.T, num_points, dtype=jnp.float64)
+    phi, factor = sde_lib.marginal_factor(sde, t)
+    return np.asarray(phi[:, :, 0], dtype_name), np.asarray(factor, dtype_name)
+
+
+def bcsm_kernel(sde: sde_lib.LangevinSDE, t: jax.Array, num_points: int = NUM_POINTS
+                ) -> tuple[jax.Array, jax.Array]:
+  """Phi[:, 0] and L_t of the BCSM kernel (x_0 known, auxiliaries integrated out) at t in [eps, T].
+
+  Args:
+    t: (...) times; values outside [eps, T] are clamped to it (no caller needs them).
+
+  Returns:
+    mean_coefficients (..., n): E[u_t | x_0] = mean_coefficients * x_0 blockwise;
+    factor (..., n, n): lower Cholesky factor of Cov[u_t | x_0], as sde.marginal_factor(sde, t).
+  """
+  mean_table, factor_table = _table(sde, num_points, jnp.dtype(t.dtype).name)
+  log_eps = float(np.log(sde.eps))  # python floats: weakly typed, so t keeps its dtype
+  spacing = float((np.log(sde.T) - log_eps) / (num_points - 1))
+  position = jnp.clip((jnp.log(t) - log_eps) / spacing, 0.0, num_points - 1)
+  index = jnp.minimum(jnp.floor(position).astype(jnp.int32), num_points - 2)
+  weight = (position - index)[..., None]
+  mean_table, factor_table = jnp.asarray(mean_table), jnp.asarray(factor_table.reshape(num_points, -1))
+  interpolate = lambda table: (1.0 - weight) * table[index] + weight * table[index + 1]
+  return interpolate(mean_table), interpolate(factor_table).reshape(t.shape + (sde.order, sde.order))
