@@ -1,4 +1,5 @@
-"""Low-dimensional data: generated 2-D sets and a user's own point cloud (DESIGN section 7).
+"""Training data streams (DESIGN section 7): generated 2-D sets and a user's own point cloud here, images
+(CIFAR-10, CelebA-HQ, digits) in image_data; `create_stream` picks by config.data.dataset.
 
 Every batch is a pure function of (seed, step, process index), so a resumed run sees exactly the batches
 an uninterrupted one would have, and each process draws only its own share of the global batch.
@@ -11,6 +12,9 @@ from typing import Callable
 
 import jax
 import numpy as np
+
+from hold_jax import image_data
+from hold_jax import image_sources
 
 SWISS_ROLL_CENTRES = np.array([(0.0, 0.0), (0.8, 0.8), (0.8, -0.8), (-0.8, -0.8), (-0.8, 0.8)])
 SWISS_ROLL_ANGLES = (1.5 * np.pi, 4.5 * np.pi)
@@ -118,17 +122,19 @@ class PointStream:
     return GENERATORS[self.dataset](rng, self.local_batch_size).astype(np.float32)
 
 
-def create_stream(data_config, global_batch: int, seed: int) -> PointStream:
-  """The stream of `config.data.dataset` for this process."""
+def create_stream(data_config, global_batch: int, seed: int) -> PointStream | image_data.ImageStream:
+  """The stream of `config.data.dataset` for this process: `.data_shape` and `.local_batch(step)`."""
   dataset = data_config.dataset
   process_count = jax.process_count()
   if global_batch % process_count or global_batch % jax.device_count():
     raise ValueError(f"training.batch_size = {global_batch} must be divisible by the number of processes "
                      f"({process_count}) and of devices ({jax.device_count()}).")
+  if dataset in image_sources.SOURCES:
+    return image_data.create_image_stream(data_config, global_batch, seed, jax.process_index(), process_count)
   points = None
   if dataset.startswith("npy:"):
     points = load_point_cloud(dataset[len("npy:"):])
   elif dataset not in GENERATORS:
-    raise ValueError(f"data.dataset = {dataset!r} is not allowed: it must be one of {sorted(GENERATORS)} or "
-                     "'npy:PATH' for an (N, D) array.")
+    raise ValueError(f"data.dataset = {dataset!r} is not allowed: it must be one of "
+                     f"{sorted(GENERATORS) + sorted(image_sources.SOURCES)} or 'npy:PATH' for an (N, D) array.")
   return PointStream(dataset, global_batch, seed, jax.process_index(), process_count, points)
