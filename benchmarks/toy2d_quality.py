@@ -1,6 +1,7 @@
 """Sample quality on the multimodal swiss roll from trained workdirs (issue 3 targets).
 
-For each workdir (trained with configs/toy2d.py, any order), draws 10,000 samples from the latest EMA
+For each workdir (trained with configs/toy2d.py, any sde.order; its process is read from the workdir's
+config.json), draws 10,000 samples from the latest EMA
 parameters with each sampler at a given number of network evaluations (NFE = steps + 1 denoising step) and
 reports the share within 0.01 of the noiseless spirals and the sliced Wasserstein-1 distance (256 random
 directions) to 10,000 fresh data points. Writes benchmarks/results/toy2d_quality.json.
@@ -23,9 +24,22 @@ from configs import toy2d  # noqa: E402
 from hold_jax import input_pipeline, sample, train  # noqa: E402
 
 
-def evaluate(workdir, order, method, grid, nfe, num_samples=10000):
+def trained_config(workdir):
+  """configs/toy2d.py with the `sde` section the workdir was trained with (its config.json)."""
   config = toy2d.get_config()
-  config.sde.order = order
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise SystemExit(f"{path} not found: train the workdir with hold_jax.main, which writes it.")
+  with open(path) as f:
+    trained_sde = json.load(f)["sde"]
+  for key, value in trained_sde.items():
+    config.sde[key] = tuple(value) if isinstance(value, list) else value
+  return config
+
+
+def evaluate(workdir, method, grid, nfe, num_samples=10000):
+  config = trained_config(workdir)
+  order = config.sde.order
   config.sampling.method, config.sampling.grid = method, grid
   config.sampling.num_steps, config.sampling.denoise = nfe - 1, True
   config.sampling.num_samples = config.sampling.batch_size = num_samples
@@ -44,14 +58,11 @@ def evaluate(workdir, order, method, grid, nfe, num_samples=10000):
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdirs", nargs="+", required=True)
-  parser.add_argument("--orders", nargs="+", type=int, help="sde.order of each workdir (default 3 each)")
   parser.add_argument("--nfe", nargs="+", type=int, default=[50])
   parser.add_argument("--methods", nargs="+", default=["lie_trotter", "euler_maruyama"])
   parser.add_argument("--grids", nargs="+", default=["quadratic", "uniform"])
   args = parser.parse_args()
-  orders = args.orders or [3] * len(args.workdirs)
-  rows = [evaluate(w, o, m, g, n) for w, o in zip(args.workdirs, orders) for n in args.nfe
-          for m in args.methods for g in args.grids]
+  rows = [evaluate(w, m, g, n) for w in args.workdirs for n in args.nfe for m in args.methods for g in args.grids]
   print("| workdir | order | sampler | grid | NFE | within 0.01 | SW1 | finite | seconds |")
   print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:

@@ -20,7 +20,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "train (and resume), or sample from the latest "
                           "EMA parameters.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: set it on every "
-                                  "host of a multi-host job (TPU pod slices detect their peers themselves).")
+                                  "host of a multi-host job. TPU pod slices, SLURM and Open MPI jobs detect their "
+                                  "peers themselves; elsewhere give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (or $JAX_COORDINATOR_ADDRESS), "
+                                   "for --distributed outside TPU/SLURM/MPI.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed outside "
+                                      "TPU/SLURM/MPI.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,7 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)

@@ -2,8 +2,8 @@
 
 One `jax.jit` step over a `Mesh` of every device of every host: the batch is sharded on the 'data' axis
 and the state replicated, which is the data-parallel "pmapped" step written with today's sharding API.
-Each host builds its share of the global batch (`input_pipeline`) and the global array is assembled with
-`jax.make_array_from_process_local_data`. The rng of step k is fold_in(state.rng, k), and batch k depends
+Each host builds its share of the global batch (`input_pipeline`) on a thread ahead of the step (`prefetch`)
+and the global array is assembled with `jax.make_array_from_process_local_data`. The rng of step k is fold_in(state.rng, k), and batch k depends
 only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
@@ -21,11 +21,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
+from hold_jax import prefetch
 from hold_jax import sde as sde_lib
 
 DATA_AXIS = "data"
@@ -131,10 +133,23 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
   return train_step
 
 
+def workdir_path(workdir: str) -> epath.Path:
+  """The workdir as a path that may also be a bucket (gs://...), absolute when local."""
+  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 def checkpoint_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=checkpoint_config.keep,
                                          enable_async_checkpointing=checkpoint_config.asynchronous)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+  return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
+
+
+def save_config(config, workdir: str) -> None:
+  """Writes workdir/config.json (process 0), so what a run was trained with travels with its checkpoints."""
+  if jax.process_index() == 0:
+    path = workdir_path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 def restore_or_init(manager: ocp.CheckpointManager, fresh_state: TrainState, sharding: NamedSharding
@@ -178,6 +193,7 @@ def train(config, workdir: str) -> TrainState:
                           replicated)
   start = int(state.step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  save_config(config, workdir)
   if start == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
@@ -186,9 +202,9 @@ def train(config, workdir: str) -> TrainState:
   global_shape = (training.batch_size,) + stream.data_shape
   pending = []
   last_saved = manager.latest_step()
+  batches = prefetch.prefetch_global_batches(stream, start, training.num_steps, batch_sharding, global_shape)
   try:
-    for step in range(start, training.num_steps):
-      batch = jax.make_array_from_process_local_data(batch_sharding, stream.local_batch(step), global_shape)
+    for step, batch in batches:
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       for hook in hooks:
@@ -205,7 +221,8 @@ def train(config, workdir: str) -> TrainState:
       if save:
         manager.save(step + 1, args=ocp.args.StandardSave(state))
         last_saved = step + 1
-  finally:  # a run that dies still completes the saves it started
+  finally:  # a run that dies still completes the saves it started (and stops the prefetch thread)
+    batches.close()
     manager.wait_until_finished()
   writer.flush()
   return state
