@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from hold_jax.models import ddpmpp
 from hold_jax.models import mlp
+from hold_jax.models import ncsnpp
 
-MODELS = {"mlp": mlp.ScoreMLP}
+MODELS = {"mlp": mlp.ScoreMLP, "ncsnpp": ncsnpp.NCSNpp, "ddpmpp": ddpmpp.DDPMpp}
 
 
 def create_model(model_config, data_shape: tuple[int, ...]) -> nn.Module:
-  """The network named by model_config.name for data of shape data_shape (without batch)."""
+  """The network named by model_config.name for data of shape data_shape (without batch).
+
+  Every network is called as model.apply({'params': p}, u, t, train=False) with u (batch, n, *data_shape)
+  and t (batch,); train=True (with rngs={'dropout': key}) turns dropout on where the network has it.
+  The image networks take data_shape (H, W, C) and raise ValueError naming the bad `model` field.
+  """
   name = model_config.name
   if name not in MODELS:
     raise ValueError(f"model.name = {name!r} is not allowed: it must be one of {sorted(MODELS)}.")
@@ -19,4 +26,4 @@ def create_model(model_config, data_shape: tuple[int, ...]) -> nn.Module:
     return mlp.ScoreMLP(data_dim=data_shape[0], width=model_config.width, depth=model_config.depth,
                         embedding=model_config.embedding, embedding_dim=model_config.embedding_dim,
                         fourier_scale=model_config.fourier_scale)
-  raise AssertionError(name)
+  return ncsnpp.from_config(MODELS[name], model_config, data_shape)

@@ -39,7 +39,8 @@ class ScoreMLP(nn.Module):
   fourier_scale: float = 1.0
 
   @nn.compact
-  def __call__(self, u: jax.Array, t: jax.Array) -> jax.Array:
+  def __call__(self, u: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    del train  # no dropout here; the argument keeps one call signature for every network
     features = embeddings.time_embedding(self.embedding, t, self.embedding_dim, self.fourier_scale)
     features = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(features)))
     h = nn.Dense(self.width)(u.reshape(u.shape[0], -1))
