@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from configs import toy2d  # noqa: E402
 from hold_jax import input_pipeline, losses, models, sde as sde_lib, train  # noqa: E402
@@ -49,9 +50,14 @@ def main():
   optimizer = train.make_optimizer(config.optim, 1000)
   state = train.init_state(model, (2,), sde.order, optimizer, 0)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  loss_fn = losses.make_loss_fn(sde, train.make_score_fn(sde, model, config.loss.parametrization), config.loss)
-  step = jax.jit(train.make_train_step(loss_fn, optimizer, config.ema))
-  batch = jnp.asarray(input_pipeline.create_stream(config.data, args.batch, 0).local_batch(0))
+  loss_fn = train.make_training_loss_fn(sde, model, config.loss)
+  # The step as train.train builds it: one jit over a mesh of all devices, batch sharded on its data axis.
+  mesh = train.make_mesh()
+  replicated, batch_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+  step = jax.jit(train.make_train_step(loss_fn, optimizer, config.ema), in_shardings=(replicated, batch_sharding),
+                 out_shardings=(replicated, replicated))
+  state = jax.device_put(state, replicated)
+  batch = jax.device_put(input_pipeline.create_stream(config.data, args.batch, 0).local_batch(0), batch_sharding)
   step_s = seconds_per_call(lambda s, b: step(s, b)[1]["loss"], (state, batch), args.iters)
 
   u = jax.random.normal(jax.random.PRNGKey(0), (args.batch, sde.order, 2))

@@ -1,5 +1,6 @@
-"""HOLD (order 3) on scikit-learn's 8x8 handwritten digits (1,797 images, no download), resized to 16x16,
-with a small DDPM++: recognisable digits after <= 30 minutes on 2 CPU cores.
+"""HOLD (order 3) on scikit-learn's 8x8 handwritten digits (1,797 images, no download) at their native 8x8,
+with a small DDPM++: recognisable digits after <= 30 minutes on 2 CPU cores (10k steps of ~0.16 s).
+--config.data.image_size=16 upsamples them smoothly, at 4x the cost per step.
 
   python -m hold_jax.main --config configs/digits.py --workdir runs/digits
   python -m hold_jax.main --config configs/digits.py --workdir runs/digits --mode=sample
@@ -13,26 +14,26 @@ from configs import images
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = images.get_config()
   config.data.dataset = "digits"
-  config.data.image_size = 16
+  config.data.image_size = 8
   config.data.num_channels = 1
   config.data.random_flip = False  # a mirrored digit is not a digit
   config.model.name = "ddpmpp"
   config.model.nf = 32
-  config.model.ch_mult = (1, 2, 2)
+  config.model.ch_mult = (1, 2)
   config.model.num_res_blocks = 1
-  config.model.attn_resolutions = (8,)
+  config.model.attn_resolutions = (4,)
   config.model.dropout = 0.0
   config.model.resblock_type = "ddpm"
   config.model.fir = False
   config.model.progressive_input = "none"
-  config.optim.learning_rate = 1e-3
-  config.optim.warmup_steps = 500
+  config.optim.learning_rate = 5e-4
+  config.optim.warmup_steps = 200
   config.ema.decay = 0.999
-  config.training.num_steps = 20_000
+  config.training.num_steps = 10_000
   config.training.batch_size = 64
-  config.training.log_every = 200
-  config.training.checkpoint_every = 2000
-  config.training.sample_every = 5000
+  config.training.log_every = 100
+  config.training.checkpoint_every = 1000
+  config.training.sample_every = 2500
   config.training.num_grid_samples = 64
   config.loss.time_sampling = "log_uniform"
   config.sampling.num_steps = 100

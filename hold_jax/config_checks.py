@@ -33,6 +33,6 @@ def check(config) -> None:
     raise ValueError(f"ema.decay = {config.ema.decay} must lie in [0, 1).")
   if config.checkpoint.keep < 1:
     raise ValueError(f"checkpoint.keep = {config.checkpoint.keep} must be >= 1.")
-  stream = input_pipeline.create_stream(config.data, config.training.batch_size, config.seed)
-  models.create_model(config.model, stream.data_shape)
+  input_pipeline.check_global_batch(config.training.batch_size)
+  models.create_model(config.model, input_pipeline.data_shape(config.data))  # the data itself loads in train
   train.make_optimizer(config.optim, config.training.num_steps)

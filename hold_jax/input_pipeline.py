@@ -122,13 +122,31 @@ class PointStream:
     return GENERATORS[self.dataset](rng, self.local_batch_size).astype(np.float32)
 
 
+def check_global_batch(global_batch: int) -> None:
+  """The global batch must split evenly over processes (data shares) and devices (the mesh's data axis)."""
+  if global_batch % jax.process_count() or global_batch % jax.device_count():
+    raise ValueError(f"training.batch_size = {global_batch} must be divisible by the number of processes "
+                     f"({jax.process_count()}) and of devices ({jax.device_count()}).")
+
+
+def data_shape(data_config) -> tuple[int, ...]:
+  """The shape of one example of `config.data` (no batch), checked, without loading a data set."""
+  dataset = data_config.dataset
+  if dataset in image_sources.SOURCES:
+    return image_data.image_shape(data_config)
+  if dataset.startswith("npy:"):
+    return load_point_cloud(dataset[len("npy:"):]).shape[1:]
+  if dataset not in GENERATORS:
+    raise ValueError(f"data.dataset = {dataset!r} is not allowed: it must be one of "
+                     f"{sorted(GENERATORS) + sorted(image_sources.SOURCES)} or 'npy:PATH' for an (N, D) array.")
+  return (2,)
+
+
 def create_stream(data_config, global_batch: int, seed: int) -> PointStream | image_data.ImageStream:
   """The stream of `config.data.dataset` for this process: `.data_shape` and `.local_batch(step)`."""
   dataset = data_config.dataset
+  check_global_batch(global_batch)
   process_count = jax.process_count()
-  if global_batch % process_count or global_batch % jax.device_count():
-    raise ValueError(f"training.batch_size = {global_batch} must be divisible by the number of processes "
-                     f"({process_count}) and of devices ({jax.device_count()}).")
   if dataset in image_sources.SOURCES:
     return image_data.create_image_stream(data_config, global_batch, seed, jax.process_index(), process_count)
   points = None

@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from hold_jax import config_checks
 from hold_jax import demo
+from hold_jax import input_pipeline
 from hold_jax import sample
 from hold_jax import train
 
@@ -44,7 +45,8 @@ def main(argv):
   if config.job == "exact_score_demo":
     print(f"exact_score_demo finished; outputs in {_WORKDIR.value}: {demo.run(config, _WORKDIR.value)}")
   elif _MODE.value == "train":
-    state = train.train(config, _WORKDIR.value)
+    grids = sample.grid_callback(config, _WORKDIR.value, input_pipeline.data_shape(config.data))
+    state = train.train(config, _WORKDIR.value, callbacks=[grids] if grids else [])
     print(f"trained to step {int(state.step)}; checkpoints in {_WORKDIR.value}/checkpoints")
   else:
     print(sample.sample_to_disk(config, _WORKDIR.value))

@@ -1,4 +1,4 @@
-"""Scatter plots of 2-D samples, written with matplotlib's Agg backend (no display needed)."""
+"""Pictures of samples: scatter plots of 2-D points and grids of images, written with matplotlib's Agg backend."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,3 +24,32 @@ def scatter(path: str, samples: np.ndarray, title: str, markers: np.ndarray | No
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)
+
+
+def tile(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+  """uint8 images (N, H, W, C) -> one grid image (rows H + rows - 1, columns W + columns - 1, C), 1-pixel gaps.
+
+  columns defaults to ceil(sqrt(N)); empty cells and gaps are black.
+  """
+  num, height, width, channels = images.shape
+  columns = columns or int(np.ceil(np.sqrt(num)))
+  rows = int(np.ceil(num / columns))
+  grid = np.zeros((rows * (height + 1) - 1, columns * (width + 1) - 1, channels), np.uint8)
+  for index, image in enumerate(images):
+    row, column = divmod(index, columns)
+    grid[row * (height + 1):row * (height + 1) + height, column * (width + 1):column * (width + 1) + width] = image
+  return grid
+
+
+def save_image(path: str, image: np.ndarray, min_size: int = 512) -> None:
+  """Saves a uint8 image (H, W, C) with C in {1, 3} as a PNG (gray when C = 1), its pixels repeated an
+  integer number of times so that the longer side is at least min_size (a grid of 16x16 digits is legible)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  repeat = max(1, min_size // max(image.shape[:2]))
+  image = np.repeat(np.repeat(image, repeat, axis=0), repeat, axis=1)
+  if image.shape[-1] == 1:
+    matplotlib.image.imsave(path, image[..., 0], cmap="gray", vmin=0, vmax=255)
+  else:
+    matplotlib.image.imsave(path, image)

@@ -1,12 +1,16 @@
-"""`--mode=sample`: draw samples from the latest EMA parameters of a workdir and write them to disk."""
+"""`--mode=sample`: draw samples from the latest EMA parameters of a workdir and write them to disk; image
+grids during training (`grid_callback`)."""
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import models
 from hold_jax import plots
@@ -15,22 +19,63 @@ from hold_jax import sde as sde_lib
 from hold_jax import train
 
 
-def draw(config, params, data_shape: tuple[int, ...]) -> np.ndarray:
-  """config.sampling.num_samples samples (N, *data_shape), in batches of config.sampling.batch_size."""
+def make_drawer(config, data_shape: tuple[int, ...]) -> Callable[[Any, int], np.ndarray]:
+  """draw(params, num_samples) -> (num_samples, *data_shape) samples of `config.sampling`, in batches of
+  config.sampling.batch_size; sample i always has the seed fold_in(PRNGKey(config.seed), i)."""
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
   score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
   sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling)
   rng = jax.random.PRNGKey(config.seed)
-  num, batch = config.sampling.num_samples, config.sampling.batch_size
-  chunks = [np.asarray(sampler(params, rng, jnp.arange(start, min(start + batch, num))))
-            for start in range(0, num, batch)]
-  return np.concatenate(chunks)
+  batch = config.sampling.batch_size
+
+  def draw_samples(params, num_samples: int) -> np.ndarray:
+    chunks = [np.asarray(sampler(params, rng, jnp.arange(start, min(start + batch, num_samples))))
+              for start in range(0, num_samples, batch)]
+    return np.concatenate(chunks)
+
+  return draw_samples
+
+
+def draw(config, params, data_shape: tuple[int, ...]) -> np.ndarray:
+  """config.sampling.num_samples samples (N, *data_shape)."""
+  return make_drawer(config, data_shape)(params, config.sampling.num_samples)
+
+
+def image_grid(samples: np.ndarray, max_images: int = 64) -> np.ndarray:
+  """The first max_images model-space images (N, H, W, C) as one uint8 grid image (for PNGs and TensorBoard)."""
+  return plots.tile(image_data.to_pixels(samples[:max_images]))
+
+
+def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Callback | None:
+  """A train callback that, for image data, samples config.training.num_grid_samples images from the EMA
+  parameters every training.sample_every steps and at the end, and writes them as one grid to TensorBoard
+  ('samples') and to workdir/samples/grid_step<N>.png (process 0). None for non-image data or sample_every 0."""
+  every = config.training.get("sample_every", 0)
+  if len(data_shape) != 3 or not every:
+    return None
+  draw_samples = make_drawer(config, data_shape)
+  num = config.training.num_grid_samples
+
+  def callback(step: int, state: train.TrainState, writer) -> None:
+    if (step % every and step != config.training.num_steps) or jax.process_index() != 0:
+      return
+    samples = draw_samples(jax.device_get(state.ema_params), num)
+    if not np.isfinite(samples).all():
+      logging.warning("step %d: some grid samples are not finite; grid not written.", step)
+      return
+    grid = image_grid(samples, num)
+    writer.write_images(step, {"samples": grid[None]})
+    directory = os.path.join(workdir, "samples")
+    os.makedirs(directory, exist_ok=True)
+    plots.save_image(os.path.join(directory, f"grid_step{step}.png"), grid)
+
+  return callback
 
 
 def sample_to_disk(config, workdir: str) -> str:
   """Writes workdir/samples/<name>.npz (array x plus the settings) and, for 2-D data, <name>.png."""
-  data_shape = input_pipeline.create_stream(config.data, config.training.batch_size, config.seed).data_shape
+  data_shape = input_pipeline.data_shape(config.data)
   params, step = train.load_ema_params(config, workdir, data_shape)
   samples = draw(config, params, data_shape)
   settings = config.sampling
@@ -44,9 +89,12 @@ def sample_to_disk(config, workdir: str) -> str:
   directory = os.path.join(workdir, "samples")
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, name + ".npz")
+  images = {"pixels": image_data.to_pixels(samples)} if len(data_shape) == 3 else {}  # uint8, for FID
   np.savez(path, x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid,
-           denoise=settings.denoise, seed=config.seed, checkpoint_step=step)
-  if data_shape == (2,):
+           denoise=settings.denoise, seed=config.seed, checkpoint_step=step, **images)
+  if len(data_shape) == 3:
+    plots.save_image(os.path.join(directory, name + ".png"), image_grid(samples))
+  elif data_shape == (2,):
     plots.scatter(os.path.join(directory, name + ".png"), samples,
                   f"{config.data.dataset}: {settings.method}, {settings.num_steps} steps, step {step}")
   return path

@@ -9,7 +9,7 @@ only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.linen as nn
@@ -89,13 +89,33 @@ def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, parametrization: str) -> losses.ScoreFn:
-  """score_fn(params, u, t) of a network whose output is read through `parametrization`."""
+def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, parametrization: str,
+                  dropout_rng: jax.Array | None = None) -> losses.ScoreFn:
+  """score_fn(params, u, t) of a network whose output is read through `parametrization`.
+
+  With dropout_rng the network runs in training mode (dropout on, with that key); without, in inference mode.
+  """
 
   def score_fn(params, u, t):
-    return losses.score_from_output(sde, parametrization, model.apply({"params": params}, u, t), u, t)
+    if dropout_rng is None:
+      output = model.apply({"params": params}, u, t, train=False)
+    else:
+      output = model.apply({"params": params}, u, t, train=True, rngs={"dropout": dropout_rng})
+    return losses.score_from_output(sde, parametrization, output, u, t)
 
   return score_fn
+
+
+def make_training_loss_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config) -> Callable:
+  """loss_fn(params, x0, rng) of `config.loss` with the network in training mode (a dropout key per step)."""
+  losses.make_loss_fn(sde, lambda params, u, t: u[:, -1], loss_config)  # checks the fields once, up front
+
+  def loss_fn(params, x0, rng):
+    dropout_rng, loss_rng = jax.random.split(rng)
+    score_fn = make_score_fn(sde, model, loss_config.parametrization, dropout_rng)
+    return losses.make_loss_fn(sde, score_fn, loss_config)(params, x0, loss_rng)
+
+  return loss_fn
 
 
 def init_state(model: nn.Module, data_shape: tuple[int, ...], order: int, optimizer: optax.GradientTransformation,
@@ -103,7 +123,7 @@ def init_state(model: nn.Module, data_shape: tuple[int, ...], order: int, optimi
   """Fresh parameters (EMA equal to them), optimizer state, step 0."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
   u = jnp.zeros((1, order) + tuple(data_shape), jnp.float32)
-  params = model.init(init_rng, u, jnp.ones((1,), jnp.float32))["params"]
+  params = jax.jit(model.init)(init_rng, u, jnp.ones((1,), jnp.float32))["params"]  # eager init of a U-Net is slow
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=optimizer.init(params), rng=train_rng,
                     first_bad_step=jnp.asarray(-1, jnp.int32))
@@ -152,13 +172,17 @@ def save_config(config, workdir: str) -> None:
     (path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
-def restore_or_init(manager: ocp.CheckpointManager, fresh_state: TrainState, sharding: NamedSharding
-                    ) -> TrainState:
-  """The latest checkpoint of the workdir if there is one, placed with `sharding`; else fresh_state."""
+def restore_or_init(manager: ocp.CheckpointManager, make_fresh_state: Callable[[], TrainState],
+                    sharding: NamedSharding) -> TrainState:
+  """The latest checkpoint of the workdir if there is one, else make_fresh_state(); placed with `sharding`.
+
+  On resume the fresh state is only traced (eval_shape) for its structure, never computed.
+  """
   step = manager.latest_step()
   if step is None:
-    return jax.device_put(fresh_state, sharding)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), fresh_state)
+    return jax.device_put(make_fresh_state(), sharding)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          jax.eval_shape(make_fresh_state))
   logging.info("Resuming from the checkpoint of step %d in %s", step, manager.directory)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
@@ -172,7 +196,12 @@ def nonfinite_error(state: TrainState, last_saved: int | None) -> FloatingPointE
       "t -> 0); with loss.weighting = 'likelihood' or 'none' try 'eps'.")
 
 
-def train(config, workdir: str) -> TrainState:
+# callback(step, state, writer), called after every train step with the number of steps done; it decides
+# itself when to act (sample.grid_callback writes image grids every training.sample_every steps).
+Callback = Callable[[int, TrainState, metric_writers.MetricWriter], None]
+
+
+def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainState:
   """Trains config.training.num_steps steps in workdir, resuming from its latest checkpoint if any."""
   training = config.training
   mesh = make_mesh()
@@ -182,14 +211,13 @@ def train(config, workdir: str) -> TrainState:
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, stream.data_shape)
   optimizer = make_optimizer(config.optim, training.num_steps)
-  score_fn = make_score_fn(sde, model, config.loss.parametrization)
-  loss_fn = losses.make_loss_fn(sde, score_fn, config.loss)
+  loss_fn = make_training_loss_fn(sde, model, config.loss)
   train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=0)
 
   manager = checkpoint_manager(workdir, config.checkpoint)
-  state = restore_or_init(manager, init_state(model, stream.data_shape, sde.order, optimizer, config.seed),
+  state = restore_or_init(manager, lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed),
                           replicated)
   start = int(state.step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -221,6 +249,8 @@ def train(config, workdir: str) -> TrainState:
       if save:
         manager.save(step + 1, args=ocp.args.StandardSave(state))
         last_saved = step + 1
+      for callback in callbacks:
+        callback(step + 1, state, writer)
   finally:  # a run that dies still completes the saves it started (and stops the prefetch thread)
     batches.close()
     manager.wait_until_finished()
@@ -236,7 +266,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...]) -> tuple[
   if manager.latest_step() is None:
     raise ValueError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
                      "(python -m hold_jax.main --config ... --workdir ... --mode=train).")
-  fresh = init_state(model, data_shape, sde.order, make_optimizer(config.optim, config.training.num_steps),
-                     config.seed)
-  state = restore_or_init(manager, fresh, NamedSharding(make_mesh(), PartitionSpec()))
+  optimizer = make_optimizer(config.optim, config.training.num_steps)
+  state = restore_or_init(manager, lambda: init_state(model, data_shape, sde.order, optimizer, config.seed),
+                          NamedSharding(make_mesh(), PartitionSpec()))
   return state.ema_params, int(state.step)

@@ -1,9 +1,7 @@
 """Image input pipelines: pixel scaling, resizing, the seeded digits / tfds streams, and prefetching."""
 import importlib
-import socket
 import threading
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +18,6 @@ from hold_jax import input_pipeline
 from hold_jax import prefetch
 
 DIGIT_LEVELS = 17
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-  """Any attempt to open a connection fails the test at once instead of hanging on this offline machine."""
-  def refuse(*args, **kwargs):
-    raise AssertionError(f"the input pipeline tried the network: {args}")
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +76,7 @@ def smooth_1_6_1(images: np.ndarray, axis: int) -> np.ndarray:
 
 
 def test_digits_at_16x16_average_back_to_the_originals(original_digits):
-  upsampled = input_pipeline.create_stream(digits_data(), 64, 0).images
+  upsampled = input_pipeline.create_stream(digits_data(image_size=16), 64, 0).images
   assert upsampled.shape == (1797, 16, 16, 1) and upsampled.dtype == np.uint8 and upsampled.max() <= 16
   pooled = upsampled.astype(np.float64).reshape(1797, 8, 2, 8, 2, 1).mean(axis=(2, 4))
   # Linear 2x upsampling samples at i/2 - 1/4, so 2x2 pooling gives back the original smoothed by
@@ -100,7 +89,7 @@ def test_digits_at_16x16_average_back_to_the_originals(original_digits):
 
 
 def test_digits_batches_are_functions_of_seed_step_and_process():
-  random = digits_data(random_flip=True, dequantize=True)  # so that the per-step draws matter too
+  random = digits_data(image_size=16, random_flip=True, dequantize=True)  # the per-step draws matter too
   first = input_pipeline.create_stream(random, 64, 3)
   again = input_pipeline.create_stream(random, 64, 3)  # as after a restart
   assert first.data_shape == (16, 16, 1)
@@ -172,18 +161,6 @@ def test_random_flip_mirrors_about_half_and_off_mirrors_none():
       assert is_mirrored or np.array_equal(image, reference)
       flipped += is_mirrored
   assert 0.4 < flipped / (640 - symmetric) < 0.6, flipped
-
-
-@pytest.fixture
-def prepared_mock_tfds(no_network):
-  """tfds' mock data (random examples, no files) standing in for a prepared dataset."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  download = mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
-                               side_effect=AssertionError("the pipeline tried to download"))
-  # mock_data leaves is_prepared unpatched (its metadata folder is absent from the wheel): say prepared.
-  prepared = mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True)
-  with tfds.testing.mock_data(num_examples=20), prepared, download:
-    yield
 
 
 def test_cifar10_local_config_streams_mocked_tfds(prepared_mock_tfds):

@@ -25,7 +25,7 @@ EXPECTED_PARAMS = {
     "cifar10:local": 192_547,
     "celebahq256": 67_758_851,
     "celebahq256:local": 192_547,
-    "digits": 1_100_705,
+    "digits": 689_249,
     "digits:local": 173_873,
 }
 
