@@ -20,6 +20,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.dropout = 0.0
   config.training.batch_size = 64
   config.training.num_steps = 2_400_000
+  config.eval.split = "train"  # tfds' celeb_a_hq has one split
   config.sampling.batch_size = 64
   config.sampling.num_samples = 10_000
   if variant == "local":

@@ -1,7 +1,7 @@
 """Entry point: python -m hold_jax.main --config configs/NAME.py --workdir DIR [--mode=...] [--config.a.b=value].
 
-Thin on purpose: it parses flags, checks the config, and hands it to train, sample or the demo; everything
-else is importable from a notebook.
+Thin on purpose: it parses flags, checks the config, and hands it to train, sample, evaluate or the demo;
+everything else is importable from a notebook.
 """
 import jax
 from absl import app
@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from hold_jax import config_checks
 from hold_jax import demo
+from hold_jax import evaluate
 from hold_jax import input_pipeline
 from hold_jax import sample
 from hold_jax import train
@@ -18,8 +19,8 @@ from hold_jax import train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples; a run resumes "
                                "from the latest checkpoint found here.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "train (and resume), or sample from the latest "
-                          "EMA parameters.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "train (and resume), sample from the "
+                          "latest EMA parameters, or eval: their NLL bound (config.eval) as workdir/eval/*.json.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: set it on every "
                                   "host of a multi-host job. TPU pod slices, SLURM and Open MPI jobs detect their "
                                   "peers themselves; elsewhere give the three flags below.")
@@ -48,6 +49,8 @@ def main(argv):
     grids = sample.grid_callback(config, _WORKDIR.value, input_pipeline.data_shape(config.data))
     state = train.train(config, _WORKDIR.value, callbacks=[grids] if grids else [])
     print(f"trained to step {int(state.step)}; checkpoints in {_WORKDIR.value}/checkpoints")
+  elif _MODE.value == "eval":
+    print(evaluate.evaluate(config, _WORKDIR.value))
   else:
     print(sample.sample_to_disk(config, _WORKDIR.value))
 

@@ -1,0 +1,262 @@
+"""`--mode=eval`: the negative log-likelihood bound of a workdir's latest EMA parameters over a data split
+(DESIGN section 6; the computation is hold_jax/likelihood.py), written to workdir/eval/<name>.json.
+
+Which examples. Image data: the first eval.num_examples images of eval.split (-1: all of them), read by the
+training pipeline with its flips off, each dequantised once with its own noise. A user's point cloud
+('npy:PATH'): its first eval.num_examples points. Generated 2-D data: eval.num_examples fresh points. Example
+k (its dequantisation noise, generated point, auxiliaries and Hutchinson probes) depends only on
+(eval.seed, k), never on the batch size, the device count or the number of processes: every example is
+evaluated exactly once, and a rerun gives the same report.
+
+Multi-host: each process bounds its own share of the examples on its local devices; the per-example results
+are gathered before the report, which process 0 writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hold_jax import image_data
+from hold_jax import image_sources
+from hold_jax import input_pipeline
+from hold_jax import likelihood
+from hold_jax import models
+from hold_jax import sde as sde_lib
+from hold_jax import train
+
+# Entropy words that keep eval's per-example numpy draws apart from each other and from the training
+# stream's [seed, step, process] draws (SeedSequence pads with zeros, so a distinct nonzero word is needed).
+GENERATED_POINT_STREAM = 0x6576616C  # 'eval'
+DEQUANTIZATION_STREAM = 0x64657175  # 'dequ'
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """This process's share of the examples to bound.
+
+  values: (n, *data_shape): float32 model-space points, or uint8 pixel levels of images (dequantised per batch).
+  indices: (n,) their global example indices k, which seed everything random about them.
+  num_levels: pixel levels of image data (for bits/dim); None for points.
+  description: what the examples are, for the report.
+  """
+
+  values: np.ndarray
+  indices: np.ndarray
+  num_levels: int | None
+  description: str
+
+
+def process_share(num_examples: int) -> np.ndarray:
+  """The global indices of this process's contiguous share of range(num_examples)."""
+  return np.array_split(np.arange(num_examples), jax.process_count())[jax.process_index()]
+
+
+def generated_points(dataset: str, seed: int, indices: np.ndarray) -> np.ndarray:
+  """(n, D) float32: point k drawn alone from np.random.default_rng([seed, GENERATED_POINT_STREAM, k])."""
+  generate = input_pipeline.GENERATORS[dataset]
+  points = [generate(np.random.default_rng([seed, GENERATED_POINT_STREAM, int(k)]), 1)[0] for k in indices]
+  return np.asarray(points, np.float32).reshape((len(indices), -1))
+
+
+def first_examples(num_total: int, num_wanted: int) -> int:
+  """How many of a fixed split's num_total examples to bound: num_wanted (-1: all), at most num_total."""
+  return num_total if num_wanted == -1 else min(num_wanted, num_total)
+
+
+def load_examples(config) -> Examples:
+  """This process's examples of `config.data` for `config.eval` (see the module docstring)."""
+  dataset, settings = config.data.dataset, config.eval
+  if dataset in image_sources.SOURCES:
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.split, data_config.random_flip, data_config.dequantize = settings.split, False, True
+    stream = input_pipeline.create_stream(data_config, jax.device_count(), config.seed)
+    sizes = _all_processes(np.array([len(stream.images)]))[:, 0]
+    offset = int(sizes[:jax.process_index()].sum())
+    keep = first_examples(int(sizes.sum()), settings.num_examples)
+    indices = np.arange(offset, offset + len(stream.images))
+    mine = indices < keep
+    return Examples(stream.images[mine], indices[mine], stream.num_levels,
+                    f"{dataset} {settings.split!r}: the first {keep} of {int(sizes.sum())} images")
+  if dataset.startswith("npy:"):
+    points = input_pipeline.load_point_cloud(dataset[len("npy:"):])
+    keep = first_examples(len(points), settings.num_examples)
+    indices = process_share(keep)
+    return Examples(points[indices], indices, None, f"{dataset}: the first {keep} of {len(points)} points")
+  input_pipeline.data_shape(config.data)  # names the field of an unknown dataset
+  if settings.num_examples < 1:
+    raise ValueError(f"eval.num_examples = {settings.num_examples}: generated data ({dataset!r}) needs a number "
+                     "of fresh points >= 1.")
+  indices = process_share(settings.num_examples)
+  return Examples(generated_points(dataset, settings.seed, indices), indices, None,
+                  f"{dataset}: {settings.num_examples} fresh points, eval.seed = {settings.seed}")
+
+
+def model_inputs(examples: Examples, positions: np.ndarray, seed: int) -> np.ndarray:
+  """The examples at `positions` in model space; images dequantised with per-example noise (seed, stream, k)."""
+  values = examples.values[positions]
+  if examples.num_levels is None:
+    return values
+  noise = np.stack([np.random.default_rng([seed, DEQUANTIZATION_STREAM, int(k)]).random(values.shape[1:],
+                                                                                          dtype=np.float32)
+                    for k in examples.indices[positions]])
+  return image_data.to_model_space(values, examples.num_levels, noise)
+
+
+def _all_processes(values: np.ndarray) -> np.ndarray:
+  """(P, *shape): `values` of every process, stacked (the same array when there is one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(values)[None]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values))
+
+
+def gather(per_example: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Every process's per-example arrays (n_p,), joined and sorted by global example index."""
+  if jax.process_count() == 1:
+    order = np.argsort(indices)
+    return {name: values[order] for name, values in per_example.items()}
+  longest = int(_all_processes(np.array([len(indices)])).max())
+  pad = lambda values, fill: np.concatenate([values, np.full(longest - len(values), fill, values.dtype)])
+  all_indices = _all_processes(pad(indices.astype(np.int64), -1)).reshape(-1)
+  valid = all_indices >= 0
+  order = np.argsort(all_indices[valid])
+  return {name: _all_processes(pad(values.astype(np.float64), np.nan)).reshape(-1)[valid][order]
+          for name, values in per_example.items()}
+
+
+def summarize(nll_bound: np.ndarray, num_coords: int, num_levels: int | None) -> dict[str, float]:
+  """The mean bound and its standard error over examples, in nats per example and per dimension, and in
+  bits/dim for images. The standard error includes the one-draw noise of the auxiliaries and probes."""
+  mean = float(np.mean(nll_bound))
+  stderr = float(np.std(nll_bound, ddof=1) / np.sqrt(len(nll_bound))) if len(nll_bound) > 1 else float("nan")
+  summary = {"nll_bound_nats": mean, "nll_bound_nats_stderr": stderr,
+             "nll_bound_nats_per_dim": mean / num_coords, "nll_bound_nats_per_dim_stderr": stderr / num_coords}
+  if num_levels is not None:
+    summary["bits_per_dim"] = float(likelihood.bits_per_dim(mean, num_coords, num_levels))
+    summary["bits_per_dim_stderr"] = stderr / (num_coords * math.log(2))
+  return summary
+
+
+def make_batch_bound(config, data_shape: tuple[int, ...], settings: likelihood.ODESettings):
+  """bound(params, x (B, *data_shape), indices (B,)) -> (nll_bound, nfe, solved), each (B,); jitted."""
+  sde = sde_lib.from_config(config.sde)
+  model = models.create_model(config.model, data_shape)
+  score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
+  base_key = jax.random.PRNGKey(config.eval.seed)
+  aux_distribution = config.eval.aux_distribution
+
+  @jax.jit
+  def bound(params, x, indices):
+    keys = jax.vmap(lambda k: jax.random.fold_in(base_key, k))(indices)
+    result = likelihood.nll_bound(sde, score_fn, params, x, keys, settings, aux_distribution)
+    return result.nll_bound, result.nfe, result.solved
+
+  return bound
+
+
+def bound_examples(bound, params, examples: Examples, batch_size: int, seed: int, mesh: Mesh,
+                   num_coords: int) -> dict[str, np.ndarray]:
+  """Per-example nll_bound, nfe and solved (n,) of this process's examples, in batches of batch_size.
+
+  The last batch is padded with copies of its last example (one shape, one compile) and cut back; a progress
+  line is logged after every batch.
+  """
+  started = time.time()
+  batch_sharding = NamedSharding(mesh, PartitionSpec(train.DATA_AXIS))
+  num_local = len(examples.indices)
+  results = {"nll_bound": [], "nfe": [], "solved": []}
+  num_batches = math.ceil(num_local / batch_size)
+  for batch_number, start in enumerate(range(0, num_local, batch_size)):
+    positions = np.arange(start, min(start + batch_size, num_local))
+    padded = np.concatenate([positions, np.full(batch_size - len(positions), positions[-1])])
+    x = jax.device_put(model_inputs(examples, padded, seed), batch_sharding)
+    indices = jax.device_put(examples.indices[padded].astype(np.int32), batch_sharding)
+    for name, values in zip(results, jax.device_get(bound(params, x, indices))):
+      results[name].append(np.asarray(values)[:len(positions)])
+    if jax.process_index() == 0:
+      logging.info("eval: batch %d/%d, %d/%d examples of this host, mean bound %.4f nats/dim, mean NFE %.0f, "
+                   "%.0f s", batch_number + 1, num_batches, start + len(positions), num_local,
+                   np.nanmean(np.concatenate(results["nll_bound"])) / num_coords,
+                   np.mean(np.concatenate(results["nfe"])), time.time() - started)
+  return {name: np.concatenate(values) if values else np.zeros((0,)) for name, values in results.items()}
+
+
+def evaluate(config, workdir: str) -> str:
+  """Bounds the NLL of the examples of config.eval and writes workdir/eval/<name>.json; returns its path."""
+  started = time.time()
+  eval_config = config.eval
+  data_shape = input_pipeline.data_shape(config.data)
+  num_coords = math.prod(data_shape)
+  settings = likelihood.settings_from_config(eval_config, data_shape)
+  sde = sde_lib.from_config(config.sde)
+  entropy = float(likelihood.auxiliary_entropy(sde, num_coords, eval_config.aux_distribution))  # checks q
+  mesh = Mesh(np.asarray(jax.local_devices()), (train.DATA_AXIS,))
+  if eval_config.batch_size % mesh.size:
+    raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be divisible by this host's {mesh.size} "
+                     "devices.")
+  examples = load_examples(config)
+  if examples.num_levels is not None and not config.data.dequantize:
+    logging.warning("The model was trained with data.dequantize = False (pixel / 255) and is bounded on dequantised "
+                    "data ((pixel + U) / 256); the bound is valid but looser than for a model trained dequantised.")
+
+  params, step = train.load_ema_params(config, workdir, data_shape)
+  params = jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))  # this host's devices
+  bound = make_batch_bound(config, data_shape, settings)
+  local = bound_examples(bound, params, examples, eval_config.batch_size, eval_config.seed, mesh, num_coords)
+  gathered = gather(local, examples.indices)
+  nll_bound, nfe, solved = gathered["nll_bound"], gathered["nfe"], gathered["solved"].astype(bool)
+  failed = ~solved | ~np.isfinite(nll_bound)
+  if failed.any():
+    raise FloatingPointError(
+        f"{failed.sum()} of {len(nll_bound)} examples have no finite bound (the first is example "
+        f"{int(np.argmax(failed))}); nothing was written. Raise eval.max_steps (now {settings.max_steps}), loosen "
+        f"eval.ode_rtol / eval.ode_atol (now {settings.rtol} / {settings.atol}), or raise sde.eps.")
+
+  report = {
+      "quantity": ("Upper bound on -log p_model(x) per example, p_model the x-marginal of the probability-flow "
+                   "ODE's density at t = eps (data placed at eps, auxiliaries drawn from q, H[q] subtracted); "
+                   "see hold_jax/likelihood.py. bits_per_dim adds log2(num_levels / 2) for [-1, 1] scaling."),
+      **summarize(nll_bound, num_coords, examples.num_levels),
+      "num_examples": int(len(nll_bound)),
+      "num_dims": num_coords,
+      "num_levels": examples.num_levels,
+      "examples": examples.description,
+      "aux_entropy_nats": entropy,
+      "nfe_mean": float(np.mean(nfe)),
+      "nfe_max": int(np.max(nfe)),
+      "checkpoint_step": step,
+      "seconds": round(time.time() - started, 1),
+      "settings": {**eval_config.to_dict(), "divergence_used": settings.divergence,
+                   "num_probes_used": settings.num_probes if settings.divergence == "hutchinson" else num_coords,
+                   "sde": dataclasses.asdict(sde), "parametrization": config.loss.parametrization,
+                   "dataset": config.data.dataset},
+  }
+  split = eval_config.split if examples.num_levels is not None else (
+      "points" if config.data.dataset.startswith("npy:") else "generated")
+  name = f"nll_{split}_{eval_config.aux_distribution}_{settings.divergence}_ckpt{step}"
+  directory = train.workdir_path(workdir) / "eval"
+  path = directory / f"{name}.json"
+  if jax.process_index() == 0:
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=_json_default))
+    logging.info("eval: %s = %.4f +- %.4f nats per example%s", name, report["nll_bound_nats"],
+                 report["nll_bound_nats_stderr"], f", {report['bits_per_dim']:.4f} bits/dim"
+                 if "bits_per_dim" in report else "")
+  return str(path)
+
+
+def _json_default(value: Any):
+  if isinstance(value, (np.integer, np.floating)):
+    return value.item()
+  if isinstance(value, tuple):
+    return list(value)
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
