@@ -32,11 +32,19 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Sampling (hold_jax/sampling.py, DESIGN section 5).
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = "lie_trotter"  # 'lie_trotter' or 'euler_maruyama'
-  sampling.num_steps = 100
+  # 'lie_trotter', 'strang' (A/2, S, A/2), their '_exponential' variants (a score step that cannot overshoot
+  # near eps), 'euler_maruyama', or the probability-flow ODE: 'ode_heun' (2 NFE per step), 'ode_adaptive'.
+  sampling.method = "lie_trotter"
+  sampling.num_steps = 100  # steps of the fixed-step methods (NFE = steps, twice that for 'ode_heun')
   sampling.grid = "quadratic"  # 'uniform', 'quadratic' or 'edm'
   sampling.rho = 7.0  # exponent of the 'edm' grid
-  sampling.denoise = True  # final noise-free step from eps to 0
+  sampling.denoise = True  # final noise-free step from eps to 0 (uses the network only for order 1)
+  # 'ode_adaptive': diffrax solver ('tsit5' or 'dopri5', scipy's RK45) with a PID step-size controller; every
+  # sample takes its own steps, and the NFE it took is reported. score_sde's ODE sampler uses 1e-5 / 1e-5.
+  sampling.ode_solver = "tsit5"
+  sampling.ode_rtol = 1e-5
+  sampling.ode_atol = 1e-5
+  sampling.ode_max_steps = 4096  # a sample that needs more steps comes back as NaN
   sampling.num_samples = 1024
   sampling.batch_size = 1024
 

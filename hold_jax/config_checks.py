@@ -17,10 +17,7 @@ def check(config) -> None:
   if config.get("job") not in JOBS:
     raise ValueError(f"job = {config.get('job')!r} is not allowed: it must be one of {JOBS}.")
   sde = sde_lib.from_config(config.sde)
-  sampling.time_grid(sde, config.sampling.num_steps, config.sampling.grid, config.sampling.rho)
-  if config.sampling.method not in sampling.METHODS:
-    raise ValueError(f"sampling.method = {config.sampling.method!r} is not allowed: it must be one of "
-                     f"{sampling.METHODS}.")
+  sampling.check_settings(sde, config.sampling)
   for field in ("num_samples", "batch_size"):
     if config.sampling[field] < 1:
       raise ValueError(f"sampling.{field} = {config.sampling[field]} must be >= 1.")

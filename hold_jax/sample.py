@@ -19,27 +19,32 @@ from hold_jax import sde as sde_lib
 from hold_jax import train
 
 
-def make_drawer(config, data_shape: tuple[int, ...]) -> Callable[[Any, int], np.ndarray]:
+def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -> Callable[[Any, int], Any]:
   """draw(params, num_samples) -> (num_samples, *data_shape) samples of `config.sampling`, in batches of
-  config.sampling.batch_size; sample i always has the seed fold_in(PRNGKey(config.seed), i)."""
+  config.sampling.batch_size; sample i always has the seed fold_in(PRNGKey(config.seed), i).
+
+  With return_nfe, draw returns (samples, nfe): the network evaluations of a batch, the largest over the
+  batches (they differ only for the adaptive ODE solver).
+  """
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
   score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
-  sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling)
+  sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True)
   rng = jax.random.PRNGKey(config.seed)
   batch = config.sampling.batch_size
 
-  def draw_samples(params, num_samples: int) -> np.ndarray:
-    chunks = [np.asarray(sampler(params, rng, jnp.arange(start, min(start + batch, num_samples))))
-              for start in range(0, num_samples, batch)]
-    return np.concatenate(chunks)
+  def draw_samples(params, num_samples: int):
+    results = [sampler(params, rng, jnp.arange(start, min(start + batch, num_samples)))
+               for start in range(0, num_samples, batch)]
+    samples = np.concatenate([np.asarray(result.x) for result in results])
+    return (samples, max(int(result.nfe) for result in results)) if return_nfe else samples
 
   return draw_samples
 
 
-def draw(config, params, data_shape: tuple[int, ...]) -> np.ndarray:
-  """config.sampling.num_samples samples (N, *data_shape)."""
-  return make_drawer(config, data_shape)(params, config.sampling.num_samples)
+def draw(config, params, data_shape: tuple[int, ...], return_nfe: bool = False):
+  """config.sampling.num_samples samples (N, *data_shape), and with return_nfe the NFE of a batch."""
+  return make_drawer(config, data_shape, return_nfe)(params, config.sampling.num_samples)
 
 
 def image_grid(samples: np.ndarray, max_images: int = 64) -> np.ndarray:
@@ -77,24 +82,29 @@ def sample_to_disk(config, workdir: str) -> str:
   """Writes workdir/samples/<name>.npz (array x plus the settings) and, for 2-D data, <name>.png."""
   data_shape = input_pipeline.data_shape(config.data)
   params, step = train.load_ema_params(config, workdir, data_shape)
-  samples = draw(config, params, data_shape)
+  samples, nfe = draw(config, params, data_shape, return_nfe=True)
   settings = config.sampling
+  adaptive = settings.method == "ode_adaptive"
+  if adaptive:
+    name = f"{settings.method}_{settings.ode_solver}_rtol{settings.ode_rtol:g}_atol{settings.ode_atol:g}"
+  else:
+    name = f"{settings.method}_{settings.grid}_{settings.num_steps}steps"
   bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
   if bad.any():
-    raise FloatingPointError(
-        f"{bad.sum()} of {len(samples)} samples are not finite ({settings.method}, {settings.num_steps} steps, "
-        f"{settings.grid} grid); nothing was written. The explicit score step is stiff near sde.eps: raise "
-        "sampling.num_steps, use sampling.grid = 'quadratic', or raise sde.eps.")
-  name = f"{settings.method}_{settings.grid}_{settings.num_steps}steps_ckpt{step}"
+    raise FloatingPointError(f"{bad.sum()} of {len(samples)} samples are not finite ({name}, NFE {nfe}); nothing "
+                             f"was written. {sampling.non_finite_advice(settings)}")
+  logging.info("%d samples (%s): %d network evaluations per batch.", len(samples), name, nfe)
+  name = f"{name}_ckpt{step}"
   directory = os.path.join(workdir, "samples")
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, name + ".npz")
   images = {"pixels": image_data.to_pixels(samples)} if len(data_shape) == 3 else {}  # uint8, for FID
+  ode = {field: settings[field] for field in ("ode_solver", "ode_rtol", "ode_atol")} if adaptive else {}
   np.savez(path, x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid,
-           denoise=settings.denoise, seed=config.seed, checkpoint_step=step, **images)
+           denoise=settings.denoise, nfe=nfe, seed=config.seed, checkpoint_step=step, **ode, **images)
   if len(data_shape) == 3:
     plots.save_image(os.path.join(directory, name + ".png"), image_grid(samples))
   elif data_shape == (2,):
     plots.scatter(os.path.join(directory, name + ".png"), samples,
-                  f"{config.data.dataset}: {settings.method}, {settings.num_steps} steps, step {step}")
+                  f"{config.data.dataset}: {settings.method}, NFE {nfe}, step {step}")
   return path

@@ -170,15 +170,31 @@ def test_command_line_trains_logs_and_samples(tmp_path):
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
   for tag in ("loss", "grad_norm", "learning_rate", "steps_per_sec"):
     assert len(_logged_scalars(tmp_path, tag)) > 0, tag
-  sampled = subprocess.run(base + ["--mode=sample", "--config.sampling.num_steps=20"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+  adaptive = ["--config.sampling.method=ode_adaptive", "--config.sampling.ode_rtol=1e-3",
+              "--config.sampling.ode_atol=1e-3"]
+  sampled = subprocess.run(base + ["--mode=sample"] + adaptive, cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
   assert sampled.returncode == 0, sampled.stderr[-4000:]
   path = sampled.stdout.strip().splitlines()[-1]
-  assert path.endswith(".npz") and os.path.isfile(path)
+  assert path.endswith(".npz") and os.path.isfile(path) and "ode_adaptive_tsit5_rtol0.001" in path
   with np.load(path) as archive:
     assert archive["x"].shape == (256, 2) and np.isfinite(archive["x"]).all()
-    assert str(archive["method"]) == "lie_trotter" and int(archive["num_steps"]) == 20
+    assert str(archive["method"]) == "ode_adaptive" and float(archive["ode_rtol"]) == 1e-3
+    assert int(archive["nfe"]) > 10  # counted by the solver
   assert os.path.isfile(path[:-len(".npz")] + ".png")
+
+
+def test_non_finite_samples_are_reported_not_written(tmp_path, monkeypatch):
+  from hold_jax import sample  # pylint: disable=g-import-not-at-top
+  config = local_config()
+  config.sampling.method = "ode_heun"
+  samples = np.ones((config.sampling.num_samples, 2), np.float32)
+  samples[3] = np.nan
+  monkeypatch.setattr(train, "load_ema_params", lambda config, workdir, shape: (None, 7))
+  monkeypatch.setattr(sample, "draw", lambda config, params, shape, return_nfe=False: (samples, 40))
+  with pytest.raises(FloatingPointError, match=r"1 of 256 samples are not finite .*nothing was written.*num_steps"):
+    sample.sample_to_disk(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "samples") or not os.listdir(tmp_path / "samples")
 
 
 @pytest.mark.parametrize("override, message", [
