@@ -7,7 +7,8 @@ machine moves both alike. Memory is XLA's plan for one compiled step (arguments 
 from `compiled.memory_analysis()`), and the device's peak bytes in use where the backend reports it (GPU).
 Writes benchmarks/results/image_train_speed.json.
 
-  python benchmarks/image_train_speed.py [--configs digits cifar10:local] [--rounds 5] [--seconds 2]
+  python benchmarks/image_train_speed.py [--configs digits cifar10:local] [--orders 1 3] [--rounds 5] [--seconds 2]
+      [--output F]
 """
 import argparse
 import importlib
@@ -47,7 +48,9 @@ def build_step(config, order):
   batch = jax.device_put(batch, batch_sharding)
   step = jax.jit(train.make_train_step(train.make_training_loss_fn(sde, model, config.loss), optimizer, config.ema),
                  in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated))
+  start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
+  print(f"{config.data.dataset} order {order}: compiled in {time.perf_counter() - start:.1f} s", flush=True)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   return compiled, state, batch, num_params
 
@@ -59,8 +62,8 @@ def seconds_per_step(compiled, state, batch, seconds):
   count, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds or count < 3:
     state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)  # else asynchronous dispatch queues steps for `seconds` of dispatching
     count += 1
-  jax.block_until_ready(metrics)
   return (time.perf_counter() - start) / count, state
 
 
@@ -71,45 +74,60 @@ def memory_bytes(compiled):
   return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
 
+def measure(name, orders, rounds, seconds):
+  """One row of the table for config `name`; order 1 is the VP baseline of the ratio (when both are timed)."""
+  config = load_config(name)
+  built = {order: build_step(config, order) for order in orders}
+  states = {order: built[order][1] for order in orders}
+  times = {order: [] for order in orders}
+  for _ in range(rounds):
+    for order in orders:
+      step_seconds, states[order] = seconds_per_step(built[order][0], states[order], built[order][2], seconds)
+      times[order].append(step_seconds)
+  median = {order: float(np.median(times[order])) for order in orders}
+  stats = jax.devices()[0].memory_stats() or {}
+  row = dict(config=name, batch=config.training.batch_size, params=int(built[orders[-1]][3]),
+             device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20 or None)
+  for order in orders:
+    row[f"order{order}_ms"] = 1e3 * median[order]
+    row[f"order{order}_steps_per_s"] = 1.0 / median[order]
+    row[f"order{order}_step_memory_mb"] = memory_bytes(built[order][0]) / 2**20
+  if 1 in orders and 3 in orders:
+    row["ratio"] = median[3] / median[1]
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def _cell(row, key, form):
+  return format(row[key], form) if row.get(key) is not None else "n/a"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", nargs="+", default=["digits", "cifar10:local"])
+  parser.add_argument("--orders", type=int, nargs="+", default=[1, 3], help="1 (VP) and/or 3 (HOLD)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--seconds", type=float, default=2.0)
+  parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                       "image_train_speed.json"))
   args = parser.parse_args()
   device = jax.devices()[0]
-  rows = []
-  for name in args.configs:
-    config = load_config(name)
-    built = {order: build_step(config, order) for order in (1, 3)}
-    states = {order: built[order][1] for order in (1, 3)}
-    times = {1: [], 3: []}
-    for _ in range(args.rounds):
-      for order in (1, 3):
-        seconds, states[order] = seconds_per_step(built[order][0], states[order], built[order][2], args.seconds)
-        times[order].append(seconds)
-    median = {order: float(np.median(times[order])) for order in (1, 3)}
-    stats = device.memory_stats() or {}
-    rows.append(dict(config=name, batch=config.training.batch_size, params=int(built[3][3]),
-                     order1_ms=1e3 * median[1], order3_ms=1e3 * median[3], ratio=median[3] / median[1],
-                     order3_steps_per_s=1.0 / median[3], order1_step_memory_mb=memory_bytes(built[1][0]) / 2**20,
-                     order3_step_memory_mb=memory_bytes(built[3][0]) / 2**20,
-                     device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20 or None))
+  rows = [measure(name, sorted(args.orders), args.rounds, args.seconds) for name in args.configs]
   print(f"device: {device.device_kind} ({jax.device_count()} x {device.platform})")
   print("| config | batch | params | VP step (ms) | HOLD step (ms) | HOLD / VP | HOLD steps/s | step memory VP / HOLD (MB) "
         "| device peak (MB) |")
   print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    peak = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "n/a"
-    print(f"| {r['config']} | {r['batch']} | {r['params']:,} | {r['order1_ms']:.1f} | {r['order3_ms']:.1f} | "
-          f"{r['ratio']:.3f} | {r['order3_steps_per_s']:.1f} | {r['order1_step_memory_mb']:.0f} / "
-          f"{r['order3_step_memory_mb']:.0f} | {peak} |")
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "image_train_speed.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(dict(machine=platform.platform(), jax=jax.__version__, device=device.device_kind,
-                   platform=device.platform, devices=jax.device_count(), rows=rows), f, indent=2)
-  print(f"wrote {path}")
+    print(f"| {r['config']} | {r['batch']} | {r['params']:,} | {_cell(r, 'order1_ms', '.1f')} | "
+          f"{_cell(r, 'order3_ms', '.1f')} | {_cell(r, 'ratio', '.3f')} | {_cell(r, 'order3_steps_per_s', '.1f')} | "
+          f"{_cell(r, 'order1_step_memory_mb', '.0f')} / {_cell(r, 'order3_step_memory_mb', '.0f')} | "
+          f"{_cell(r, 'device_peak_mb', '.0f')} |")
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(dict(date=time.strftime("%Y-%m-%d"), machine=platform.platform(), jax=jax.__version__,
+                   device=device.device_kind, platform=device.platform, devices=jax.device_count(), rows=rows), f,
+              indent=2)
+  print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
-"""Sample quality on the multimodal swiss roll from trained workdirs (issue 3 targets).
+"""Quality versus speed on the multimodal swiss roll from trained workdirs (issues 3 and 5).
 
 For each workdir (trained with configs/toy2d.py, any sde.order; its process is read from the workdir's
-config.json), draws 10,000 samples from the latest EMA
-parameters with each sampler at a given number of network evaluations (NFE = steps + 1 denoising step) and
-reports the share within 0.01 of the noiseless spirals and the sliced Wasserstein-1 distance (256 random
-directions) to 10,000 fresh data points. Writes benchmarks/results/toy2d_quality.json.
+config.json), draws 10,000 samples from the latest EMA parameters with each fixed-step sampler and time grid
+at each budget of network evaluations (NFE: the steps are chosen so the sampler's own count, the denoising
+step and Heun's two evaluations per step included, is at most the budget), and with the adaptive ODE solver at
+each tolerance (its NFE is what it took). Reports the share within 0.01 of the noiseless spirals and the
+sliced Wasserstein-1 distance (256 random directions) to 10,000 fresh data points, and for each workdir the
+NLL bound of `--mode=eval` (exact trace, kernel auxiliaries) on --nll_examples fresh points. Prints the full
+table, then the best sampler per order and NFE, then the issue-5 target (HOLD's best at 20 NFE against
+CLD-SGM's SSCS at 50: 0.20 within 0.01, SW1 0.023). Writes benchmarks/results/toy2d_quality.json.
 
-  python benchmarks/toy2d_quality.py --workdirs runs/toy2d_order3 [runs/toy2d_order2 ...] --nfe 50
+  python benchmarks/toy2d_quality.py --workdirs W_order1 W_order2 W_order3 [--nfe 10 20 50 100 200]
+      [--methods lie_trotter strang ...] [--grids quadratic edm] [--ode_tolerances 1e-3 1e-5]
+      [--nll_examples 2000]
 """
 import argparse
 import json
@@ -21,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import toy2d  # noqa: E402
-from hold_jax import input_pipeline, sample, train  # noqa: E402
+from hold_jax import evaluate as evaluate_lib, input_pipeline, sample, train  # noqa: E402
 
 
 def trained_config(workdir):
@@ -37,42 +43,115 @@ def trained_config(workdir):
   return config
 
 
-def evaluate(workdir, method, grid, nfe, num_samples=10000):
+def steps_for_budget(method, nfe, order):
+  """The most steps whose network evaluations (sampling.network_evaluations, denoising on) fit in nfe."""
+  per_step = 2 if method == "ode_heun" else 1
+  return max(1, (nfe - int(order == 1)) // per_step)
+
+
+def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000):
+  """One row: samples of `method` (at tolerance for 'ode_adaptive', else nfe and grid) and their quality."""
   config = trained_config(workdir)
   order = config.sde.order
-  config.sampling.method, config.sampling.grid = method, grid
-  config.sampling.num_steps, config.sampling.denoise = nfe - 1, True
+  config.sampling.method, config.sampling.grid, config.sampling.denoise = method, grid, True
+  if method == "ode_adaptive":
+    config.sampling.ode_rtol = config.sampling.ode_atol = tolerance
+  else:
+    config.sampling.num_steps = steps_for_budget(method, nfe, order)
   config.sampling.num_samples = config.sampling.batch_size = num_samples
   params, step = train.load_ema_params(config, workdir, (2,))
   start = time.perf_counter()
-  samples = sample.draw(config, params, (2,))
+  samples, used_nfe = sample.draw(config, params, (2,), return_nfe=True)
   seconds = time.perf_counter() - start
   data = input_pipeline.multimodal_swiss_roll(np.random.default_rng(12345), num_samples)
   finite = np.isfinite(samples).all(axis=1)
   within = float(np.mean(finite & (input_pipeline.spiral_distance(np.nan_to_num(samples, nan=1e3)) < 0.01)))
   sw1 = input_pipeline.sliced_wasserstein(samples, data) if finite.all() else float("inf")
-  return dict(workdir=workdir, order=order, method=method, grid=grid, nfe=nfe, checkpoint_step=step,
-              within_0_01=within, sliced_w1=sw1, finite_fraction=float(finite.mean()), seconds=seconds)
+  row = dict(workdir=workdir, order=order, method=method, grid="adaptive" if tolerance else grid,
+             tolerance=tolerance, num_steps=None if tolerance else config.sampling.num_steps, nfe=int(used_nfe),
+             checkpoint_step=step, within_0_01=within, sliced_w1=sw1, finite_fraction=float(finite.mean()),
+             seconds=seconds)
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def nll_bound(workdir, num_examples):
+  """The `--mode=eval` report (nats per point) of the workdir on num_examples fresh points."""
+  config = trained_config(workdir)
+  config.eval.num_examples = num_examples
+  config.eval.batch_size = min(num_examples, 500)
+  with open(evaluate_lib.evaluate(config, workdir)) as f:
+    report = json.load(f)
+  print(json.dumps(dict(workdir=workdir, nll=report["nll_bound_nats"])), flush=True)
+  return report
+
+
+def best_rows(rows):
+  """The best fixed-step row (most within 0.01, then least SW1) per (order, NFE budget), in order."""
+  best = {}
+  for r in rows:
+    if r["method"] == "ode_adaptive":
+      continue
+    key = (r["order"], r["budget"])
+    if key not in best or (r["within_0_01"], -r["sliced_w1"]) > (best[key]["within_0_01"], -best[key]["sliced_w1"]):
+      best[key] = r
+  return [best[key] for key in sorted(best)]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdirs", nargs="+", required=True)
-  parser.add_argument("--nfe", nargs="+", type=int, default=[50])
-  parser.add_argument("--methods", nargs="+", default=["lie_trotter", "euler_maruyama"])
-  parser.add_argument("--grids", nargs="+", default=["quadratic", "uniform"])
+  parser.add_argument("--nfe", nargs="+", type=int, default=[10, 20, 50, 100, 200])
+  parser.add_argument("--methods", nargs="+",
+                      default=["lie_trotter", "strang", "strang_exponential", "euler_maruyama", "ode_heun"])
+  parser.add_argument("--grids", nargs="+", default=["quadratic", "edm"])
+  parser.add_argument("--ode_tolerances", nargs="*", type=float, default=[1e-3, 1e-5])
+  parser.add_argument("--nll_examples", type=int, default=2000, help="0 skips the NLL bound")
+  parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                       "toy2d_quality.json"))
   args = parser.parse_args()
-  rows = [evaluate(w, m, g, n) for w in args.workdirs for n in args.nfe for m in args.methods for g in args.grids]
-  print("| workdir | order | sampler | grid | NFE | within 0.01 | SW1 | finite | seconds |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  rows = []
+  for workdir in args.workdirs:
+    for nfe in args.nfe:
+      for method in args.methods:
+        for grid in args.grids:
+          rows.append(dict(evaluate(workdir, method, grid, nfe), budget=nfe))
+    for tolerance in args.ode_tolerances:
+      rows.append(dict(evaluate(workdir, "ode_adaptive", "quadratic", None, tolerance), budget=None))
+  nll = {w: nll_bound(w, args.nll_examples) for w in args.workdirs} if args.nll_examples else {}
+
+  print("| workdir | order | sampler | grid / tolerance | steps | NFE | within 0.01 | SW1 | finite | seconds |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['workdir']} | {r['order']} | {r['method']} | {r['grid']} | {r['nfe']} | {r['within_0_01']:.3f} | "
-          f"{r['sliced_w1']:.4f} | {r['finite_fraction']:.3f} | {r['seconds']:.1f} |")
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "toy2d_quality.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(dict(machine=platform.platform(), jax=jax.__version__, rows=rows), f, indent=2)
-  print(f"wrote {path}")
+    setting = f"{r['tolerance']:g}" if r["tolerance"] else r["grid"]
+    print(f"| {r['workdir']} | {r['order']} | {r['method']} | {setting} | {r['num_steps'] or '-'} | {r['nfe']} | "
+          f"{r['within_0_01']:.3f} | {r['sliced_w1']:.4f} | {r['finite_fraction']:.3f} | {r['seconds']:.1f} |")
+  print("\nBest fixed-step sampler per order and NFE budget, the adaptive ODE, and the NLL bound (nats per point):")
+  print("| order | NFE budget | best sampler (grid) | within 0.01 | SW1 |")
+  print("|---|---|---|---|---|")
+  for r in best_rows(rows):
+    print(f"| {r['order']} | {r['budget']} | {r['method']} ({r['grid']}) | {r['within_0_01']:.3f} | "
+          f"{r['sliced_w1']:.4f} |")
+  for r in rows:
+    if r["method"] == "ode_adaptive":
+      print(f"| {r['order']} | adaptive {r['tolerance']:g}: {r['nfe']} | ode_adaptive | {r['within_0_01']:.3f} | "
+            f"{r['sliced_w1']:.4f} |")
+  for workdir, report in nll.items():
+    print(f"NLL bound {workdir}: {report['nll_bound_nats']:.4f} +- {report['nll_bound_nats_stderr']:.4f} nats "
+          f"(mean NFE {report['nfe_mean']:.0f})")
+  hold_at_20 = [r for r in best_rows(rows) if r["order"] == 3 and r["budget"] == 20]
+  if hold_at_20:
+    r = hold_at_20[0]
+    met = r["within_0_01"] > 0.20 and r["sliced_w1"] < 0.023
+    print(f"Target: HOLD's best at 20 NFE ({r['method']}, {r['grid']}) {r['within_0_01']:.3f} / {r['sliced_w1']:.4f} "
+          f"against CLD-SGM SSCS at 50: 0.20 / 0.023 -> {'met' if met else 'NOT met'}")
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(dict(date=time.strftime("%Y-%m-%d"), machine=platform.platform(), jax=jax.__version__, rows=rows,
+                   nll={w: {k: report[k] for k in ("nll_bound_nats", "nll_bound_nats_stderr", "nfe_mean",
+                                                    "num_examples")} for w, report in nll.items()}),
+              f, indent=2)
+  print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

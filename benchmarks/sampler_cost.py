@@ -1,0 +1,147 @@
+"""What a sampler costs beyond its network (issue 5): run time and compile time of every fixed-step sampler.
+
+For a config's score network at its sampling batch (random-init parameters: cost does not depend on them):
+
+  overhead = (time of one jitted sampler call with N steps) / (NFE x time of one jitted score-network call)
+
+where NFE is the sampler's network evaluations (N, or 2N for 'ode_heun'; no denoising, which for order 1 adds
+one). 1.00 means the sampler costs exactly its network evaluations; target <= 1.10 at N = 100. The network
+call and the sampler are timed in alternating rounds and compared by medians, so a noisy, shared machine
+moves both alike. Compile time is `jit(...).lower(...).compile()` of the whole sampler at N = 10 and N = 1000
+(target: the ratio <= 1.5; every fixed-step sampler is one lax.scan whose schedule enters as constants).
+Writes benchmarks/results/sampler_cost.json (or --output).
+
+  python benchmarks/sampler_cost.py [--configs toy2d digits] [--methods lie_trotter strang ...] [--steps 100]
+"""
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hold_jax import input_pipeline, models, sampling, sde as sde_lib, train  # noqa: E402
+
+
+def load_config(name):
+  module, _, variant = name.partition(":")
+  return importlib.import_module(f"configs.{module}").get_config(variant)
+
+
+def setup(config):
+  """(sde, score_fn, params, data_shape, batch) for a config, with freshly initialised parameters."""
+  shape = input_pipeline.data_shape(config.data)
+  sde = sde_lib.from_config(config.sde)
+  model = models.create_model(config.model, shape)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, sde.order) + shape), jnp.ones((1,)))["params"]
+  return sde, train.make_score_fn(sde, model, config.loss.parametrization), params, shape, config.sampling.batch_size
+
+
+def build_sampler(sde, score_fn, shape, method, num_steps, grid):
+  """(jitted sampler(params, rng, ids) -> x, its NFE) for one fixed-step method, without denoising."""
+  @jax.jit
+  def sampler(params, rng, ids):
+    return sampling.sample(sde, score_fn, params, rng, ids, shape, num_steps, method, grid=grid, denoise=False)
+
+  return sampler, sampling.network_evaluations(method, num_steps, sde.order, denoise=False)
+
+
+def compile_seconds(build, *args, repeats=2):
+  """The least time of `repeats` trace + compile runs of fresh jitted functions from build()."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    build().lower(*args).compile()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def mean_seconds(fn, args, seconds):
+  """Mean time of calls over about `seconds` (at least 3 calls), after one warm-up call.
+
+  Each call is waited for: with asynchronous dispatch, an unwaited loop would queue calls for as long as
+  dispatching them takes, not for `seconds` of work.
+  """
+  jax.block_until_ready(fn(*args))
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds or count < 3:
+    jax.block_until_ready(fn(*args))
+    count += 1
+  return (time.perf_counter() - start) / count
+
+
+def measure(config_name, methods, num_steps, grid, rounds, seconds, compile_steps, compile_repeats):
+  config = load_config(config_name)
+  sde, score_fn, params, shape, batch = setup(config)
+  rng, ids = jax.random.PRNGKey(0), jnp.arange(batch)
+  u = jax.random.normal(jax.random.PRNGKey(1), (batch, sde.order) + shape)
+  t = jnp.full((batch,), 0.3)
+  network = jax.jit(score_fn).lower(params, u, t).compile()
+  samplers = {}
+  for method in methods:
+    sampler, nfe = build_sampler(sde, score_fn, shape, method, num_steps, grid)
+    samplers[method] = (sampler.lower(params, rng, ids).compile(), nfe)
+  network_times, sampler_times = [], {method: [] for method in methods}
+  for _ in range(rounds):
+    network_times.append(mean_seconds(network, (params, u, t), seconds))
+    for method in methods:
+      sampler_times[method].append(mean_seconds(samplers[method][0], (params, rng, ids), seconds))
+  network_s = float(np.median(network_times))
+  rows = []
+  for method in methods:
+    sampler_s, nfe = float(np.median(sampler_times[method])), samplers[method][1]
+    compiles = {n: compile_seconds(lambda n=n: build_sampler(sde, score_fn, shape, method, n, grid)[0], params,
+                                   rng, ids, repeats=compile_repeats)
+                for n in compile_steps}
+    low, high = min(compile_steps), max(compile_steps)
+    row = dict(config=config_name, order=sde.order, batch=batch, method=method, num_steps=num_steps, nfe=nfe,
+               network_ms=1e3 * network_s, sampler_ms=1e3 * sampler_s, overhead=sampler_s / (nfe * network_s),
+               compile_s={str(n): s for n, s in compiles.items()}, compile_ratio=compiles[high] / compiles[low])
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--configs", nargs="+", default=["toy2d", "digits"])
+  parser.add_argument("--methods", nargs="+", default=list(sampling.FIXED_STEP_METHODS))
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--grid", default="quadratic")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--seconds", type=float, default=1.0)
+  parser.add_argument("--compile_steps", type=int, nargs=2, default=[10, 1000])
+  parser.add_argument("--compile_repeats", type=int, default=2, help="compile time is the least of this many")
+  parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                       "sampler_cost.json"))
+  args = parser.parse_args()
+  low, high = args.compile_steps
+  rows = [row for name in args.configs
+          for row in measure(name, args.methods, args.steps, args.grid, args.rounds, args.seconds, (low, high),
+                         args.compile_repeats)]
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} ({jax.device_count()} x {device.platform}); N = {args.steps} steps, "
+        f"{args.grid} grid")
+  print(f"| config | batch | method | NFE | network call (ms) | sampler (ms) | sampler / (NFE x network) "
+        f"| compile N={low} (s) | compile N={high} (s) | ratio |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['config']} | {r['batch']} | {r['method']} | {r['nfe']} | {r['network_ms']:.3f} | "
+          f"{r['sampler_ms']:.1f} | {r['overhead']:.3f} | {r['compile_s'][str(low)]:.2f} | "
+          f"{r['compile_s'][str(high)]:.2f} | {r['compile_ratio']:.2f} |")
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(dict(date=time.strftime("%Y-%m-%d"), machine=platform.platform(), jax=jax.__version__,
+                   device=device.device_kind, platform=device.platform, grid=args.grid, rows=rows), f, indent=2)
+  print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+  main()
