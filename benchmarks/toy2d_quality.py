@@ -15,6 +15,7 @@ CLD-SGM's SSCS at 50: 0.20 within 0.01, SW1 0.023). Writes benchmarks/results/to
       [--nll_examples 2000]
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -43,6 +44,12 @@ def trained_config(workdir):
   return config
 
 
+@functools.lru_cache(maxsize=None)
+def ema_params(workdir):
+  """(EMA parameters, step) of the workdir's latest checkpoint, restored once."""
+  return train.load_ema_params(trained_config(workdir), workdir, (2,))
+
+
 def steps_for_budget(method, nfe, order):
   """The most steps whose network evaluations (sampling.network_evaluations, denoising on) fit in nfe."""
   per_step = 2 if method == "ode_heun" else 1
@@ -59,7 +66,7 @@ def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000):
   else:
     config.sampling.num_steps = steps_for_budget(method, nfe, order)
   config.sampling.num_samples = config.sampling.batch_size = num_samples
-  params, step = train.load_ema_params(config, workdir, (2,))
+  params, step = ema_params(workdir)
   start = time.perf_counter()
   samples, used_nfe = sample.draw(config, params, (2,), return_nfe=True)
   seconds = time.perf_counter() - start

@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Sampling (hold_jax/sampling.py, DESIGN section 5).
   config.sampling = sampling = ml_collections.ConfigDict()
   # 'lie_trotter', 'strang' (A/2, S, A/2), their '_exponential' variants (a score step that cannot overshoot
-  # near eps), 'euler_maruyama', or the probability-flow ODE: 'ode_heun' (2 NFE per step), 'ode_adaptive'.
+  # near eps), 'ancestral' / 'ddim' (posterior-mean steps, exact for a point mass), 'euler_maruyama', or the
+  # probability-flow ODE: 'ode_heun' (2 NFE per step), 'ode_adaptive'. See hold_jax/sampling.py.
   sampling.method = "lie_trotter"
   sampling.num_steps = 100  # steps of the fixed-step methods (NFE = steps, twice that for 'ode_heun')
   sampling.grid = "quadratic"  # 'uniform', 'quadratic' or 'edm'

@@ -7,6 +7,7 @@ an uninterrupted one would have, and each process draws only its own share of th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable
 
@@ -51,17 +52,18 @@ GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 }
 
 
-def spiral_distance(points: np.ndarray, num_curve_points: int = 20000, chunk: int = 2048) -> np.ndarray:
-  """Distance of each 2-D point (N, 2) to the nearest noiseless spiral arm of the multimodal swiss roll."""
+def spiral_distance(points: np.ndarray, num_curve_points: int = 20000) -> np.ndarray:
+  """Distance of each 2-D point (N, 2) to the nearest noiseless spiral arm of the multimodal swiss roll
+  (to the nearest of num_curve_points points per arm, found with a k-d tree)."""
+  return _spiral_tree(num_curve_points).query(np.asarray(points, np.float64), k=1)[0][:, 0]
+
+
+@functools.lru_cache(maxsize=2)
+def _spiral_tree(num_curve_points: int):
+  from sklearn import neighbors  # pylint: disable=g-import-not-at-top  (only the quality metrics need it)
   angle = np.linspace(*SWISS_ROLL_ANGLES, num_curve_points)
   arm = SWISS_ROLL_SCALE * np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=-1)
-  curves = (SWISS_ROLL_CENTRES[:, None, :] + arm[None]).reshape(-1, 2)
-  distances = []
-  for start in range(0, len(points), chunk):
-    block = points[start:start + chunk]
-    squared = (np.sum(block**2, 1)[:, None] - 2 * block @ curves.T + np.sum(curves**2, 1)[None])
-    distances.append(np.sqrt(np.maximum(squared.min(axis=1), 0.0)))
-  return np.concatenate(distances)
+  return neighbors.KDTree((SWISS_ROLL_CENTRES[:, None, :] + arm[None]).reshape(-1, 2))
 
 
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_directions: int = 256, seed: int = 0) -> float:
