@@ -357,41 +357,41 @@ def _posterior_schedule(sde, method, times, dtype):
     times64 = jnp.asarray(np.asarray(times, np.float64))
     phi, factor = sde_lib.marginal_factor(sde, times64)  # x_0 known, auxiliaries integrated out
     integrated = sde_lib.integrated_beta(sde, times64)
-    transition, _, _ = sde_lib.propagator_and_noise(sde_lib.drift_matrix(sde, jnp.float64), sde_lib.noise_variance(sde),
-                                                    integrated[:-1] - integrated[1:], sde.num_doublings,
-                                                    sde.decay_rate)
+    transition, _, _ = sde_lib.propagator_and_noise(
+        sde_lib.drift_matrix(sde, jnp.float64), sde_lib.noise_variance(sde), integrated[:-1] - integrated[1:],
+        sde.num_doublings, sde.decay_rate)
     phi, factor, transition = (np.asarray(x, np.float64) for x in (phi[:, :, 0], factor, transition))
+  # Batched over the N steps (a Python loop would make tracing grow with N): 'now' is t_k, where the score is
+  # evaluated, 'next' is t_{k+1} < t_k.
   n = sde.order
-  maps, weights, noises = [], [], []
-  for k in range(len(times) - 1):
-    now_mean, now_factor = phi[k], factor[k]  # t_k: where the score is evaluated
-    next_mean, next_factor = phi[k + 1], factor[k + 1]  # t_{k+1} < t_k
-    # Tweedie: s = -[Sigma_t^{-1} (u - phi_t x0_hat)]_last, so x0_hat = (s + r . u) / c.
-    whitened_last = np.linalg.solve(now_factor, np.eye(n)[-1])  # L_t^{-1} e_n; Sigma_t^{-1} = L_t^{-T} L_t^{-1}
-    r = np.linalg.solve(now_factor.T, whitened_last)  # row n of Sigma_t^{-1}
-    c = float(whitened_last @ np.linalg.solve(now_factor, now_mean))  # (Sigma_t^{-1} phi_t)_n
-    if method == "ancestral":  # u_s | u_t, x_0: the forward process's exact conditional
-      next_cov = next_factor @ next_factor.T
-      cross = next_cov @ transition[k].T  # Cov(u_s, u_t | x_0) = Sigma_s A^T
-      gain = np.linalg.solve(now_factor.T, np.linalg.solve(now_factor, cross.T)).T  # cross Sigma_t^{-1}
-      cov = next_cov - gain @ cross.T
-      noise = np.linalg.cholesky(_nearest_psd(cov, next_cov)) if np.trace(cov) > 0 else np.zeros((n, n))
-    else:  # 'ddim': the same standardised noise L_t^{-1} (u - phi_t x0_hat) carried to t_{k+1}
-      gain = next_factor @ np.linalg.inv(now_factor)
-      noise = np.zeros((n, n))
-    weight = (next_mean - gain @ now_mean) / c  # multiplies x0_hat * c = s + r . u
-    maps.append(gain + np.outer(weight, r))
-    weights.append(weight)
-    noises.append(noise)
-  return tuple(jnp.asarray(np.stack(x), dtype) for x in (maps, weights, noises))
+  now_mean, now_factor, next_mean, next_factor = phi[:-1], factor[:-1], phi[1:], factor[1:]
+  solve = lambda matrices, vectors: np.linalg.solve(matrices, vectors[..., None])[..., 0]  # (N, n, n), (N, n)
+  # Tweedie: s = -[Sigma_t^{-1} (u - phi_t x0_hat)]_last, so x0_hat = (s + r . u) / c.
+  whitened_last = solve(now_factor, np.broadcast_to(np.eye(n)[-1], now_mean.shape))  # L^{-1} e_n
+  r = solve(np.swapaxes(now_factor, -1, -2), whitened_last)  # row n of Sigma_t^{-1} = L^{-T} L^{-1}
+  c = np.sum(whitened_last * solve(now_factor, now_mean), axis=-1)  # (Sigma_t^{-1} phi_t)_n, (N,)
+  if method == "ancestral":  # u_s | u_t, x_0: the forward process's exact conditional
+    next_cov = next_factor @ np.swapaxes(next_factor, -1, -2)
+    cross = next_cov @ np.swapaxes(transition, -1, -2)  # Cov(u_s, u_t | x_0) = Sigma_s A^T
+    gain = np.swapaxes(np.linalg.solve(np.swapaxes(now_factor, -1, -2),
+                                       np.linalg.solve(now_factor, np.swapaxes(cross, -1, -2))), -1, -2)
+    noise = np.linalg.cholesky(_nearest_psd(next_cov - gain @ np.swapaxes(cross, -1, -2), next_cov))
+  else:  # 'ddim': the same standardised noise L_t^{-1} (u - phi_t x0_hat) carried to t_{k+1}
+    gain = next_factor @ np.linalg.inv(now_factor)
+    noise = np.zeros_like(gain)
+  weight = (next_mean - np.einsum("kij,kj->ki", gain, now_mean)) / c[:, None]  # multiplies c x0_hat = s + r . u
+  maps = gain + weight[:, :, None] * r[:, None, :]
+  return tuple(jnp.asarray(x, dtype) for x in (maps, weight, noise))
 
 
 def _nearest_psd(cov, scale_reference):
-  """cov symmetrised, with round-off negative eigenvalues lifted to a tiny positive floor (for a Cholesky)."""
-  cov = 0.5 * (cov + cov.T)
+  """cov (..., n, n) symmetrised, with round-off negative eigenvalues lifted to a tiny positive floor (for a
+  Cholesky; the last step's conditional covariance is zero up to round-off)."""
+  cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
   values, vectors = np.linalg.eigh(cov)
-  floor = 1e-14 * max(np.abs(np.diag(scale_reference)).max(), 1e-300)
-  return (vectors * np.maximum(values, floor)) @ vectors.T
+  scale = np.abs(np.diagonal(scale_reference, axis1=-2, axis2=-1)).max(axis=-1, keepdims=True)
+  floor = 1e-14 * np.maximum(scale, 1e-300)
+  return (vectors * np.maximum(values, floor)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
 def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.Array,
