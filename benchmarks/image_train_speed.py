@@ -11,10 +11,8 @@ Writes benchmarks/results/image_train_speed.json.
       [--output F]
 """
 import argparse
-import importlib
 import json
 import os
-import platform
 import sys
 import time
 
@@ -26,10 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from hold_jax import input_pipeline, models, sde as sde_lib, train  # noqa: E402
 
-
-def load_config(name):
-  module, _, variant = name.partition(":")
-  return importlib.import_module(f"configs.{module}").get_config(variant)
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def build_step(config, order):
@@ -76,7 +71,7 @@ def memory_bytes(compiled):
 
 def measure(name, orders, rounds, seconds):
   """One row of the table for config `name`; order 1 is the VP baseline of the ratio (when both are timed)."""
-  config = load_config(name)
+  config = common.load_config(name)
   built = {order: build_step(config, order) for order in orders}
   states = {order: built[order][1] for order in orders}
   times = {order: [] for order in orders}
@@ -122,12 +117,7 @@ def main():
           f"{_cell(r, 'order3_ms', '.1f')} | {_cell(r, 'ratio', '.3f')} | {_cell(r, 'order3_steps_per_s', '.1f')} | "
           f"{_cell(r, 'order1_step_memory_mb', '.0f')} / {_cell(r, 'order3_step_memory_mb', '.0f')} | "
           f"{_cell(r, 'device_peak_mb', '.0f')} |")
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(dict(date=time.strftime("%Y-%m-%d"), machine=platform.platform(), jax=jax.__version__,
-                   device=device.device_kind, platform=device.platform, devices=jax.device_count(), rows=rows), f,
-              indent=2)
-  print(f"wrote {args.output}")
+  common.write_results(args.output, rows)
 
 
 if __name__ == "__main__":

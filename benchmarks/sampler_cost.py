@@ -17,10 +17,8 @@ Writes benchmarks/results/sampler_cost.json (or --output).
   python benchmarks/sampler_cost.py [--configs toy2d digits] [--methods lie_trotter strang ...] [--steps 100]
 """
 import argparse
-import importlib
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,10 +30,7 @@ import numpy as np  # noqa: E402
 
 from hold_jax import input_pipeline, models, sampling, sde as sde_lib, train  # noqa: E402
 
-
-def load_config(name):
-  module, _, variant = name.partition(":")
-  return importlib.import_module(f"configs.{module}").get_config(variant)
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def setup(config):
@@ -95,7 +90,7 @@ def network_scan(score_fn, num_evaluations):
 
 
 def measure(config_name, methods, num_steps, grid, rounds, seconds, compile_steps, compile_repeats):
-  config = load_config(config_name)
+  config = common.load_config(config_name)
   sde, score_fn, params, shape, batch = setup(config)
   rng, ids = jax.random.PRNGKey(0), jnp.arange(batch)
   u = jax.random.normal(jax.random.PRNGKey(1), (batch, sde.order) + shape)
@@ -158,11 +153,7 @@ def main():
           f"{r['network_in_scan_ms']:.3f} | {r['sampler_ms']:.1f} | {r['overhead']:.3f} | "
           f"{r['overhead_vs_scan']:.3f} | {r['compile_s'][str(low)]:.2f} | "
           f"{r['compile_s'][str(high)]:.2f} | {r['compile_ratio']:.2f} |")
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(dict(date=time.strftime("%Y-%m-%d"), machine=platform.platform(), jax=jax.__version__,
-                   device=device.device_kind, platform=device.platform, grid=args.grid, rows=rows), f, indent=2)
-  print(f"wrote {args.output}")
+  common.write_results(args.output, rows, num_steps=args.steps, grid=args.grid)
 
 
 if __name__ == "__main__":

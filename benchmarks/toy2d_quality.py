@@ -18,17 +18,17 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import toy2d  # noqa: E402
 from hold_jax import evaluate as evaluate_lib, input_pipeline, sample, train  # noqa: E402
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def trained_config(workdir):
@@ -154,13 +154,9 @@ def main():
     met = r["within_0_01"] > 0.20 and r["sliced_w1"] < 0.023
     print(f"Target: HOLD's best at 20 NFE ({r['method']}, {r['grid']}) {r['within_0_01']:.3f} / {r['sliced_w1']:.4f} "
           f"against CLD-SGM SSCS at 50: 0.20 / 0.023 -> {'met' if met else 'NOT met'}")
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(dict(date=time.strftime("%Y-%m-%d"), machine=platform.platform(), jax=jax.__version__, rows=rows,
-                   nll={w: {k: report[k] for k in ("nll_bound_nats", "nll_bound_nats_stderr", "nfe_mean",
-                                                    "num_examples")} for w, report in nll.items()}),
-              f, indent=2)
-  print(f"wrote {args.output}")
+  common.write_results(args.output, rows, nll={w: {k: report[k] for k in ("nll_bound_nats", "nll_bound_nats_stderr",
+                                                                       "nfe_mean", "num_examples")}
+                                                for w, report in nll.items()})
 
 
 if __name__ == "__main__":
