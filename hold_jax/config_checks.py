@@ -1,6 +1,7 @@
 """Checks a whole config before any work starts, so a bad value fails in seconds with its field named."""
 from __future__ import annotations
 
+from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import losses
@@ -13,13 +14,17 @@ JOBS = ("train", "exact_score_demo")
 
 
 def check(config) -> None:
-  """Raises ValueError naming the first bad field of `config`."""
+  """Raises ValueError naming the first bad field of `config`.
+
+  Every numeric test is written so that NaN fails it (`not (x >= 1)`, not `x < 1`): NaN compares False with
+  everything, so a negative test would let it through to fail steps later without a field named.
+  """
   if config.get("job") not in JOBS:
     raise ValueError(f"job = {config.get('job')!r} is not allowed: it must be one of {JOBS}.")
   sde = sde_lib.from_config(config.sde)
   sampling.check_settings(sde, config.sampling)
   for field in ("num_samples", "batch_size"):
-    if config.sampling[field] < 1:
+    if not config.sampling[field] >= 1:
       raise ValueError(f"sampling.{field} = {config.sampling[field]} must be >= 1.")
   if "eval" in config:
     check_eval(config.eval)
@@ -27,15 +32,30 @@ def check(config) -> None:
     return
   losses.make_loss_fn(sde, lambda params, u, t: u[:, -1], config.loss)
   for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
-    if config.training[field] < 1:
+    if not config.training[field] >= 1:
       raise ValueError(f"training.{field} = {config.training[field]} must be >= 1.")
-  if config.ema.decay < 0 or config.ema.decay >= 1:
+  if not (field_checks.is_finite(config.ema.decay) and 0 <= config.ema.decay < 1):
     raise ValueError(f"ema.decay = {config.ema.decay} must lie in [0, 1).")
-  if config.checkpoint.keep < 1:
+  if not config.checkpoint.keep >= 1:
     raise ValueError(f"checkpoint.keep = {config.checkpoint.keep} must be >= 1.")
   input_pipeline.check_global_batch(config.training.batch_size)
-  models.create_model(config.model, input_pipeline.data_shape(config.data))  # the data itself loads in train
+  # create_model runs models.check_config; the data itself loads in train.
+  models.create_model(config.model, input_pipeline.data_shape(config.data))
+  check_optim(config.optim)
   train.make_optimizer(config.optim, config.training.num_steps)
+
+
+def check_optim(optim_config) -> None:
+  """The numbers of `config.optim` (configs/toy2d.py) that optax takes without complaint and turns into NaN
+  parameters within steps (a NaN or inf learning rate, beta2 = 1: Adam's bias correction divides by 1 - beta2^t)
+  or silently ignores (a NaN grad_clip fails `grad_clip > 0`, which switches clipping off)."""
+  field_checks.require_positive("optim.learning_rate", optim_config.learning_rate)
+  field_checks.require_unit_interval("optim.beta1", optim_config.beta1)
+  field_checks.require_unit_interval("optim.beta2", optim_config.beta2)
+  field_checks.require_positive("optim.eps", optim_config.eps)
+  field_checks.require(field_checks.is_finite(optim_config.grad_clip), "optim.grad_clip", optim_config.grad_clip,
+                       "a finite number (<= 0 for no clipping)")
+  field_checks.require_int("optim.warmup_steps", optim_config.warmup_steps, 0)
 
 
 def check_eval(eval_config) -> None:
@@ -47,7 +67,7 @@ def check_eval(eval_config) -> None:
   if eval_config.aux_distribution not in likelihood.AUX_DISTRIBUTIONS:
     raise ValueError(f"eval.aux_distribution = {eval_config.aux_distribution!r} is not allowed: it must be one "
                      f"of {likelihood.AUX_DISTRIBUTIONS}.")
-  if eval_config.batch_size < 1:
+  if not eval_config.batch_size >= 1:
     raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be >= 1.")
-  if eval_config.num_examples < 1 and eval_config.num_examples != -1:
+  if not (eval_config.num_examples >= 1 or eval_config.num_examples == -1):
     raise ValueError(f"eval.num_examples = {eval_config.num_examples} must be >= 1, or -1 for a whole split.")

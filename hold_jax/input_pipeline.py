@@ -76,17 +76,72 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_directions: int = 256, 
   return float(np.mean(np.abs(projected_a - projected_b)))
 
 
+NPY_FIX = "Save an (N, D) numeric array with numpy.save(PATH, array)."
+
+
+def describe_non_npy(head: bytes, size: int) -> str | None:
+  """What a file that starts with `head` (and is `size` bytes long) holds and what to do, or None for a .npy
+  file: the user learns they gave a CSV, an .npz or a pickle, not numpy's bare 'pickled data' message."""
+  if head.startswith(np.lib.format.MAGIC_PREFIX):
+    return None
+  if not size:
+    return f"an empty file (0 bytes). {NPY_FIX}"
+  if head.startswith(b"PK\x03\x04"):
+    return ("a zip archive: an .npz from numpy.savez holds named arrays, not one. Save the one you mean with "
+            "numpy.save(PATH, numpy.load(NPZ)[NAME]).")
+  if head.startswith(b"\x80"):
+    return f"a Python pickle, and pickles are never loaded (unpickling runs code). {NPY_FIX}"
+  if all(32 <= byte < 127 or byte in b"\t\n\r" for byte in head):
+    return (f"text (it starts with {head[:40].decode()!r}). Convert it to an (N, D) array with "
+            "numpy.save(PATH, numpy.loadtxt(TEXT, delimiter=',')).")
+  return f"{size} bytes of something else (it starts with {head[:16]!r}). {NPY_FIX}"
+
+
+def _read_npy_header(path: str) -> tuple[tuple[int, ...], np.dtype] | None:
+  """(shape, dtype) from the header of the .npy file `path`, without reading (or unpickling) its data; None
+  for a format version numpy has no public header reader for (3.0: np.load's own check then stands)."""
+  readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+  with open(path, "rb") as file:
+    read = readers.get(np.lib.format.read_magic(file))
+    if read is None:
+      return None
+    shape, _, dtype = read(file)
+  return shape, dtype
+
+
 def load_point_cloud(path: str) -> np.ndarray:
-  """An (N, D) float array from a .npy file, checked: config.data.dataset = 'npy:PATH'."""
+  """An (N, D) float array from a .npy file, checked: config.data.dataset = 'npy:PATH'.
+
+  Pickles are never loaded (allow_pickle=False): a file that is not a numeric .npy array gets a ValueError
+  that says what it holds and how to save the right thing, instead of numpy's own message.
+  """
+  name = f"data.dataset = 'npy:{path}'"
   if not os.path.isfile(path):
-    raise ValueError(f"data.dataset = 'npy:{path}': no such file. Point it at an (N, D) array saved with "
-                     "numpy.save.")
-  points = np.load(path, allow_pickle=False)
+    raise ValueError(f"{name}: no such file. Point it at an (N, D) array saved with numpy.save.")
+  with open(path, "rb") as file:
+    found = describe_non_npy(file.read(64), os.path.getsize(path))
+  if found:
+    raise ValueError(f"{name} is not a .npy array file: it is {found}")
+  try:
+    header = _read_npy_header(path)
+  except ValueError as error:
+    raise ValueError(f"{name} has a damaged .npy header ({error}). {NPY_FIX}") from None
+  if header and header[1].hasobject:
+    raise ValueError(f"{name} holds an array of Python objects (dtype {header[1]}, shape {header[0]}), which "
+                     "numpy can only unpickle, and pickles are never loaded (e.g. a list of arrays of different "
+                     "lengths). "
+                     "Stack it into one numeric array first: numpy.save(PATH, numpy.asarray(points, "
+                     "dtype=numpy.float32)).")
+  try:
+    points = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as error:  # e.g. a file cut short while it was written
+    raise ValueError(f"{name} could not be read as a .npy array ({error}). {NPY_FIX}") from None
   if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 1:
-    raise ValueError(f"data.dataset = 'npy:{path}' holds an array of shape {points.shape}; it must be (N, D) "
+    raise ValueError(f"{name} holds an array of shape {points.shape}; it must be (N, D) "
                      "with N >= 2 points of D >= 1 coordinates.")
-  if not np.issubdtype(points.dtype, np.number):
-    raise ValueError(f"data.dataset = 'npy:{path}' holds dtype {points.dtype}; it must be numeric.")
+  if not (np.issubdtype(points.dtype, np.integer) or np.issubdtype(points.dtype, np.floating)):
+    raise ValueError(f"{name} holds dtype {points.dtype}; it must be numeric (real integers or floats). "
+                     f"{NPY_FIX}")
   points = points.astype(np.float32)
   bad = ~np.isfinite(points).all(axis=1)
   if bad.any():

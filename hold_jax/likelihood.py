@@ -102,8 +102,8 @@ class ODESettings:
       if not isinstance(value, int) or value < minimum:
         raise ValueError(f"eval.{field} = {value!r} is not allowed: it must be an integer >= {minimum}.")
     for field, value in (("ode_rtol", self.rtol), ("ode_atol", self.atol)):
-      if not value > 0:
-        raise ValueError(f"eval.{field} = {value!r} is not allowed: it must be a number > 0.")
+      if not (value > 0 and math.isfinite(value)):  # positive test: NaN fails it; inf would never step
+        raise ValueError(f"eval.{field} = {value!r} is not allowed: it must be a finite number > 0.")
 
   @property
   def evaluations_per_step(self) -> int:

@@ -82,6 +82,7 @@ or the number of steps, so the deterministic ODE samplers map the same prior dra
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import diffrax
@@ -138,8 +139,8 @@ def time_grid(sde: sde_lib.LangevinSDE, num_steps: int, kind: str = "uniform", r
   if kind == "quadratic":
     return sde.eps + (sde.T - sde.eps) * (1.0 - fraction) ** 2
   if kind == "edm":
-    if rho <= 0:
-      raise ValueError(f"sampling.rho = {rho!r} is not allowed: it must be > 0.")
+    if not (rho > 0 and math.isfinite(rho)):  # positive test: NaN fails it
+      raise ValueError(f"sampling.rho = {rho!r} is not allowed: it must be a finite number > 0.")
     start, end = sde.T ** (1.0 / rho), sde.eps ** (1.0 / rho)
     return (start + fraction * (end - start)) ** rho
   raise ValueError(f"sampling.grid = {kind!r} is not allowed: it must be one of {GRIDS}.")
@@ -172,8 +173,8 @@ def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
     raise ValueError(f"sampling.ode_solver = {solver!r} is not allowed: it must be one of {tuple(ODE_SOLVERS)}.")
   for field in ("ode_rtol", "ode_atol"):
     value = sampling_config.get(field, 1e-5)
-    if not (isinstance(value, (int, float)) and value > 0):
-      raise ValueError(f"sampling.{field} = {value!r} is not allowed: it must be a number > 0.")
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+      raise ValueError(f"sampling.{field} = {value!r} is not allowed: it must be a finite number > 0.")
   max_steps = sampling_config.get("ode_max_steps", 4096)
   if not isinstance(max_steps, int) or max_steps < 1:
     raise ValueError(f"sampling.ode_max_steps = {max_steps!r} is not allowed: it must be an integer >= 1.")

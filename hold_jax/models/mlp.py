@@ -4,6 +4,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from hold_jax import field_checks
 from hold_jax.models import embeddings
 
 
@@ -47,3 +48,22 @@ class ScoreMLP(nn.Module):
     for _ in range(self.depth):
       h = ResidualBlock(self.width)(h, features)
     return nn.Dense(self.data_dim)(nn.silu(nn.LayerNorm()(h)))
+
+
+def check_config(model_config, data_shape: tuple[int, ...]) -> None:
+  """Raises ValueError naming the first `model` field that cannot make a ScoreMLP for data_shape.
+
+  Checked before any parameter exists because nothing later names the field: width = 0 divides by zero
+  inside the initialiser, and depth = 0 or -1 silently trains a network without residual blocks.
+  """
+  if len(data_shape) != 1:
+    raise ValueError(f"model.name = 'mlp' takes flat points (D,), got data of shape {data_shape}.")
+  for field in ("width", "depth"):
+    field_checks.require_int(f"model.{field}", model_config[field], 1)
+  field_checks.require(model_config.embedding in embeddings.EMBEDDINGS, "model.embedding", model_config.embedding,
+                       f"one of {embeddings.EMBEDDINGS}")
+  dim = model_config.embedding_dim
+  field_checks.require(field_checks.is_int(dim) and dim >= 2 and dim % 2 == 0, "model.embedding_dim", dim,
+                       "an even integer >= 2 (half sines, half cosines)")
+  if model_config.embedding == "fourier":
+    field_checks.require_positive("model.fourier_scale", model_config.fourier_scale)

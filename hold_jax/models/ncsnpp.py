@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hold_jax import field_checks
 from hold_jax.models import embeddings
 from hold_jax.models import layers
 
@@ -163,19 +164,29 @@ def check_config(model_config, data_shape: tuple[int, ...]) -> None:
   if model_config.embedding not in embeddings.EMBEDDINGS:
     raise ValueError(f"model.embedding = {model_config.embedding!r} is not allowed: it must be one of "
                      f"{embeddings.EMBEDDINGS}.")
-  ch_mult = tuple(model_config.ch_mult)
-  if not ch_mult or any(int(m) != m or m < 1 for m in ch_mult):
-    raise ValueError(f"model.ch_mult = {ch_mult} must be a non-empty sequence of positive integers.")
-  if model_config.nf < 4:
-    raise ValueError(f"model.nf = {model_config.nf} must be >= 4 (GroupNorm uses groups of 4 channels).")
-  if model_config.num_res_blocks < 1:
-    raise ValueError(f"model.num_res_blocks = {model_config.num_res_blocks} must be >= 1.")
-  if not 0 <= model_config.dropout < 1:
-    raise ValueError(f"model.dropout = {model_config.dropout} must lie in [0, 1).")
-  if model_config.embedding == "fourier" and model_config.fourier_scale <= 0:
-    raise ValueError(f"model.fourier_scale = {model_config.fourier_scale} must be > 0.")
-  if model_config.init_scale < 0:
-    raise ValueError(f"model.init_scale = {model_config.init_scale} must be >= 0.")
+  # Every test below is positive (`not (ok)`), so NaN, inf, a float size or a string fails it with the field
+  # named instead of passing (NaN < 1 is False) or raising a TypeError from int() or tuple().
+  ch_mult = model_config.ch_mult
+  if not (isinstance(ch_mult, (tuple, list)) and ch_mult and all(field_checks.is_int(m) and m >= 1
+                                                                  for m in ch_mult)):
+    raise ValueError(f"model.ch_mult = {ch_mult!r} must be a non-empty sequence of positive integers.")
+  ch_mult = tuple(ch_mult)
+  if not (field_checks.is_int(model_config.nf) and model_config.nf >= 4):
+    raise ValueError(f"model.nf = {model_config.nf!r} must be an integer >= 4 (GroupNorm uses groups of 4 "
+                     "channels).")
+  if not (field_checks.is_int(model_config.num_res_blocks) and model_config.num_res_blocks >= 1):
+    raise ValueError(f"model.num_res_blocks = {model_config.num_res_blocks!r} must be an integer >= 1.")
+  if not (field_checks.is_finite(model_config.dropout) and 0 <= model_config.dropout < 1):
+    raise ValueError(f"model.dropout = {model_config.dropout!r} must lie in [0, 1).")
+  if model_config.embedding == "fourier" and not (field_checks.is_finite(model_config.fourier_scale)
+                                                  and model_config.fourier_scale > 0):
+    raise ValueError(f"model.fourier_scale = {model_config.fourier_scale!r} must be a finite number > 0.")
+  if not (field_checks.is_finite(model_config.init_scale) and model_config.init_scale >= 0):
+    raise ValueError(f"model.init_scale = {model_config.init_scale!r} must be a finite number >= 0.")
+  attn_resolutions = model_config.attn_resolutions
+  if not (isinstance(attn_resolutions, (tuple, list)) and all(field_checks.is_int(r) for r in attn_resolutions)):
+    raise ValueError(f"model.attn_resolutions = {attn_resolutions!r} must be a sequence of integers (image "
+                     "heights; empty for no attention).")
 
   size = data_shape[0]
   factor = 2 ** (len(ch_mult) - 1)

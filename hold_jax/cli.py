@@ -1,0 +1,236 @@
+"""Command-line errors of hold_jax.main as one line that names the config field, the value given and the fix.
+
+ml_collections applies `--config.a.b=value` overrides while absl parses flags, so a mistyped field name dies
+there with a long traceback that ends in `AttributeError: '\\'num_stepz\\'\\nDid you mean ...'`, and a value of
+the wrong type gets absl's 'FATAL Flags parsing error' without the type the field takes. `parse_flags`
+(for `app.run(main, flags_parser=cli.parse_flags)`) turns both into one line on stderr and exit status 2;
+`config_field_error` does the same for a field a user's own config file lacks, met later by any job.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import textwrap
+from typing import Any
+
+from absl import flags
+from ml_collections import config_dict
+from ml_collections.config_flags import config_flags  # the module: is_config_flag is not re-exported
+from ml_collections.config_flags import config_path
+
+PROGRAM = "hold_jax"
+USAGE_ERROR_STATUS = 2  # the shell's convention for a bad command line; absl's own flag errors exit with 1
+_LOOKUP_METHODS = ("__getitem__", "__getattr__", "__setitem__", "__setattr__")
+
+
+def field_names(config: Any, prefix: str = "") -> list[str]:
+  """Dotted names of every field of a ConfigDict, groups included: 'training', 'training.num_steps', ..."""
+  names = []
+  for key, value in config.items():
+    names.append(f"{prefix}{key}")
+    if isinstance(value, config_dict.ConfigDict):
+      names.extend(field_names(value, f"{prefix}{key}."))
+  return names
+
+
+def _deepest_group(config: Any, path: str) -> tuple[str, Any]:
+  """(dotted name, ConfigDict) of the longest prefix of `path` that names a group of fields ('' for config)."""
+  name, node = "", config
+  for key in path.split(".")[:-1]:
+    if not (isinstance(node, config_dict.ConfigDict) and key in node
+            and isinstance(node[key], config_dict.ConfigDict)):
+      break
+    name, node = f"{name}.{key}" if name else key, node[key]
+  return name, node
+
+
+def unknown_field_message(config: Any, path: str, config_name: str = "config") -> str:
+  """`config has no field PATH; the nearest valid name is NAME.` (difflib over the dotted field names), or
+  the fields of the group it was looked up in when no name is near."""
+  group, node = _deepest_group(config, path)
+  candidates = [name for name in field_names(config) if not f"{group}.".startswith(f"{name}.")]  # not its groups
+  nearest = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+  if nearest:
+    return f"{config_name} has no field {path}; the nearest valid name is {nearest[0]}."
+  where = f"the fields of {group} are" if group else "its top-level fields are"
+  return f"{config_name} has no field {path}; {where} {', '.join(sorted(node.keys()))}."
+
+
+def _failed_lookup(error: BaseException) -> tuple[config_dict.ConfigDict, str] | None:
+  """(ConfigDict, missing key) of the ConfigDict method that raised `error`, read off its innermost traceback
+  frame; None when the error was not raised by a ConfigDict looking up (or adding to a locked one) a key."""
+  frames = []
+  traceback = error.__traceback__
+  while traceback is not None:
+    frames.append(traceback.tb_frame)
+    traceback = traceback.tb_next
+  for frame in reversed(frames):
+    owner = frame.f_locals.get("self")
+    if frame.f_code.co_name in _LOOKUP_METHODS and isinstance(owner, config_dict.ConfigDict):
+      key = frame.f_locals.get("key", frame.f_locals.get("attribute"))
+      return (owner, key) if isinstance(key, str) and key not in owner else None
+  return None
+
+
+def _path_of(config: Any, target: Any, name: str = "") -> str | None:
+  """Dotted name of the ConfigDict `target` inside `config` (whose own name is `name`, '' at the top), found by
+  identity; None when it is not inside."""
+  if config is target:
+    return name
+  for key, value in config.items():
+    if isinstance(value, config_dict.ConfigDict):
+      found = _path_of(value, target, f"{name}.{key}" if name else key)
+      if found is not None:
+        return found
+  return None
+
+
+def config_field_error(error: Exception, config: Any) -> str | None:
+  """The message for an AttributeError or KeyError that a ConfigDict raised looking up a field `config` lacks
+  (e.g. `model.depth` in a user's own config file): the full dotted field and the nearest valid name. None
+  when `error` is anything else, so the caller re-raises it: a bug must keep its traceback."""
+  if not isinstance(error, (AttributeError, KeyError)):
+    return None
+  lookup = _failed_lookup(error)
+  if lookup is None:
+    return None
+  owner, key = lookup
+  fix = " Add it to the config file or fix its name (configs/default.py and the config it builds on list them all)."
+  group = _path_of(config, owner)
+  if group is None:  # a ConfigDict outside `config`: only the key is known
+    return f"a ConfigDict has no field {key!r} (its fields are {', '.join(sorted(owner.keys()))}).{fix}"
+  return unknown_field_message(config, f"{group}.{key}" if group else key) + fix
+
+
+def overrides(argv: list[str], flag_name: str) -> list[tuple[str, str | None, str]]:
+  """(dotted path, value or None, the argument as given) of every --FLAG.a.b=value, -FLAG.a.b value, --FLAG.a.b
+  or --noFLAG.a.b in argv, in order (ml_collections' override syntax)."""
+  pattern = re.compile(rf"^--?(no)?{re.escape(flag_name)}\.([^=]+)(=(.*))?$", re.DOTALL)
+  found = []
+  for index, arg in enumerate(argv[1:], 1):
+    match = pattern.match(arg)
+    if not match:
+      continue
+    value = match.group(4)
+    given = arg
+    if value is None and index + 1 < len(argv) and not argv[index + 1].startswith("-"):
+      value, given = argv[index + 1], f"{arg} {argv[index + 1]}"
+    found.append((match.group(2), value, given))
+  return found
+
+
+def _flag_argument(argv: list[str], flag_name: str) -> str | None:
+  """The value given to --FLAG (as --FLAG=value, --FLAG value or with one dash), or None."""
+  for index, arg in enumerate(argv[1:], 1):
+    for dashes in ("--", "-"):
+      if arg.startswith(f"{dashes}{flag_name}="):
+        return arg[len(dashes) + len(flag_name) + 1:]
+      if arg == f"{dashes}{flag_name}" and index + 1 < len(argv):
+        return argv[index + 1]
+  return None
+
+
+def _type_phrase(field_type: Any) -> str:
+  """How a message names the values of a field type: 'an integer', 'a number', ..."""
+  phrases = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             tuple: "a tuple, e.g. '(1, 2)'"}
+  if isinstance(field_type, type) and issubclass(field_type, config_dict.ConfigDict):
+    return "a group of fields, each set on its own (--config.GROUP.FIELD=value)"
+  return phrases.get(field_type, f"a value of type {getattr(field_type, '__name__', field_type)}")
+
+
+def _wrong_type_message(config: Any, path: str, value: str | None) -> str:
+  """`PATH takes an integer (it is 40 in the config), not 'abc'.`"""
+  try:
+    field_type = config_path.get_type(path, config)
+    current = config_path.get_value(path, config)
+  except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+    return f"{path} does not take {value!r}."
+  if isinstance(current, config_dict.ConfigDict):
+    return f"{path} is {_type_phrase(field_type)}, not a single value like {value!r}."
+  return f"{path} takes {_type_phrase(field_type)} (it is {current!r} in the config), not {value!r}."
+
+
+def _load_config(flag: flags.Flag, argv: list[str]) -> Any:
+  """The config of a config flag as the file gives it, before overrides, loaded again from argv (config
+  files are pure get_config() functions), or None when it cannot be loaded."""
+  argument = _flag_argument(argv, flag.name)
+  try:
+    return flag.parser.parse(argument) if argument is not None else flag.value
+  except Exception:  # pylint: disable=broad-except  (then absl's own report stands)
+    return None
+
+
+def _config_flags(flag_values: flags.FlagValues) -> dict[str, flags.Flag]:
+  """The config flags (DEFINE_config_file and friends) of flag_values, by name."""
+  return {flag.name: flag for flag in (flag_values[name] for name in flag_values)
+          if config_flags.is_config_flag(flag)}
+
+
+def missing_config_file(argv: list[str], flag_values: flags.FlagValues) -> str | None:
+  """The message for a --config file that does not exist, which ml_collections reports only when the config is
+  first read, as an OSError traceback from inside main; None when every config file given exists."""
+  for name, flag in _config_flags(flag_values).items():
+    argument = _flag_argument(argv, name)
+    if argument is None or not isinstance(flag.parser, config_flags.ConfigFileFlagParser):
+      continue
+    path = argument.split(":", 1)[0]
+    if not os.path.isfile(path):
+      return (f"--{name}={argument}: there is no config file {path!r} (relative paths start at {os.getcwd()}); "
+              f"give one such as configs/toy2d.py, optionally with its variant: configs/toy2d.py:local.")
+  return None
+
+
+def override_error(error: Exception, argv: list[str], flag_values: flags.FlagValues) -> str | None:
+  """The one-line message for `error`, raised while `flag_values` parsed argv, when it comes from a
+  --config.a.b=value override: an unknown field (AttributeError or KeyError from ml_collections) or a value of
+  the wrong type (absl's IllegalFlagValueError naming that flag). None for every other error."""
+  for name, flag in _config_flags(flag_values).items():
+    given = overrides(argv, name)
+    if not given:
+      continue
+    config = _load_config(flag, argv)
+    if not isinstance(config, config_dict.ConfigDict):
+      continue
+    for path, value, text in given:
+      if isinstance(error, (AttributeError, KeyError)):
+        try:
+          config_path.get_value(path, config)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+          return f"{text}: {unknown_field_message(config, path, name)}"
+      elif isinstance(error, flags.Error) and str(error).startswith(f"flag --{name}.{path}="):
+        return f"{text}: {_wrong_type_message(config, path, value)}"
+  return None
+
+
+def _exit_with_absl_usage(error: flags.Error) -> None:
+  """absl's app.parse_flags_with_usage report, kept for every flag error that is not a config override's."""
+  message = str(error)
+  if "\n" in message:
+    sys.stderr.write(f"FATAL Flags parsing error:\n{textwrap.indent(message, '  ')}\n")
+  else:
+    sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+  sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+  sys.exit(1)
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl.app.run's flags_parser: flag_values(argv), with a bad --config.a.b=value override reported as
+  `hold_jax: --config.a.b=value: <what is wrong and the fix>` on stderr and exit status 2, no traceback.
+  A missing --config file is reported the same way. Returns the arguments left after the flags, as absl's
+  own parser does."""
+  message = missing_config_file(argv, flag_values)
+  if message is None:
+    try:
+      return flag_values(argv)
+    except (AttributeError, KeyError, flags.Error) as error:
+      message = override_error(error, argv, flag_values)
+      if message is None and isinstance(error, flags.Error):
+        _exit_with_absl_usage(error)
+      if message is None:
+        raise
+  sys.stderr.write(f"{PROGRAM}: {message}\n")
+  sys.exit(USAGE_ERROR_STATUS)
+
