@@ -69,4 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.ode_rtol = 1e-5  # the solver's tolerances (score_sde's RK45 uses 1e-5 for both)
   evaluation.ode_atol = 1e-5
   evaluation.max_steps = 4096  # solver steps per example; an example that needs more fails the run loudly
+
+  # Multi-process jobs (--distributed): jax.distributed's coordination-service timeouts, in seconds. A process
+  # that stops sending heartbeats for heartbeat_timeout is declared dead and the others stop with a message
+  # instead of hanging in a collective until the scheduler kills them; shutdown_timeout bounds the wait for
+  # the others at exit; initialization_timeout bounds the wait for all processes to join at start.
+  config.distributed = distributed = ml_collections.ConfigDict()
+  distributed.initialization_timeout = 300
+  distributed.heartbeat_timeout = 30
+  distributed.shutdown_timeout = 60
   return config

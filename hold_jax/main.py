@@ -3,16 +3,21 @@
 Thin on purpose: it parses flags, checks the config, and hands it to train, sample, evaluate or the demo;
 everything else is importable from a notebook.
 """
+import sys
+
 import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from hold_jax import checkpoints
+from hold_jax import cli
 from hold_jax import config_checks
 from hold_jax import demo
 from hold_jax import evaluate
 from hold_jax import input_pipeline
+from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import train
 
@@ -32,28 +37,62 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def initialize_distributed(config) -> None:
+  """jax.distributed with the config's timeouts (configs/default.py, 'distributed')."""
+  timeouts = config.get("distributed") or {}
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                             initialization_timeout=int(timeouts.get("initialization_timeout", 300)),
+                             heartbeat_timeout_seconds=int(timeouts.get("heartbeat_timeout", 100)),
+                             shutdown_timeout_seconds=int(timeouts.get("shutdown_timeout", 300)))
+
+
+def run(config, workdir: str, mode: str, overrides: dict) -> str:
+  """Runs the job and returns the line to print."""
+  if config.job == "exact_score_demo":
+    return f"exact_score_demo finished; outputs in {workdir}: {demo.run(config, workdir)}"
+  if mode == "train":
+    grids = sample.grid_callback(config, workdir, input_pipeline.data_shape(config.data))
+    state = train.train(config, workdir, callbacks=[grids] if grids else [])
+    if int(state.step) < config.training.num_steps:
+      return (f"stopped at step {int(state.step)} of {config.training.num_steps} (checkpoint saved); the same "
+              "command resumes")
+    return f"trained to step {int(state.step)}; checkpoints in {workdir}/checkpoints"
+  # The workdir's config.json decides what was trained; the command line chooses the sampler and the metrics.
+  config = run_record.for_inference(train.workdir_path(workdir), config, overrides)
+  config_checks.check(config)
+  if mode == "eval":
+    return evaluate.evaluate(config, workdir)
+  return sample.sample_to_disk(config, workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
+  if _DISTRIBUTED.value:
+    initialize_distributed(config)
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   logging.info("Config:\n%s", config)
-  if config.job == "exact_score_demo":
-    print(f"exact_score_demo finished; outputs in {_WORKDIR.value}: {demo.run(config, _WORKDIR.value)}")
-  elif _MODE.value == "train":
-    grids = sample.grid_callback(config, _WORKDIR.value, input_pipeline.data_shape(config.data))
-    state = train.train(config, _WORKDIR.value, callbacks=[grids] if grids else [])
-    print(f"trained to step {int(state.step)}; checkpoints in {_WORKDIR.value}/checkpoints")
-  elif _MODE.value == "eval":
-    print(evaluate.evaluate(config, _WORKDIR.value))
-  else:
-    print(sample.sample_to_disk(config, _WORKDIR.value))
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  try:
+    print(run(config, _WORKDIR.value, _MODE.value, overrides))
+  except USER_ERRORS as error:
+    # What the user can fix is said in one message; the traceback stays in the log (--verbosity=1 shows it).
+    logging.debug("Traceback of the error below:", exc_info=True)
+    message = cli.config_field_error(error, config) if isinstance(error, (AttributeError, KeyError)) else None
+    if isinstance(error, (AttributeError, KeyError)) and message is None:
+      raise
+    print(f"hold_jax: error: {message or error}", file=sys.stderr)
+    sys.exit(1)
+
+
+# Errors whose message is the whole story (bad input, damaged or missing checkpoints, a changed config, a
+# failed save, non-finite training); a config field lookup that fails is named by cli.config_field_error.
+USER_ERRORS = (ValueError, FloatingPointError, checkpoints.CheckpointError, AttributeError, KeyError)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -24,10 +24,13 @@ from clu import periodic_actions
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hold_jax import checkpoints
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
+from hold_jax import preemption
 from hold_jax import prefetch
+from hold_jax import run_record
 from hold_jax import sde as sde_lib
 
 DATA_AXIS = "data"
@@ -158,33 +161,40 @@ def workdir_path(workdir: str) -> epath.Path:
   return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
-def checkpoint_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=checkpoint_config.keep,
-                                         enable_async_checkpointing=checkpoint_config.asynchronous)
-  return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
+def checkpoint_manager(workdir: str, checkpoint_config, read_only: bool = False) -> ocp.CheckpointManager:
+  """The orbax manager of workdir/checkpoints (hold_jax/checkpoints.py: two items per step, checksums)."""
+  return checkpoints.make_manager(workdir_path(workdir) / "checkpoints", checkpoint_config.keep,
+                                  checkpoint_config.asynchronous, read_only=read_only)
 
 
-def save_config(config, workdir: str) -> None:
-  """Writes workdir/config.json (process 0), so what a run was trained with travels with its checkpoints."""
-  if jax.process_index() == 0:
-    path = workdir_path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+def abstract_state(make_fresh_state: Callable[[], TrainState], sharding: NamedSharding) -> TrainState:
+  """The structure, shapes and placement of make_fresh_state() without computing it (eval_shape)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      jax.eval_shape(make_fresh_state))
 
 
 def restore_or_init(manager: ocp.CheckpointManager, make_fresh_state: Callable[[], TrainState],
                     sharding: NamedSharding) -> TrainState:
-  """The latest checkpoint of the workdir if there is one, else make_fresh_state(); placed with `sharding`.
+  """The newest readable checkpoint of the workdir if there is one, else make_fresh_state(); placed with
+  `sharding`. Damaged checkpoints are set aside and older ones tried (hold_jax/checkpoints.py).
 
   On resume the fresh state is only traced (eval_shape) for its structure, never computed.
   """
-  step = manager.latest_step()
-  if step is None:
+  abstract = abstract_state(make_fresh_state, sharding)
+  try:
+    restored = checkpoints.restore(manager, abstract)
+  except checkpoints.ChangedStructure as error:
+    raise checkpoints.CheckpointError(f"Cannot resume from {manager.directory}: {error}. The model or optimizer "
+                                      "config differs from the one the run was trained with; use that config, "
+                                      "or a new --workdir for a new run.") from None
+  if restored is None:
+    damaged = workdir_path(str(manager.directory.parent)) / checkpoints.DAMAGED_DIR
+    if damaged.exists() and any(damaged.iterdir()):
+      logging.warning("No usable checkpoint in %s (damaged ones are in %s): starting from step 0.",
+                      manager.directory, damaged)
     return jax.device_put(make_fresh_state(), sharding)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          jax.eval_shape(make_fresh_state))
-  logging.info("Resuming from the checkpoint of step %d in %s", step, manager.directory)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  logging.info("Resuming from the checkpoint of step %d in %s", restored.step, manager.directory)
+  return restored.tree
 
 
 def nonfinite_error(state: TrainState, last_saved: int | None) -> FloatingPointError:
@@ -201,8 +211,31 @@ def nonfinite_error(state: TrainState, last_saved: int | None) -> FloatingPointE
 Callback = Callable[[int, TrainState, metric_writers.MetricWriter], None]
 
 
+def prepare_workdir(config, workdir: str, abstract: TrainState) -> None:
+  """Before any compute: the workdir can hold a checkpoint, and config agrees with its record.
+
+  The record (config.json) is written when the workdir has no checkpoint yet; once one exists it is the
+  reference a resumed run is checked against (hold_jax/run_record.py).
+  """
+  path = workdir_path(workdir)
+  checkpoints.check_workdir(path, checkpoints.state_bytes(abstract))
+  has_checkpoints = (path / "checkpoints").exists() and any(
+      name.name.isdigit() for name in (path / "checkpoints").iterdir())
+  if has_checkpoints:
+    run_record.check_resume(path, config)
+    if run_record.read(path) is None:
+      logging.warning("%s has checkpoints but no config.json: recording the given config.", path)
+      run_record.write(path, config)
+  else:
+    run_record.write(path, config)
+
+
 def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainState:
-  """Trains config.training.num_steps steps in workdir, resuming from its latest checkpoint if any."""
+  """Trains config.training.num_steps steps in workdir, resuming from its newest readable checkpoint.
+
+  SIGTERM, SIGINT and SIGUSR1 save the step reached and return early (hold_jax/preemption.py); the returned
+  state's step then falls short of training.num_steps.
+  """
   training = config.training
   mesh = make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -212,18 +245,36 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   model = models.create_model(config.model, stream.data_shape)
   optimizer = make_optimizer(config.optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
+  make_fresh_state = lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed)
+  prepare_workdir(config, workdir, abstract_state(make_fresh_state, replicated))
   train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=0)
 
   manager = checkpoint_manager(workdir, config.checkpoint)
-  state = restore_or_init(manager, lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed),
-                          replicated)
-  start = int(state.step)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  save_config(config, workdir)
-  if start == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+  try:
+    state = restore_or_init(manager, make_fresh_state, replicated)
+    start = int(state.step)
+    if start > training.num_steps:
+      raise checkpoints.CheckpointError(
+          f"The checkpoint in {manager.directory} is at step {start}, past training.num_steps = "
+          f"{training.num_steps}: raise training.num_steps to continue, or sample/evaluate it as it is.")
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if start == 0:
+      writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+    with preemption.StopRequests(manager.reached_preemption) as stop:
+      state = _train_loop(config, state, start, train_step, stream, batch_sharding, manager, writer, callbacks,
+                          stop)
+    writer.flush()
+  finally:  # every exit completes (or cleanly reports) the save in flight and releases orbax's threads
+    manager.close()
+  return state
+
+
+def _train_loop(config, state: TrainState, start: int, train_step, stream, batch_sharding, manager, writer,
+                callbacks, stop: preemption.StopRequests) -> TrainState:
+  """Steps start..training.num_steps (or until a stop request), logging and saving on the way."""
+  training = config.training
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
                                            every_steps=training.log_every)] if jax.process_index() == 0 else []
   schedule = learning_rate_schedule(config.optim, training.num_steps)
@@ -238,7 +289,9 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
       for hook in hooks:
         hook(step + 1)
       done = step + 1 == training.num_steps
-      log, save = (step + 1) % training.log_every == 0 or done, (step + 1) % training.checkpoint_every == 0 or done
+      stopping = stop.should_stop(step + 1)
+      log = (step + 1) % training.log_every == 0 or done or stopping
+      save = (step + 1) % training.checkpoint_every == 0 or done or stopping
       if (log or save) and int(state.first_bad_step) >= 0:  # one host sync per log or save, not per step
         raise nonfinite_error(state, last_saved)
       if log:
@@ -247,26 +300,43 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
         writer.write_scalars(step + 1, summary)
         pending = []
       if save:
-        manager.save(step + 1, args=ocp.args.StandardSave(state))
+        checkpoints.save(manager, step + 1, state)
         last_saved = step + 1
+      if stopping:
+        checkpoints.wait(manager, step + 1)
+        logging.warning("%s: saved the checkpoint of step %d in %s and stopped; the same command resumes.",
+                        stop.received, step + 1, manager.directory)
+        break
       for callback in callbacks:
         callback(step + 1, state, writer)
   finally:  # a run that dies still completes the saves it started (and stops the prefetch thread)
     batches.close()
-    manager.wait_until_finished()
-  writer.flush()
+    checkpoints.wait(manager, last_saved)
   return state
 
 
 def load_ema_params(config, workdir: str, data_shape: tuple[int, ...]) -> tuple[Any, int]:
-  """EMA parameters and step of the latest checkpoint in workdir (ValueError when there is none)."""
+  """EMA parameters and step of the newest readable checkpoint in workdir, read alone (a partial restore, so
+  the optimizer settings never matter); a CheckpointError when there is none."""
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
+  directory = workdir_path(workdir) / "checkpoints"
+  if not directory.exists():
+    raise checkpoints.CheckpointError(f"No checkpoint in {directory}: train first (python -m hold_jax.main "
+                                      "--config ... --workdir ... --mode=train).")
   manager = checkpoint_manager(workdir, config.checkpoint)
-  if manager.latest_step() is None:
-    raise ValueError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
-                     "(python -m hold_jax.main --config ... --workdir ... --mode=train).")
-  optimizer = make_optimizer(config.optim, config.training.num_steps)
-  state = restore_or_init(manager, lambda: init_state(model, data_shape, sde.order, optimizer, config.seed),
-                          NamedSharding(make_mesh(), PartitionSpec()))
-  return state.ema_params, int(state.step)
+  try:
+    optimizer = make_optimizer(config.optim, config.training.num_steps)
+    replicated = NamedSharding(make_mesh(), PartitionSpec())
+    abstract = abstract_state(lambda: init_state(model, data_shape, sde.order, optimizer, config.seed), replicated)
+    try:
+      restored = checkpoints.restore(manager, {"ema_params": abstract.ema_params}, partial=True)
+    except checkpoints.ChangedStructure as error:
+      raise checkpoints.CheckpointError(f"Cannot read the EMA parameters in {directory}: {error}. The model config "
+                                        "differs from the one in the workdir's config.json.") from None
+  finally:
+    manager.close()
+  if restored is None:
+    raise checkpoints.CheckpointError(f"No checkpoint in {directory}: train first (python -m hold_jax.main "
+                                      "--config ... --workdir ... --mode=train).")
+  return restored.tree["ema_params"], restored.step

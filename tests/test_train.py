@@ -165,7 +165,8 @@ def _logged_scalars(workdir, tag):
 
 def test_command_line_trains_logs_and_samples(tmp_path):
   base = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir", str(tmp_path)]
-  trained = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  trained_with = ["--config.model.width=16", "--config.sde.beta_0=5.0"]  # sampling needs not repeat them
+  trained = subprocess.run(base + trained_with, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert trained.returncode == 0, trained.stderr[-4000:]
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
   for tag in ("loss", "grad_norm", "learning_rate", "steps_per_sec"):
@@ -182,6 +183,10 @@ def test_command_line_trains_logs_and_samples(tmp_path):
     assert str(archive["method"]) == "ode_adaptive" and float(archive["ode_rtol"]) == 1e-3
     assert int(archive["nfe"]) > 10  # counted by the solver
   assert os.path.isfile(path[:-len(".npz")] + ".png")
+  changed = subprocess.run(base + ["--mode=sample", "--config.sde.beta_0=6.0"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+  assert changed.returncode != 0 and "sde.beta_0: trained with 5.0, given 6.0" in changed.stderr
+  assert "Traceback" not in changed.stderr
 
 
 def test_non_finite_samples_are_reported_not_written(tmp_path, monkeypatch):

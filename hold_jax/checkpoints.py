@@ -1,0 +1,358 @@
+"""Checkpoints of a run: orbax saves that carry a checksum of every array, and restores that verify them and
+fall back past damage.
+
+Saving. Each step directory holds two orbax items: 'default' (the train state, named so that checkpoints
+written before checksums existed still load) and 'checksums' (JSON). orbax writes a step into a temporary
+directory and renames it when complete, so a save killed at any moment leaves the older steps untouched; the
+temporary directory of a save that failed (a full disk) is removed here, and leftovers of killed saves are
+removed by orbax at the next start (cleanup_tmp_directories).
+
+Checksums. For every array the words of its bytes w_i (uint32) give (sum_i w_i, sum_i (2i + 1) w_i) mod 2^32,
+computed on the devices in one jit. Changing any one word changes both sums (2i + 1 is odd, hence invertible
+mod 2^32), so a flipped bit is always caught, and the cost is one read of the state in device memory. tensorstore
+decodes a damaged chunk without complaint when its bytes are raw, which is why the check is needed at all.
+
+Restoring. The newest step is tried first: its metadata is read and compared with the expected tree (a
+different shape is a changed config, which is an error, never a reason to fall back), the arrays are read,
+and their checksums compared with the recorded ones. Any failure other than a changed shape sets the step
+aside (moved to workdir/damaged_checkpoints/<step>, with the reason in REASON.txt; never deleted), warns with
+the step and the reason, and tries the next older one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+STATE_ITEM = "default"
+CHECKSUM_ITEM = "checksums"
+DAMAGED_DIR = "damaged_checkpoints"
+CHECKSUM_FORMAT = "uint32 words w_i of each array: [sum w_i, sum (2i+1) w_i] mod 2^32"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint problem the user has to act on; its message says what happened and what to do."""
+
+
+class ChangedStructure(CheckpointError):
+  """The checkpoint holds arrays of other names or shapes than the config builds: the config changed."""
+
+
+class Damaged(ValueError):
+  """A checkpoint read without error whose contents fail the checksum test."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checksums.
+
+
+def _key_name(key) -> str:
+  for attribute in ("key", "name", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def leaves_by_path(tree) -> dict[str, Any]:
+  """{'params/Dense_0/kernel': leaf, ...}: the same names for a TrainState, its state dict and orbax's metadata
+  tree (a dataclass field, a dict key and a list index are all written as their name)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(key) for key in path): leaf for path, leaf in flat}
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bytes of x as a flat uint32 vector (narrower types widened word by word, wider ones split)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+  if size < 4:
+    unsigned = {1: jnp.uint8, 2: jnp.uint16}[size]
+    return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)  # 8 bytes: (..., 2) words
+
+
+@jax.jit
+def _leaf_sums(leaves: list[jax.Array]) -> jax.Array:
+  """(num_leaves, 2) uint32: [sum w_i, sum (2i+1) w_i] of each leaf."""
+  sums = []
+  for leaf in leaves:
+    words = _words(leaf)
+    odd = 2 * jnp.arange(words.shape[0], dtype=jnp.uint32) + 1
+    sums.append(jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * odd, dtype=jnp.uint32)]))
+  return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
+
+
+def checksums(tree) -> dict[str, list[int]]:
+  """{path: [sum, odd-weighted sum]} of every array leaf of `tree` (see the module docstring)."""
+  named = leaves_by_path(tree)
+  sums = np.asarray(jax.device_get(_leaf_sums(list(named.values()))))
+  return {path: [int(a), int(b)] for path, (a, b) in zip(named, sums)}
+
+
+def mismatched(recorded: dict[str, list[int]], tree) -> list[str]:
+  """Paths of `tree` whose checksums differ from `recorded` (a path recorded nowhere counts as different)."""
+  actual = checksums(tree)
+  return [path for path, sums in actual.items() if recorded.get(path) != sums]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The manager and saving.
+
+
+def make_manager(directory: epath.Path, keep: int = 3, asynchronous: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """An orbax manager of `directory` (workdir/checkpoints) with the two items of every step."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
+                                         cleanup_tmp_directories=not read_only, read_only=read_only,
+                                         create=not read_only)
+  handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(), CHECKSUM_ITEM: ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state) -> None:
+  """Starts saving `state` as `step` (asynchronously if the manager is), with its checksums.
+
+  The checksums are computed from the same device arrays orbax writes, before the save starts.
+  """
+  record = {"format": CHECKSUM_FORMAT, "arrays": checksums(state)}
+  try:
+    manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state),
+                                                  CHECKSUM_ITEM: ocp.args.JsonSave(record)}), force=True)
+  except Exception as error:  # pylint: disable=broad-except
+    raise save_error(manager, step, error) from error
+
+
+def wait(manager: ocp.CheckpointManager, step: int | None) -> None:
+  """Waits for the save in flight; a failed one becomes a CheckpointError (its temporary directory removed)."""
+  try:
+    manager.wait_until_finished()
+  except Exception as error:  # pylint: disable=broad-except
+    raise save_error(manager, step, error) from error
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left" in str(error) or "ENOSPC" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def temporary_directories(directory: epath.Path) -> list[epath.Path]:
+  """orbax's directories of unfinished saves in `directory` ('<step>.orbax-checkpoint-tmp-<n>')."""
+  if not directory.exists():
+    return []
+  return [path for path in directory.iterdir() if ".orbax-checkpoint-tmp" in path.name]
+
+
+def save_error(manager: ocp.CheckpointManager, step: int | None, error: BaseException) -> CheckpointError:
+  """The one message of a failed save, after removing its temporary directory."""
+  directory = epath.Path(manager.directory)
+  if jax.process_index() == 0:
+    for path in temporary_directories(directory):
+      shutil.rmtree(path, ignore_errors=True) if "://" not in str(path) else path.rmtree(missing_ok=True)
+  previous = [s for s in manager.all_steps() if step is None or s < step]
+  intact = (f"the checkpoint of step {max(previous)} is intact and a rerun resumes from it"
+            if previous else "no earlier checkpoint exists")
+  what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+  if _is_disk_full(error):
+    free = free_bytes(directory)
+    reason = f"the disk is full ({free / 2**20:.0f} MiB free)" if free is not None else "the disk is full"
+    fix = "Free space (or point --workdir at a larger disk) and rerun the same command."
+  else:
+    reason = _one_line(error)
+    fix = "Check that the workdir is writable and rerun the same command."
+  return CheckpointError(f"Saving {what} to {directory} failed: {reason}. Its partial files were removed; "
+                         f"{intact}. {fix}")
+
+
+def _one_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  text = lines[0].split(" See full TensorStore details")[0] if lines else ""
+  return f"{type(error).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The workdir before any compute.
+
+
+def free_bytes(path: epath.Path) -> int | None:
+  """Free bytes on the file system of `path` (its nearest existing ancestor); None for buckets."""
+  if "://" in str(path):
+    return None
+  path = os.path.abspath(str(path))
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def state_bytes(abstract_tree) -> int:
+  """Bytes of the arrays of a (possibly abstract) tree: what one checkpoint writes, uncompressed."""
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) * np.dtype(leaf.dtype).itemsize
+                 for leaf in jax.tree.leaves(abstract_tree)))
+
+
+def check_workdir(workdir: epath.Path, checkpoint_bytes: int) -> None:
+  """Raises CheckpointError unless `workdir` can hold one more checkpoint: it must be (or become) a directory,
+  be writable, and have room for checkpoint_bytes plus 5% (local disks; buckets are not measured)."""
+  if workdir.exists() and not workdir.is_dir():
+    raise CheckpointError(f"--workdir {workdir} is a file, not a directory: choose another path.")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write_test_{os.getpid()}_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as error:
+    raise CheckpointError(f"--workdir {workdir} is not writable ({_one_line(error)}): choose a directory this "
+                          "user can write, or fix its permissions.") from None
+  free = free_bytes(workdir)
+  needed = int(checkpoint_bytes * 1.05)
+  if free is not None and free < needed:
+    raise CheckpointError(f"--workdir {workdir} has {free / 2**20:.1f} MiB free, and one checkpoint of this run "
+                          f"needs about {needed / 2**20:.1f} MiB: free space or choose a larger disk.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Restoring with fallback.
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """The tree read from checkpoint `step` (verified), and the (step, reason) of each newer one set aside."""
+
+  tree: Any
+  step: int
+  set_aside: tuple[tuple[int, str], ...] = ()
+
+
+def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_tree) -> None:
+  """Raises ChangedStructure when the saved arrays differ in names, shapes or dtypes from abstract_tree."""
+  item = manager.item_metadata(step)[STATE_ITEM]
+  if item is None or getattr(item, "tree", None) is None:
+    raise Damaged("its array metadata cannot be read")
+  metadata = leaves_by_path(item.tree)
+  expected = leaves_by_path(abstract_tree)
+  missing = sorted(set(expected) - set(metadata))
+  if missing:
+    raise ChangedStructure(f"the checkpoint of step {step} has no array {missing[0]!r} (and {len(missing) - 1} "
+                           "more missing)" if len(missing) > 1 else
+                           f"the checkpoint of step {step} has no array {missing[0]!r}")
+  for path, leaf in expected.items():
+    saved = metadata[path]
+    if tuple(saved.shape) != tuple(leaf.shape):
+      raise ChangedStructure(f"the checkpoint of step {step} holds {path!r} of shape {tuple(saved.shape)}, the "
+                             f"config builds {tuple(leaf.shape)}")
+
+
+def _read_verified(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool):
+  """The arrays of `step`, checked against the recorded checksums (ValueError when they differ)."""
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_tree)
+  state_args = ocp.args.PyTreeRestore(item=abstract_tree, restore_args=restore_args, partial_restore=partial)
+  step_dir = epath.Path(manager.directory) / str(step)
+  has_checksums = (step_dir / CHECKSUM_ITEM).exists()
+  items = {STATE_ITEM: state_args}
+  if has_checksums:
+    items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  tree = restored[STATE_ITEM]
+  if not has_checksums:
+    logging.warning("The checkpoint of step %d has no checksums (written before they were recorded): its "
+                    "arrays are not verified.", step)
+    return tree
+  record = restored[CHECKSUM_ITEM]
+  if not isinstance(record, dict) or record.get("format") != CHECKSUM_FORMAT:
+    raise Damaged("its checksum record is unreadable")
+  bad = mismatched(record["arrays"], tree)
+  if bad:
+    raise Damaged(f"checksum mismatch in {len(bad)} array(s), first {bad[0]!r}: the data changed after it "
+                     "was written")
+  return tree
+
+
+def _raised_by_hold_jax(error: BaseException) -> bool:
+  """True when the innermost frame of error's traceback is this package's code (not orbax or tensorstore),
+  and the error is not a Damaged verdict."""
+  if isinstance(error, Damaged):
+    return False
+  traceback = error.__traceback__
+  while traceback is not None and traceback.tb_next is not None:
+    traceback = traceback.tb_next
+  package = os.path.dirname(os.path.abspath(__file__))
+  return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package)
+
+
+def set_aside(checkpoints_dir: epath.Path, step: int, reason: str) -> epath.Path | None:
+  """Moves checkpoints_dir/<step> to workdir/damaged_checkpoints/<step>[-k] with REASON.txt (process 0)."""
+  source = checkpoints_dir / str(step)
+  target_dir = checkpoints_dir.parent / DAMAGED_DIR
+  target = target_dir / str(step)
+  if jax.process_index() == 0:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while target.exists():
+      target, suffix = target_dir / f"{step}-{suffix}", suffix + 1
+    try:
+      source.rename(target)
+      (target / "REASON.txt").write_text(reason + "\n")
+    except OSError as error:
+      logging.warning("Could not move the damaged checkpoint %s aside (%s); it stays in place.", source, error)
+      target = None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"hold_jax_set_aside_{step}")
+  return target
+
+
+def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False) -> Restored | None:
+  """The newest readable, verified checkpoint of `manager` read into `abstract_tree`, or None when there is
+  no checkpoint at all. With partial, abstract_tree names a subset of the saved tree (e.g. the EMA params).
+
+  Damaged steps are set aside with a warning; ChangedStructure (the config changed) is raised as it is; when
+  every step is damaged a CheckpointError names the directory and what to do.
+  """
+  directory = epath.Path(manager.directory)
+  set_aside_steps = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      _check_structure(manager, step, abstract_tree)
+      tree = _read_verified(manager, step, abstract_tree, partial)
+    except ChangedStructure:
+      raise
+    except Exception as error:  # pylint: disable=broad-except  (any failure to read is damage...)
+      if _raised_by_hold_jax(error):
+        raise  # ...except a bug of this package, which must never cost the user a checkpoint
+      reason = str(error) if isinstance(error, Damaged) else _one_line(error)
+      moved = set_aside(directory, step, f"step {step} could not be restored: {reason}")
+      logging.warning("The checkpoint of step %d in %s cannot be used (%s); %s; trying the next older one.",
+                      step, directory, reason, f"moved to {moved}" if moved else "left in place")
+      set_aside_steps.append((step, reason))
+      continue
+    if set_aside_steps:
+      manager.reload()
+    return Restored(tree, step, tuple(set_aside_steps))
+  if set_aside_steps:
+    manager.reload()
+    raise CheckpointError(
+        f"None of the {len(set_aside_steps)} checkpoints in {directory} could be read (newest: step "
+        f"{set_aside_steps[0][0]}, {set_aside_steps[0][1]}); they were moved to {directory.parent / DAMAGED_DIR}. "
+        "Rerunning training starts again from step 0; to retry a checkpoint, move it back into "
+        f"{directory}.")
+  return None

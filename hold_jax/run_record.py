@@ -1,0 +1,146 @@
+"""The workdir as the record of a run: workdir/config.json says what its checkpoints were trained with.
+
+The record is written when a run starts with no checkpoint yet, and never rewritten once one exists. Its
+fields are of two kinds:
+- trained fields: the process, model, loss, data, optimizer, EMA, seed, batch size... anything that changes
+  what the checkpoints are. Resuming with a different value is an error naming the field, the trained value
+  and the given one; sampling and evaluation take them from the record, so no training override needs
+  repeating there.
+- run settings (RUN_SETTINGS): the training length, logging, checkpoint cadence, sampling, evaluation, where
+  the prepared data lives and the multi-host timeouts. They may change on every command.
+Fields that the record lacks (a field added to the code since the run started) take the given value.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+RECORD_NAME = "config.json"
+
+# Dotted prefixes of the fields that may differ from the record.
+RUN_SETTINGS = ("training.num_steps", "training.log_every", "training.checkpoint_every", "training.sample_every",
+                "training.num_grid_samples", "checkpoint", "sampling", "eval", "data.data_dir", "distributed")
+
+
+class RecordMismatch(ValueError):
+  """The given config would change a trained field of the workdir's run."""
+
+
+def is_run_setting(field: str) -> bool:
+  return any(field == prefix or field.startswith(prefix + ".") for prefix in RUN_SETTINGS)
+
+
+def _plain(value: Any) -> Any:
+  """JSON's view of a value (tuples become lists), so a recorded and a given value compare equal."""
+  return json.loads(json.dumps(value))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{'sde.beta_0': 6.5, ...} of a nested dict."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The flattened fields of a config as JSON values."""
+  return flatten(json.loads(config.to_json_best_effort()))
+
+
+def read(workdir: epath.Path) -> dict[str, Any] | None:
+  """The flattened record of workdir, or None when it has none."""
+  path = workdir / RECORD_NAME
+  if not path.exists():
+    return None
+  try:
+    return flatten(json.loads(path.read_text()))
+  except (ValueError, OSError) as error:
+    raise RecordMismatch(f"{path} cannot be read ({error}); it records how this workdir's checkpoints were "
+                         "trained: restore it from a copy, or remove it to accept the given config.") from None
+
+
+def write(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+  """Writes workdir/config.json (process 0 only), atomically."""
+  if jax.process_index() != 0:
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  temporary = workdir / (RECORD_NAME + ".tmp")
+  temporary.write_text(config.to_json_best_effort(indent=2))
+  temporary.rename(workdir / RECORD_NAME)
+
+
+def trained_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """(field, trained value, given value) of every trained field present in both that differs."""
+  return [(field, recorded[field], value) for field, value in given.items()
+          if field in recorded and not is_run_setting(field) and _plain(recorded[field]) != _plain(value)]
+
+
+def _describe(differences: list[tuple[str, Any, Any]], workdir: epath.Path, what: str) -> str:
+  lines = [f"  {field}: trained with {trained!r}, given {given!r}" for field, trained, given in differences]
+  return (f"{what} {workdir} with a config that changes how its checkpoints were trained "
+          f"({workdir / RECORD_NAME}):\n" + "\n".join(lines) +
+          "\nDrop these overrides (or use the config the run was trained with), or choose a new --workdir for "
+          "a new run. Only the training length, logging, checkpoint cadence, sampling and eval settings may "
+          "change.")
+
+
+def check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+  """Raises RecordMismatch when `config` changes a trained field of workdir's record."""
+  recorded = read(workdir)
+  if recorded is None:
+    return
+  differences = trained_differences(recorded, config_fields(config))
+  if differences:
+    raise RecordMismatch(_describe(differences, workdir, "Resuming"))
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+  *parents, name = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[name] = _as_config_value(value)
+
+
+def _as_config_value(value: Any) -> Any:
+  if isinstance(value, list):
+    return tuple(_as_config_value(item) for item in value)
+  return value
+
+
+def for_inference(workdir: epath.Path, config: ml_collections.ConfigDict,
+                  overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config that samples or evaluates workdir's checkpoints: its trained fields from the record, the run
+  settings from `config` (the command's config file and overrides).
+
+  overrides: the command line's --config.* values (flattened names). An override of a trained field that
+  differs from the record is a RecordMismatch; one that agrees is accepted.
+  """
+  recorded = read(workdir)
+  if recorded is None:
+    return config
+  given = config_fields(config)
+  conflicts = [(field, recorded[field], value) for field, value in overrides.items()
+               if field in recorded and not is_run_setting(field) and _plain(recorded[field]) != _plain(value)]
+  if conflicts:
+    raise RecordMismatch(_describe(conflicts, workdir, "Sampling or evaluating"))
+  merged = ml_collections.ConfigDict(config.to_dict())
+  taken = []
+  for field, trained in recorded.items():
+    if is_run_setting(field) or field not in given or _plain(given[field]) == _plain(trained):
+      continue
+    _set(merged, field, trained)
+    taken.append(field)
+  if taken:
+    logging.info("Trained fields taken from %s: %s", workdir / RECORD_NAME, ", ".join(taken))
+  return merged

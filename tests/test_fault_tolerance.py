@@ -1,0 +1,310 @@
+"""Fault tolerance: checksums, fallback past damaged checkpoints, the workdir's record, full disks, stop signals."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+
+from benchmarks import damage
+from configs import toy2d
+from hold_jax import checkpoints
+from hold_jax import run_record
+from hold_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def local_config(**training):
+  config = toy2d.get_config("local")
+  config.checkpoint.asynchronous = False
+  for key, value in training.items():
+    config.training[key] = value
+  return config
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+def full_restore(config, workdir):
+  """restore_or_init of the whole train state, as a resumed run does; returns (state, manager closed)."""
+  from hold_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model(config.model, (2,))
+  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  manager = train.checkpoint_manager(str(workdir), config.checkpoint)
+  try:
+    return train.restore_or_init(manager, lambda: train.init_state(model, (2,), 3, optimizer, 0), replicated)
+  finally:
+    manager.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checksums.
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32, jnp.uint32, jnp.bfloat16, jnp.float16, jnp.uint8,
+                                   jnp.bool_, jnp.float64])
+def test_checksums_change_with_any_flipped_bit(dtype):
+  rng = np.random.default_rng(0)
+  values = rng.standard_normal((7, 5)) * 10
+  array = np.asarray(values > 0) if dtype == jnp.bool_ else np.asarray(values).astype(dtype)
+  tree = {"a": jnp.asarray(array), "b": jnp.arange(3)}
+  reference = checkpoints.checksums(tree)
+  assert set(reference) == {"a", "b"}
+  raw = bytearray(np.asarray(array).tobytes())
+  bits = 1 if dtype == jnp.bool_ else 8
+  for position in rng.choice(len(raw), size=min(len(raw), 12), replace=False):
+    for bit in rng.choice(bits, size=min(bits, 2), replace=False):
+      changed = bytearray(raw)
+      changed[position] ^= 1 << int(bit)
+      flipped = np.frombuffer(bytes(changed), dtype=np.asarray(array).dtype).reshape(array.shape)
+      sums = checkpoints.checksums({"a": jnp.asarray(flipped), "b": jnp.arange(3)})
+      assert sums["a"] != reference["a"] and sums["b"] == reference["b"], (position, bit)
+
+
+def test_checksums_are_the_documented_sums():
+  words = np.array([3, 2**32 - 1, 7, 123456789], np.uint32)
+  expected_sum = int(words.astype(np.uint64).sum() % 2**32)
+  expected_weighted = int(sum(int(w) * (2 * i + 1) for i, w in enumerate(words)) % 2**32)
+  sums = checkpoints.checksums({"x": jnp.asarray(words.view(np.float32))})
+  assert sums["x"] == [expected_sum, expected_weighted]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fallback past damage.
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A toy run with checkpoints at steps 20 and 40."""
+  workdir = tmp_path_factory.mktemp("trained")
+  config = local_config(num_steps=40, checkpoint_every=20)
+  state = train.train(config, str(workdir))
+  return workdir, config, flat(state.params)
+
+
+def damaged_copy(trained_workdir, tmp_path, kind):
+  workdir, config, _ = trained_workdir
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  damage.kinds()[kind](copy / "checkpoints" / "40")
+  return copy, config
+
+
+# Damage to orbax's bookkeeping file of the step alone leaves the arrays readable and verified.
+HARMLESS = {"step metadata deleted", "step metadata truncated", "step metadata garbage"}
+
+
+@pytest.mark.parametrize("kind", sorted(damage.kinds()))
+def test_every_damage_falls_back_to_the_older_checkpoint(trained_workdir, tmp_path, kind, caplog):
+  copy, config = damaged_copy(trained_workdir, tmp_path, kind)
+  state = full_restore(config, copy)
+  if kind in HARMLESS:
+    assert int(state.step) == 40 and not (copy / checkpoints.DAMAGED_DIR).exists()
+    np.testing.assert_array_equal(flat(state.params), trained_workdir[2])
+    return
+  assert int(state.step) == 20
+  assert sorted(os.listdir(copy / "checkpoints")) == ["20"]
+  assert os.listdir(copy / checkpoints.DAMAGED_DIR) == ["40"]  # set aside, never deleted
+  reason = (copy / checkpoints.DAMAGED_DIR / "40" / "REASON.txt").read_text()
+  assert "step 40 could not be restored" in reason
+  assert any("checkpoint of step 40" in record.getMessage() and "trying the next older one" in record.getMessage()
+             for record in caplog.records)
+  params, step = train.load_ema_params(config, str(copy), (2,))  # sampling reads the same checkpoint
+  assert step == 20 and np.isfinite(flat(params)).all()
+
+
+def test_flipped_bytes_are_caught_by_the_checksums(trained_workdir, tmp_path):
+  copy, config = damaged_copy(trained_workdir, tmp_path, "array data bytes flipped")
+  full_restore(config, copy)
+  reason = (copy / checkpoints.DAMAGED_DIR / "40" / "REASON.txt").read_text()
+  assert "checksum mismatch" in reason
+
+
+def test_resume_after_damage_repeats_the_uninterrupted_run(trained_workdir, tmp_path):
+  copy, config = damaged_copy(trained_workdir, tmp_path, "array data truncated")
+  state = train.train(config, str(copy))  # falls back to step 20 and trains 20 -> 40 again
+  assert int(state.step) == 40
+  np.testing.assert_array_equal(flat(state.params), trained_workdir[2])
+
+
+def test_no_readable_checkpoint_is_one_error_naming_the_directory(trained_workdir, tmp_path):
+  copy, config = damaged_copy(trained_workdir, tmp_path, "array metadata garbage")
+  damage.kinds()["array metadata garbage"](copy / "checkpoints" / "20")
+  with pytest.raises(checkpoints.CheckpointError, match=r"None of the 2 checkpoints in .*checkpoints could be read"):
+    train.load_ema_params(config, str(copy), (2,))
+  assert sorted(os.listdir(copy / checkpoints.DAMAGED_DIR)) == ["20", "40"]
+
+
+def test_a_changed_model_is_an_error_not_damage(trained_workdir, tmp_path):
+  workdir, config, _ = trained_workdir
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  wider = local_config(num_steps=40)
+  wider.model.width = 48
+  with pytest.raises(checkpoints.CheckpointError, match=r"shape .*config builds"):
+    full_restore(wider, copy)
+  assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"] and not (copy / checkpoints.DAMAGED_DIR).exists()
+
+
+def test_sampling_restores_the_ema_parameters_alone(trained_workdir):
+  workdir, config, _ = trained_workdir
+  other_optimizer = local_config(num_steps=40)
+  other_optimizer.optim.grad_clip = 0.0  # no clipping: a different optimizer state tree
+  params, step = train.load_ema_params(other_optimizer, str(workdir), (2,))
+  assert step == 40
+  state = full_restore(config, workdir)
+  np.testing.assert_array_equal(flat(params), flat(state.ema_params))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The workdir's record.
+
+
+def test_resuming_with_a_changed_trained_field_names_it_and_keeps_the_record(trained_workdir, tmp_path):
+  workdir, _, _ = trained_workdir
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  before = (copy / "config.json").read_text()
+  for field, value in [("sde.beta_0", 5.0), ("seed", 3), ("model.width", 16), ("optim.learning_rate", 2e-3)]:
+    config = local_config(num_steps=60, checkpoint_every=20)
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(run_record.RecordMismatch, match=rf"{field}: trained with .*, given {value!r}"):
+      train.train(config, str(copy))
+  assert (copy / "config.json").read_text() == before
+  assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"]
+
+
+def test_extending_training_continues_and_fewer_steps_says_so(trained_workdir, tmp_path):
+  workdir, _, _ = trained_workdir
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  config = local_config(num_steps=50, checkpoint_every=20, log_every=5)
+  assert int(train.train(config, str(copy)).step) == 50
+  with pytest.raises(checkpoints.CheckpointError, match=r"at step 50, past training.num_steps = 30"):
+    train.train(local_config(num_steps=30, checkpoint_every=20), str(copy))
+
+
+def test_sampling_takes_trained_fields_from_the_record(tmp_path):
+  recorded = local_config(num_steps=5)
+  recorded.sde.beta_0 = 4.0
+  recorded.model.width = 16
+  run_record.write(epath.Path(tmp_path), recorded)
+  given = local_config()
+  given.sampling.num_steps = 7
+  merged = run_record.for_inference(epath.Path(tmp_path), given, {"sampling.num_steps": 7})
+  assert merged.sde.beta_0 == 4.0 and merged.model.width == 16 and merged.sampling.num_steps == 7
+  assert run_record.for_inference(epath.Path(tmp_path), given, {"model.width": 16}).model.width == 16
+  with pytest.raises(run_record.RecordMismatch, match=r"sde.beta_0: trained with 4.0, given 6.5"):
+    run_record.for_inference(epath.Path(tmp_path), given, {"sde.beta_0": 6.5})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unwritable and full disks.
+
+
+def test_workdir_that_is_a_file_or_too_small_is_named_before_compute(tmp_path, monkeypatch):
+  config = local_config(num_steps=5)
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(checkpoints.CheckpointError, match=r"is a file, not a directory"):
+    train.train(config, str(tmp_path / "file"))
+  monkeypatch.setattr(checkpoints, "free_bytes", lambda path: 1000)
+  with pytest.raises(checkpoints.CheckpointError, match=r"0.0 MiB free, and one checkpoint of this run needs"):
+    train.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 600 KiB tmpfs (room for two toy checkpoints of ~260 KiB, not three); skips where mounting is refused."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
+  if result.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_save_that_fills_the_disk_is_one_message_and_keeps_the_previous_checkpoint(small_disk):
+  config = local_config(num_steps=60, checkpoint_every=20, log_every=20)
+  config.checkpoint.keep = 5
+  with pytest.raises(checkpoints.CheckpointError, match=r"Saving the checkpoint of step \d+ to .* failed: the disk "
+                     r"is full .*partial files were removed; the checkpoint of step \d+ is intact"):
+    train.train(config, str(small_disk / "run"))
+  names = os.listdir(small_disk / "run" / "checkpoints")
+  assert names and all(name.isdigit() for name in names)  # no temporary directory left behind
+  params, step = train.load_ema_params(config, str(small_disk / "run"), (2,))
+  assert step == max(int(name) for name in names) and np.isfinite(flat(params)).all()
+
+
+def test_read_only_workdir_is_named(tmp_path):
+  mount = tmp_path / "ro"
+  mount.mkdir()
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
+  if result.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+  try:
+    with pytest.raises(checkpoints.CheckpointError, match=r"is not writable"):
+      train.train(local_config(num_steps=5), str(mount / "run"))
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stop signals.
+
+
+def start_training(workdir, *flags):
+  command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir",
+             str(workdir), "--config.training.num_steps=1000000", "--config.training.checkpoint_every=50",
+             "--config.training.log_every=50", "--config.checkpoint.asynchronous=True", *flags]
+  return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def wait_for_checkpoint(workdir, process, timeout=120):
+  started = time.time()
+  while time.time() - started < timeout:
+    directory = workdir / "checkpoints"
+    if directory.exists() and any(name.isdigit() for name in os.listdir(directory)):
+      return
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    time.sleep(0.2)
+  raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_stop_signals_save_the_step_reached_and_resume_bit_identically(tmp_path, signum):
+  workdir = tmp_path / "run"
+  process = start_training(workdir)
+  wait_for_checkpoint(workdir, process)
+  sent = time.time()
+  process.send_signal(signum)
+  stdout, stderr = process.communicate(timeout=60)
+  seconds = time.time() - sent
+  assert process.returncode == 0, stderr[-3000:]
+  assert seconds < 20
+  stopped = max(int(name) for name in os.listdir(workdir / "checkpoints"))
+  assert f"stopped at step {stopped} of 1000000" in stdout
+  assert f"{signal.Signals(signum).name}: saved the checkpoint of step {stopped}" in stderr
+
+  config = local_config(num_steps=stopped + 10, checkpoint_every=50, log_every=50)
+  jax.config.update("jax_enable_x64", False)  # as the command line runs
+  try:
+    resumed = train.train(config, str(workdir))
+    reference = train.train(config, str(tmp_path / "uninterrupted"))
+  finally:
+    jax.config.update("jax_enable_x64", True)
+  assert int(resumed.step) == stopped + 10
+  np.testing.assert_array_equal(flat(resumed.params), flat(reference.params))
