@@ -28,15 +28,17 @@ sys.path.insert(0, ROOT)
 from benchmarks import common  # noqa: E402
 from benchmarks import damage  # noqa: E402
 
-NUM_STEPS = 200
-CHECKPOINT_EVERY = 50
+# About 4 s of training at ~1000 steps/s on 2 CPU cores (toy2d:local), a save every 0.1 s: kills at random
+# moments often land inside a save.
+NUM_STEPS = 4000
+CHECKPOINT_EVERY = 100
 
 
 def command(config_name, workdir, *flags):
   return [sys.executable, "-m", "hold_jax.main", "--config", f"configs/{config_name.replace(':', '.py:', 1)}"
           if ":" in config_name else f"configs/{config_name}.py", "--workdir", str(workdir),
           f"--config.training.num_steps={NUM_STEPS}", f"--config.training.checkpoint_every={CHECKPOINT_EVERY}",
-          "--config.training.log_every=25", *flags]
+          "--config.training.log_every=100", *flags]
 
 
 def run(args, timeout=900):
@@ -103,9 +105,10 @@ def interrupted_cases(config_name, scratch, reference, kill_trials, seed):
       process.kill()
       rows.append(row(f"{kind} #{trial}", "interrupt", message="finished before the first checkpoint"))
       continue
-    time.sleep(rng.uniform(0.0, 1.5))  # anywhere in the run, including inside saves
+    time.sleep(rng.uniform(0.0, 3.0))  # anywhere in the run, including inside saves
     sent = time.time()
     process.send_signal(signal.SIGKILL if kind == "kill -9" else getattr(signal, kind))
+    during_save = any(".orbax-checkpoint-tmp" in name for name in os.listdir(workdir / "checkpoints"))
     stdout, stderr = process.communicate(timeout=300)
     seconds = time.time() - sent
     saved = steps(workdir)
@@ -120,7 +123,8 @@ def interrupted_cases(config_name, scratch, reference, kill_trials, seed):
                     bit_identical=bool(params is not None and np.array_equal(params, reference)),
                     steps_lost=lost, seconds=round(seconds, 2), exit_code=process.returncode,
                     traceback="Traceback" in stderr + rerun_err,
-                    message=f"exit {process.returncode}; saved {saved[-1] if saved else None}"))
+                    message=f"exit {process.returncode}; newest checkpoint {saved[-1] if saved else None}"
+                            f"{'; killed during a save' if during_save else ''}"))
   return rows
 
 
@@ -131,11 +135,11 @@ def damage_cases(config_name, scratch, trained, reference):
     shutil.copytree(trained, workdir)
     newest = steps(workdir)[-1]
     apply(workdir / "checkpoints" / str(newest))
-    code, _, stderr, seconds = run(command(config_name, workdir, f"--config.training.num_steps={NUM_STEPS + 50}"))
+    code, _, stderr, seconds = run(command(config_name, workdir, f"--config.training.num_steps={NUM_STEPS + 100}"))
     set_aside = sorted(os.listdir(workdir / "damaged_checkpoints")) if (workdir / "damaged_checkpoints").exists() else []
     fell_back = set_aside == [str(newest)]
     step, params = final_params(config_name, workdir) if code == 0 else (None, None)
-    rows.append(row(kind, "damage", resumed=code == 0 and step == NUM_STEPS + 50, fell_back=fell_back,
+    rows.append(row(kind, "damage", resumed=code == 0 and step == NUM_STEPS + 100, fell_back=fell_back,
                     bit_identical=bool(params is not None and np.array_equal(params, reference)),
                     steps_lost=newest - steps(trained)[-2] if fell_back else 0, seconds=round(seconds, 2),
                     traceback="Traceback" in stderr,
@@ -154,7 +158,7 @@ def error_cases(config_name, scratch, trained):
     shutil.copytree(trained, workdir)
     before = (workdir / "config.json").read_text()
     code, _, stderr, seconds = run(command(config_name, workdir, f"--config.{field}={value}",
-                                           f"--config.training.num_steps={NUM_STEPS + 50}"))
+                                           f"--config.training.num_steps={NUM_STEPS + 100}"))
     rows.append(row(f"resume with {field}={value}", "changed config", named=field in stderr and code != 0,
                     record_kept=(workdir / "config.json").read_text() == before, seconds=round(seconds, 2),
                     traceback="Traceback" in stderr, message=message_of(stderr)))
@@ -208,7 +212,8 @@ def main():
     code, _, stderr, seconds = run(command(args.config, scratch / "uninterrupted"))
     assert code == 0, stderr[-3000:]
     _, reference = final_params(args.config, scratch / "uninterrupted")
-    code, _, stderr, _ = run(command(args.config, scratch / "extended", f"--config.training.num_steps={NUM_STEPS + 50}"))
+    code, _, stderr, _ = run(command(args.config, scratch / "extended",
+                                     f"--config.training.num_steps={NUM_STEPS + 100}"))
     assert code == 0, stderr[-3000:]
     _, extended_reference = final_params(args.config, scratch / "extended")
     rows = interrupted_cases(args.config, scratch, reference, args.kill_trials, args.seed)

@@ -1,5 +1,4 @@
 """Fault tolerance: checksums, fallback past damaged checkpoints, the workdir's record, full disks, stop signals."""
-import json
 import os
 import shutil
 import signal
@@ -18,6 +17,8 @@ from configs import toy2d
 from hold_jax import checkpoints
 from hold_jax import run_record
 from hold_jax import train
+
+import run_helpers  # tests/run_helpers.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,14 +227,9 @@ def test_workdir_that_is_a_file_or_too_small_is_named_before_compute(tmp_path, m
 
 @pytest.fixture
 def small_disk(tmp_path):
-  """A 600 KiB tmpfs (room for two toy checkpoints of ~260 KiB, not three); skips where mounting is refused."""
-  mount = tmp_path / "disk"
-  mount.mkdir()
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
-  if result.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-  yield mount
-  subprocess.run(["umount", "-l", str(mount)], check=False)
+  """A 600 KiB tmpfs: room for two toy checkpoints of ~260 KiB, not three."""
+  with run_helpers.tmpfs(tmp_path / "disk", "size=600k") as mount:
+    yield mount
 
 
 def test_a_save_that_fills_the_disk_is_one_message_and_keeps_the_previous_checkpoint(small_disk):
@@ -249,16 +245,9 @@ def test_a_save_that_fills_the_disk_is_one_message_and_keeps_the_previous_checkp
 
 
 def test_read_only_workdir_is_named(tmp_path):
-  mount = tmp_path / "ro"
-  mount.mkdir()
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
-  if result.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-  try:
+  with run_helpers.tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
     with pytest.raises(checkpoints.CheckpointError, match=r"is not writable"):
       train.train(local_config(num_steps=5), str(mount / "run"))
-  finally:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -273,22 +262,11 @@ def start_training(workdir, *flags):
                           env=dict(os.environ, PYTHONPATH=ROOT))
 
 
-def wait_for_checkpoint(workdir, process, timeout=120):
-  started = time.time()
-  while time.time() - started < timeout:
-    directory = workdir / "checkpoints"
-    if directory.exists() and any(name.isdigit() for name in os.listdir(directory)):
-      return
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    time.sleep(0.2)
-  raise AssertionError("no checkpoint appeared")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_stop_signals_save_the_step_reached_and_resume_bit_identically(tmp_path, signum):
   workdir = tmp_path / "run"
   process = start_training(workdir)
-  wait_for_checkpoint(workdir, process)
+  run_helpers.wait_for_checkpoint(workdir, [process])
   sent = time.time()
   process.send_signal(signum)
   stdout, stderr = process.communicate(timeout=60)
@@ -308,3 +286,18 @@ def test_stop_signals_save_the_step_reached_and_resume_bit_identically(tmp_path,
     jax.config.update("jax_enable_x64", True)
   assert int(resumed.step) == stopped + 10
   np.testing.assert_array_equal(flat(resumed.params), flat(reference.params))
+
+
+def test_checkpoints_written_before_checksums_still_load(tmp_path, caplog):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  config = local_config(num_steps=40)
+  state = full_restore(config, tmp_path / "fresh")  # a fresh state (no checkpoint there)
+  legacy = ocp.CheckpointManager(tmp_path / "run" / "checkpoints")  # the single-item layout of earlier versions
+  legacy.save(7, args=ocp.args.StandardSave(state))
+  legacy.wait_until_finished()
+  legacy.close()
+  restored = full_restore(config, tmp_path / "run")
+  assert int(restored.step) == 0 and "has no checksums" in caplog.text
+  np.testing.assert_array_equal(flat(restored.params), flat(state.params))
+  params, step = train.load_ema_params(config, str(tmp_path / "run"), (2,))
+  assert step == 7

@@ -12,6 +12,8 @@ import numpy as np
 from configs import toy2d
 from hold_jax import train
 
+import run_helpers  # tests/run_helpers.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = (os.path.join(ROOT, ".venv", "bin", "python") if os.path.exists(os.path.join(ROOT, ".venv", "bin", "python"))
                else sys.executable)
@@ -59,17 +61,6 @@ def test_tpu_script_queues_current_runtimes_and_trains_on_every_worker():
   assert unknown.returncode != 0 and "RUNTIME" in unknown.stderr
 
 
-def wait_for_checkpoint(workdir, processes, timeout=180):
-  started = time.time()
-  while time.time() - started < timeout:
-    directory = workdir / "checkpoints"
-    if directory.exists() and any(name.isdigit() for name in os.listdir(directory)):
-      return
-    assert all(process.poll() is None for process in processes), "a process ended before its first checkpoint"
-    time.sleep(0.2)
-  raise AssertionError("no checkpoint appeared")
-
-
 def child_pid(pattern):
   found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
   assert found, pattern
@@ -89,7 +80,7 @@ def start_two_processes(workdir, *flags):
 
 def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
   job = start_two_processes(tmp_path)
-  wait_for_checkpoint(tmp_path, [job])
+  run_helpers.wait_for_checkpoint(tmp_path, [job])
   os.kill(child_pid(f"workdir {tmp_path} .*process_id=1"), signal.SIGTERM)
   job.communicate(timeout=120)
   assert job.returncode == 0
@@ -101,7 +92,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
 
 def test_a_dead_process_stops_the_others_within_a_minute(tmp_path):
   job = start_two_processes(tmp_path, "--config.distributed.heartbeat_timeout=10")
-  wait_for_checkpoint(tmp_path, [job])
+  run_helpers.wait_for_checkpoint(tmp_path, [job])
   killed = time.time()
   os.kill(child_pid(f"workdir {tmp_path} .*process_id=1"), signal.SIGKILL)
   job.communicate(timeout=120)
@@ -124,7 +115,7 @@ def test_slurm_script_forwards_usr1_saves_and_requeues(tmp_path):
                           str(workdir), f"--coordinator_address=localhost:{port}", "--num_processes=1",
                           "--process_id=0", *LONG_RUN], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-  wait_for_checkpoint(workdir, [job])
+  run_helpers.wait_for_checkpoint(workdir, [job])
   job.send_signal(signal.SIGUSR1)
   stdout, stderr = job.communicate(timeout=120)
   assert job.returncode == 0, stderr[-3000:]
