@@ -210,24 +210,25 @@ def state_bytes(abstract_tree) -> int:
                  for leaf in jax.tree.leaves(abstract_tree)))
 
 
-def check_workdir(workdir: epath.Path, checkpoint_bytes: int) -> None:
-  """Raises CheckpointError unless `workdir` can hold one more checkpoint: it must be (or become) a directory,
-  be writable, and have room for checkpoint_bytes plus 5% (local disks; buckets are not measured)."""
-  if workdir.exists() and not workdir.is_dir():
-    raise CheckpointError(f"--workdir {workdir} is a file, not a directory: choose another path.")
+def check_workdir(directory: epath.Path, bytes_needed: int, what: str = "one checkpoint of this run") -> None:
+  """Raises CheckpointError unless `directory` (the workdir, or its samples/ or eval/ folder) can take
+  bytes_needed more: it must be (or become) a directory, be writable, and have room for bytes_needed plus 5%
+  (local disks; buckets are not measured). Called before any compute, so no work is lost to it."""
+  if directory.exists() and not directory.is_dir():
+    raise CheckpointError(f"{directory} is a file, not a directory: choose another --workdir.")
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write_test_{os.getpid()}_{jax.process_index()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write_test_{os.getpid()}_{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as error:
-    raise CheckpointError(f"--workdir {workdir} is not writable ({_one_line(error)}): choose a directory this "
-                          "user can write, or fix its permissions.") from None
-  free = free_bytes(workdir)
-  needed = int(checkpoint_bytes * 1.05)
+    raise CheckpointError(f"{directory} is not writable ({_one_line(error)}): choose a --workdir this user can "
+                          "write, or fix its permissions.") from None
+  free = free_bytes(directory)
+  needed = int(bytes_needed * 1.05)
   if free is not None and free < needed:
-    raise CheckpointError(f"--workdir {workdir} has {free / 2**20:.1f} MiB free, and one checkpoint of this run "
-                          f"needs about {needed / 2**20:.1f} MiB: free space or choose a larger disk.")
+    raise CheckpointError(f"{directory} has {free / 2**20:.1f} MiB free, and {what} needs about "
+                          f"{needed / 2**20:.1f} MiB: free space or choose a larger disk.")
 
 
 # ----------------------------------------------------------------------------------------------------------

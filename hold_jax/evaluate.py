@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hold_jax import checkpoints
 from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax import input_pipeline
@@ -199,6 +200,8 @@ def evaluate(config, workdir: str) -> str:
   settings = likelihood.settings_from_config(eval_config, data_shape)
   sde = sde_lib.from_config(config.sde)
   entropy = float(likelihood.auxiliary_entropy(sde, num_coords, eval_config.aux_distribution))  # checks q
+  if jax.process_index() == 0:  # an unwritable workdir is found before the bound is computed, not after
+    checkpoints.check_workdir(train.workdir_path(workdir) / "eval", 1 << 20, "the report")
   mesh = Mesh(np.asarray(jax.local_devices()), (train.DATA_AXIS,))
   if eval_config.batch_size % mesh.size:
     raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be divisible by this host's {mesh.size} "

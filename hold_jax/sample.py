@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from hold_jax import checkpoints
 from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import models
@@ -82,6 +83,9 @@ def sample_to_disk(config, workdir: str) -> str:
   """Writes workdir/samples/<name>.npz (array x plus the settings) and, for 2-D data, <name>.png."""
   data_shape = input_pipeline.data_shape(config.data)
   params, step = train.load_ema_params(config, workdir, data_shape)
+  if jax.process_index() == 0:  # a read-only or full disk is found before the sampling, not after it
+    checkpoints.check_workdir(train.workdir_path(workdir) / "samples",
+                              2 * config.sampling.num_samples * 4 * int(np.prod(data_shape)), "these samples")
   samples, nfe = draw(config, params, data_shape, return_nfe=True)
   settings = config.sampling
   adaptive = settings.method == "ode_adaptive"

@@ -301,3 +301,14 @@ def test_checkpoints_written_before_checksums_still_load(tmp_path, caplog):
   np.testing.assert_array_equal(flat(restored.params), flat(state.params))
   params, step = train.load_ema_params(config, str(tmp_path / "run"), (2,))
   assert step == 7
+
+
+def test_sampling_into_an_unwritable_place_stops_before_drawing(trained_workdir, tmp_path, monkeypatch):
+  from hold_jax import sample  # pylint: disable=g-import-not-at-top
+  workdir, config, _ = trained_workdir
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  (copy / "samples").write_text("a file where the samples folder belongs")
+  monkeypatch.setattr(sample, "draw", lambda *args, **kwargs: pytest.fail("sampled before checking the workdir"))
+  with pytest.raises(checkpoints.CheckpointError, match=r"samples is a file, not a directory"):
+    sample.sample_to_disk(config, str(copy))
