@@ -1,7 +1,20 @@
-"""Pictures of samples: scatter plots of 2-D points and grids of images, written with matplotlib's Agg backend."""
+"""Pictures of samples: scatter plots of 2-D points and grids of images, written with matplotlib's Agg backend.
+
+Files are written through etils.epath, so a gs:// workdir keeps its pictures.
+"""
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from etils import epath
+
+
+def _write_png(path: str, draw) -> None:
+  """draw(file) writes a PNG into an in-memory file, which then goes to `path` (local or gs://) in one write."""
+  buffer = io.BytesIO()
+  draw(buffer)
+  epath.Path(path).write_bytes(buffer.getvalue())
 
 
 def scatter(path: str, samples: np.ndarray, title: str, markers: np.ndarray | None = None,
@@ -22,7 +35,7 @@ def scatter(path: str, samples: np.ndarray, title: str, markers: np.ndarray | No
     axis.set(xlim=(-limit, limit), ylim=(-limit, limit))
   axis.set(aspect="equal", title=title)
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  _write_png(path, lambda file: figure.savefig(file, dpi=120, format="png"))
   plt.close(figure)
 
 
@@ -50,6 +63,7 @@ def save_image(path: str, image: np.ndarray, min_size: int = 512) -> None:
   repeat = max(1, min_size // max(image.shape[:2]))
   image = np.repeat(np.repeat(image, repeat, axis=0), repeat, axis=1)
   if image.shape[-1] == 1:
-    matplotlib.image.imsave(path, image[..., 0], cmap="gray", vmin=0, vmax=255)
+    _write_png(path, lambda file: matplotlib.image.imsave(file, image[..., 0], cmap="gray", vmin=0, vmax=255,
+                                                          format="png"))
   else:
-    matplotlib.image.imsave(path, image)
+    _write_png(path, lambda file: matplotlib.image.imsave(file, image, format="png"))

@@ -2,15 +2,15 @@
 grids during training (`grid_callback`)."""
 from __future__ import annotations
 
-import os
+import io
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from hold_jax import checkpoints
+from hold_jax import generation
 from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import models
@@ -22,7 +22,8 @@ from hold_jax import train
 
 def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -> Callable[[Any, int], Any]:
   """draw(params, num_samples) -> (num_samples, *data_shape) samples of `config.sampling`, in batches of
-  config.sampling.batch_size; sample i always has the seed fold_in(PRNGKey(config.seed), i).
+  config.sampling.batch_size sharded over every device of every process (hold_jax/generation.py); sample i
+  always has the seed fold_in(PRNGKey(config.seed), i), whatever the batch size or the device count.
 
   With return_nfe, draw returns (samples, nfe): the network evaluations of a batch, the largest over the
   batches (they differ only for the adaptive ODE solver).
@@ -32,13 +33,13 @@ def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -
   score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
   sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True)
   rng = jax.random.PRNGKey(config.seed)
-  batch = config.sampling.batch_size
+  mesh = train.make_mesh()
 
   def draw_samples(params, num_samples: int):
-    results = [sampler(params, rng, jnp.arange(start, min(start + batch, num_samples)))
-               for start in range(0, num_samples, batch)]
-    samples = np.concatenate([np.asarray(result.x) for result in results])
-    return (samples, max(int(result.nfe) for result in results)) if return_nfe else samples
+    results = [generation.generate(sampler, params, rng, ids, mesh)
+               for ids in generation.id_batches(0, num_samples, config.sampling.batch_size)]
+    samples = np.concatenate([samples for samples, _ in results])
+    return (samples, max(nfe for _, nfe in results)) if return_nfe else samples
 
   return draw_samples
 
@@ -64,17 +65,19 @@ def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Ca
   num = config.training.num_grid_samples
 
   def callback(step: int, state: train.TrainState, writer) -> None:
-    if (step % every and step != config.training.num_steps) or jax.process_index() != 0:
+    if step % every and step != config.training.num_steps:
       return
-    samples = draw_samples(jax.device_get(state.ema_params), num)
+    samples = draw_samples(state.ema_params, num)  # every process takes part; process 0 writes
+    if jax.process_index() != 0:
+      return
     if not np.isfinite(samples).all():
       logging.warning("step %d: some grid samples are not finite; grid not written.", step)
       return
     grid = image_grid(samples, num)
     writer.write_images(step, {"samples": grid[None]})
-    directory = os.path.join(workdir, "samples")
-    os.makedirs(directory, exist_ok=True)
-    plots.save_image(os.path.join(directory, f"grid_step{step}.png"), grid)
+    directory = train.workdir_path(workdir) / "samples"
+    directory.mkdir(parents=True, exist_ok=True)
+    plots.save_image(str(directory / f"grid_step{step}.png"), grid)
 
   return callback
 
@@ -99,16 +102,19 @@ def sample_to_disk(config, workdir: str) -> str:
                              f"was written. {sampling.non_finite_advice(settings)}")
   logging.info("%d samples (%s): %d network evaluations per batch.", len(samples), name, nfe)
   name = f"{name}_ckpt{step}"
-  directory = os.path.join(workdir, "samples")
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, name + ".npz")
+  directory = train.workdir_path(workdir) / "samples"
+  path = directory / f"{name}.npz"
+  if jax.process_index() != 0:  # every process sampled its share; process 0 writes
+    return str(path)
   images = {"pixels": image_data.to_pixels(samples)} if len(data_shape) == 3 else {}  # uint8, for FID
   ode = {field: settings[field] for field in ("ode_solver", "ode_rtol", "ode_atol")} if adaptive else {}
-  np.savez(path, x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid,
+  buffer = io.BytesIO()
+  np.savez(buffer, x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid,
            denoise=settings.denoise, nfe=nfe, seed=config.seed, checkpoint_step=step, **ode, **images)
+  path.write_bytes(buffer.getvalue())
   if len(data_shape) == 3:
-    plots.save_image(os.path.join(directory, name + ".png"), image_grid(samples))
+    plots.save_image(str(directory / f"{name}.png"), image_grid(samples))
   elif data_shape == (2,):
-    plots.scatter(os.path.join(directory, name + ".png"), samples,
+    plots.scatter(str(directory / f"{name}.png"), samples,
                   f"{config.data.dataset}: {settings.method}, NFE {nfe}, step {step}")
-  return path
+  return str(path)

@@ -1,0 +1,56 @@
+"""Data-parallel generation: a batch of sample ids sharded over every device of every process.
+
+Sample k is drawn from the per-sample key fold_in(PRNGKey(seed), k) (hold_jax/sampling.py), so it depends
+only on (seed, k): not on the batch it falls in, the device count or the number of hosts. A batch of ids is
+padded to a multiple of the global device count with copies of its last id (one shape, one compile; the
+copies are cut off again), laid out on the mesh's 'data' axis like the training batch, and the jitted sampler
+runs on all devices at once. The samples come back to every process (an all-gather across hosts) so that
+process 0 can write them and every process can compute features of its choice.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def padded_ids(ids: np.ndarray, multiple: int) -> np.ndarray:
+  """ids (n,) followed by copies of its last entry up to a multiple of `multiple` (n >= 1)."""
+  size = math.ceil(len(ids) / multiple) * multiple
+  return np.concatenate([ids, np.full(size - len(ids), ids[-1], ids.dtype)])
+
+
+def shard_ids(ids: np.ndarray, mesh: Mesh) -> jax.Array:
+  """The global id array (n,), identical on every process, as a jax.Array sharded over mesh axis 'data'."""
+  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  return jax.make_array_from_callback(ids.shape, sharding, lambda index: ids[index])
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """A sharded global array as one numpy array on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(array))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def generate(sampler: Callable, params: Any, rng: jax.Array, ids: np.ndarray, mesh: Mesh) -> tuple[np.ndarray, int]:
+  """(samples (len(ids), *data_shape), nfe) of sampler(params, rng, ids) run on every device of `mesh`.
+
+  sampler is `sampling.make_sampler(..., return_nfe=True)`; nfe is the largest over the batch (it differs
+  between samples only for the adaptive ODE solver).
+  """
+  ids = np.asarray(ids, np.int32)
+  result = sampler(params, rng, shard_ids(padded_ids(ids, mesh.size), mesh))
+  return to_host(result.x)[:len(ids)], int(jax.device_get(result.nfe))
+
+
+def id_batches(start: int, stop: int, batch_size: int) -> Iterator[np.ndarray]:
+  """Consecutive id ranges [start, stop) of at most batch_size ids."""
+  for first in range(start, stop, batch_size):
+    yield np.arange(first, min(first + batch_size, stop))
