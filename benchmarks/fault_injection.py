@@ -67,7 +67,8 @@ def final_params(config_name, workdir):
 
 
 def message_of(stderr):
-  lines = [line for line in stderr.splitlines() if line.startswith("hold_jax") or "error" in line.lower()]
+  """The one-line error the user reads ('hold_jax: ...'), else the last line."""
+  lines = [line for line in stderr.splitlines() if line.startswith("hold_jax")]
   return (lines[-1] if lines else stderr.strip().splitlines()[-1] if stderr.strip() else "")[:160]
 
 
@@ -77,7 +78,7 @@ def row(case, kind, **values):
   return values
 
 
-COLUMNS = ("kind", "case", "resumed", "bit_identical", "steps_lost", "seconds", "traceback", "message")
+COLUMNS = ("kind", "case", "resumed", "bit_identical", "steps_lost", "named", "seconds", "traceback", "message")
 
 
 def start(config_name, workdir, *flags):

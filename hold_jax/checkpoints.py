@@ -20,11 +20,14 @@ the step and the reason, and tries the next older one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
-import json
+import gc
+import logging as logging_lib
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -144,13 +147,48 @@ def wait(manager: ocp.CheckpointManager, step: int | None) -> None:
     raise save_error(manager, step, error) from error
 
 
+_LIBRARIES = ("orbax", "tensorstore", "clu")
+
+
+class _OneLineLibraryErrors(logging_lib.Filter):
+  """Drops the traceback of orbax's, tensorstore's and clu's own error records (keeping their first line): a
+  failed save is reported once, by save_error, instead of in hundreds of lines from each background thread."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    if record.exc_info and any(f"/{library}/" in record.pathname for library in _LIBRARIES):
+      record.exc_info, record.exc_text = None, None
+      record.msg, record.args = str(record.getMessage()).splitlines()[0][:300], None
+    return True
+
+
+def shorten_library_tracebacks() -> None:
+  """Installs _OneLineLibraryErrors on absl's logger, and sends to the debug log the 'Event loop is closed'
+  errors that orbax's abandoned asyncio callbacks raise after a failed save (the command line does this; a
+  notebook keeps everything)."""
+  logger = logging_lib.getLogger("absl")
+  if not any(isinstance(existing, _OneLineLibraryErrors) for existing in logger.filters):
+    logger.addFilter(_OneLineLibraryErrors())
+  previous = sys.unraisablehook
+  if getattr(previous, "hold_jax_wrapper", False):
+    return
+
+  def unraisablehook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      logging.debug("Ignored after a failed save: %s", unraisable.exc_value)
+      return
+    previous(unraisable)
+
+  unraisablehook.hold_jax_wrapper = True
+  sys.unraisablehook = unraisablehook
+
+
 def _is_disk_full(error: BaseException | None) -> bool:
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
       return True
-    if "No space left" in str(error) or "ENOSPC" in str(error):
+    if any(text in str(error) for text in ("No space left", "ENOSPC", "RESOURCE_EXHAUSTED")):
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -322,6 +360,21 @@ def set_aside(checkpoints_dir: epath.Path, step: int, reason: str) -> epath.Path
   return target
 
 
+@contextlib.contextmanager
+def _abandoned_reads_to_log():
+  """A failed orbax read leaves coroutines for the other arrays behind; when they are collected, each prints
+  'Exception ignored in ...' with a TensorStore spec of dozens of lines. The failure is already reported once
+  (the warning in restore), so these go to the debug log instead of the console."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: logging.debug("Ignored while reading a checkpoint: %s",
+                                                        unraisable.exc_value)
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+
+
 def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False) -> Restored | None:
   """The newest readable, verified checkpoint of `manager` read into `abstract_tree`, or None when there is
   no checkpoint at all. With partial, abstract_tree names a subset of the saved tree (e.g. the EMA params).
@@ -329,6 +382,11 @@ def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False
   Damaged steps are set aside with a warning; ChangedStructure (the config changed) is raised as it is; when
   every step is damaged a CheckpointError names the directory and what to do.
   """
+  with _abandoned_reads_to_log():
+    return _restore_newest_readable(manager, abstract_tree, partial)
+
+
+def _restore_newest_readable(manager: ocp.CheckpointManager, abstract_tree, partial: bool) -> Restored | None:
   directory = epath.Path(manager.directory)
   set_aside_steps = []
   for step in sorted(manager.all_steps(), reverse=True):

@@ -17,6 +17,7 @@ from hold_jax import config_checks
 from hold_jax import demo
 from hold_jax import evaluate
 from hold_jax import input_pipeline
+from hold_jax import quality
 from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import train
@@ -60,8 +61,11 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
   # The workdir's config.json decides what was trained; the command line chooses the sampler and the metrics.
   config = run_record.for_inference(train.workdir_path(workdir), config, overrides)
   config_checks.check(config)
-  if mode == "eval":
-    return evaluate.evaluate(config, workdir)
+  if mode == "eval":  # one report per kind of metric: the NLL bound, and sample quality
+    reports = [evaluate.evaluate(config, workdir)] if "nll" in config.eval.get("metrics", ("nll",)) else []
+    if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS):
+      reports.append(quality.evaluate_quality(config, workdir))
+    return "\n".join(reports)
   return sample.sample_to_disk(config, workdir)
 
 
@@ -74,7 +78,9 @@ def main(argv):
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)
   except ValueError as error:
-    raise app.UsageError(str(error)) from None
+    print(f"hold_jax: error: {error}", file=sys.stderr)
+    sys.exit(2)
+  checkpoints.shorten_library_tracebacks()
   logging.info("Config:\n%s", config)
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   try:

@@ -76,7 +76,7 @@ def write(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   temporary = workdir / (RECORD_NAME + ".tmp")
   temporary.write_text(config.to_json_best_effort(indent=2))
-  temporary.rename(workdir / RECORD_NAME)
+  temporary.replace(workdir / RECORD_NAME)
 
 
 def trained_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
