@@ -49,9 +49,31 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.num_samples = 1024
   sampling.batch_size = 1024
 
-  # The NLL bound, --mode=eval (hold_jax/likelihood.py and evaluate.py, DESIGN section 6): the probability-flow
-  # ODE from eps to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.
+  # --mode=eval computes eval.metrics: 'nll' (the NLL bound below) and, for images, 'fid', 'kid', 'is'.
   config.eval = evaluation = ml_collections.ConfigDict()
+  evaluation.metrics = ("nll",)
+
+  # Sample quality (hold_jax/quality.py): num_samples images from config.sampling in resumable rounds of
+  # round_size, num_repeats times with seeds seed, seed + 1, ... (each reported, with the mean and minimum).
+  evaluation.num_samples = 50_000
+  evaluation.round_size = 5_000
+  evaluation.num_repeats = 1
+  # 'inception': the FID Inception-v3 from the local file inception_weights (pt_inception-2015-12-05-6726825d.pth
+  # of pytorch-fid / torch-fidelity, or an .npz of the same names; its SHA-256 must start with 6726825d unless
+  # inception_sha256 names the file's hash); 'digits': the bundled digits classifier (no download).
+  evaluation.feature_network = "inception"
+  evaluation.inception_weights = ""
+  evaluation.inception_sha256 = ""
+  evaluation.resize = "tf1"  # 'tf1' (the TF graph's resize, what published FIDs use) or 'half_pixel'
+  evaluation.reference_split = "train"  # the data split the samples are compared with
+  evaluation.reference_stats = ""  # or a .npz with mu and sigma (pytorch-fid / EDM format): FID only
+  evaluation.stats_cache_dir = ""  # default: <data_dir>/hold_jax_reference_stats, ~/.cache/hold_jax for digits
+  evaluation.feature_batch_size = 100
+  evaluation.kid_subset_size = 1000  # KID: 100 subsets of this many features (torch-fidelity's defaults)
+  evaluation.is_splits = 10
+
+  # The NLL bound (hold_jax/likelihood.py and evaluate.py, DESIGN section 6): the probability-flow ODE from eps
+  # to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.
   evaluation.split = "test"  # image data: the split to bound (the digits have only 'train'); else unused
   # Generated 2-D data: this many fresh points. Fixed data (images, npy clouds): the first this many (-1: all).
   evaluation.num_examples = 10_000

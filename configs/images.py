@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep = 3
   config.checkpoint.asynchronous = True
 
+  # --mode=eval: FID, KID and IS of 50,000 samples against the training split (eval.inception_weights must
+  # name the local FID Inception file); add 'nll' for the likelihood bound on eval.split.
+  config.eval.metrics = ("fid", "kid", "is")
+
   config.sampling.method = "lie_trotter"
   config.sampling.num_steps = 500
   config.sampling.grid = "quadratic"
@@ -88,4 +92,8 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.sampling.num_steps = 10
   config.sampling.num_samples = 8
   config.sampling.batch_size = 8
+  config.eval.num_samples = 16
+  config.eval.round_size = 8
+  config.eval.kid_subset_size = 8
+  config.eval.is_splits = 2
   return config

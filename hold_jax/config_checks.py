@@ -6,6 +6,7 @@ from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import losses
 from hold_jax import models
+from hold_jax import quality
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
@@ -28,6 +29,9 @@ def check(config) -> None:
       raise ValueError(f"sampling.{field} = {config.sampling[field]} must be >= 1.")
   if "eval" in config:
     check_eval(config.eval)
+    if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS) and "data" in config:
+      field_checks.require(len(input_pipeline.data_shape(config.data)) == 3, "eval.metrics", config.eval.metrics,
+                           f"('nll',) for data.dataset = {config.data.dataset!r}: FID, KID and IS need images")
   if config.job != "train":
     return
   losses.make_loss_fn(sde, lambda params, u, t: u[:, -1], config.loss)
@@ -71,3 +75,23 @@ def check_eval(eval_config) -> None:
     raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be >= 1.")
   if not (eval_config.num_examples >= 1 or eval_config.num_examples == -1):
     raise ValueError(f"eval.num_examples = {eval_config.num_examples} must be >= 1, or -1 for a whole split.")
+  if "metrics" in eval_config:
+    check_quality(eval_config)
+
+
+METRICS = ("nll",) + quality.IMAGE_METRICS
+
+
+def check_quality(eval_config) -> None:
+  """The sample-quality fields of `config.eval` (hold_jax/quality.py)."""
+  metrics = eval_config.metrics
+  field_checks.require(isinstance(metrics, (tuple, list)) and len(metrics) > 0 and
+                       all(name in METRICS for name in metrics), "eval.metrics", metrics,
+                       f"a non-empty tuple of names from {METRICS}, e.g. --config.eval.metrics=\"('fid', 'kid')\"")
+  field_checks.require(eval_config.feature_network in quality.FEATURE_NETWORKS, "eval.feature_network",
+                       eval_config.feature_network, f"one of {quality.FEATURE_NETWORKS}")
+  field_checks.require(eval_config.resize in quality.RESIZE_MODES, "eval.resize", eval_config.resize,
+                       f"one of {quality.RESIZE_MODES}")
+  for field, minimum in (("num_samples", 1), ("round_size", 1), ("num_repeats", 1), ("feature_batch_size", 1),
+                         ("kid_subset_size", 2), ("is_splits", 1)):
+    field_checks.require_int(f"eval.{field}", eval_config[field], minimum)

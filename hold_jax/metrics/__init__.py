@@ -1,0 +1,1 @@
+"""Metrics of generated samples (FID, KID, IS) and the networks they use."""

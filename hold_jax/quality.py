@@ -1,0 +1,355 @@
+"""`--mode=eval` with sample-quality metrics: FID, KID and IS of generated images, in resumable rounds.
+
+What is measured. eval.num_samples images are generated with config.sampling from the newest EMA parameters
+(sample k of repeat r from the key fold_in(PRNGKey(seed + r), k): EDM's practice of several seeds, each
+reported, with their mean and minimum), quantised to uint8 as an image file would be, and passed through a
+feature network: the FID Inception-v3 (eval.feature_network = 'inception', weights from the local file
+eval.inception_weights, hold_jax/metrics/inception.py) or, for the digits, a small classifier that needs no
+download ('digits', hold_jax/metrics/digits_features.py). FID and KID compare the features with those of the
+reference images (eval.reference_split of the training data, or a user's statistics file
+eval.reference_stats); IS uses the network's logits. With the digits network the report names them fd_digits,
+kid_digits and is_digits: they are comparable only with each other, never with published FIDs.
+
+Rounds. Generation runs in rounds of eval.round_size samples; after each round process 0 writes the round's
+features and logits atomically (temporary file + rename) with a SHA-256 of their bytes, into
+workdir/eval/<run>/ where <run> names the sampler settings, the checkpoint step and the feature network. A job
+killed at any moment resumes at the first round without a valid file and ends with the same numbers as an
+uninterrupted one; a round file that fails its checksum or has the wrong shape is regenerated. Images are
+never held beyond one sampling batch; features (a few KB per image) are.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from etils import epath
+
+from hold_jax import checkpoints
+from hold_jax import generation
+from hold_jax import image_data
+from hold_jax import image_sources
+from hold_jax import input_pipeline
+from hold_jax import models
+from hold_jax import sampling
+from hold_jax import sde as sde_lib
+from hold_jax import train
+
+FEATURE_NETWORKS = ("inception", "digits")
+IMAGE_METRICS = ("fid", "kid", "is")
+RESIZE_MODES = ("tf1", "half_pixel")  # hold_jax/metrics/inception.py's PREPROCESS_MODES
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """A feature network as the metrics use it: features(uint8 images) -> (features (N, D), logits (N, K))."""
+
+  name: str
+  weights_sha256: str
+  resize: str
+  features: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  metric_suffix: str  # '' for Inception (the published metrics), '_digits' otherwise
+
+
+def load_network(eval_config) -> Network:
+  """The feature network of eval.feature_network (loaded from local files only)."""
+  kind = eval_config.feature_network
+  if kind == "inception":
+    from hold_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+    if not eval_config.inception_weights:
+      raise ValueError("eval.inception_weights is not set: FID, KID and IS need the FID Inception weights "
+                       "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's and torch-fidelity's GitHub releases) "
+                       "as a local or gs:// path: --config.eval.inception_weights=PATH.")
+    network = inception.load_inception(eval_config.inception_weights, eval_config.inception_sha256 or None,
+                                       eval_config.resize)
+    # IS from the logits without the fc bias, as the TF graph's softmax input and torch-fidelity use them.
+    return Network(network.name, network.weights_sha256, network.resize,
+                   lambda images: _two(network.apply(images), "pool3", "logits_unbiased"), "")
+  if kind == "digits":
+    from hold_jax.metrics import digits_features  # pylint: disable=g-import-not-at-top
+    network = digits_features.load_digits_features()
+    return Network(network.name, network.weights_sha256, network.resize,
+                   lambda images: _two(network.apply(images), "features"), "_digits")
+  raise ValueError(f"eval.feature_network = {kind!r} is not allowed: it must be one of {FEATURE_NETWORKS}.")
+
+
+def _two(outputs: dict, feature_key: str, logits_key: str = "logits") -> tuple[np.ndarray, np.ndarray]:
+  return np.asarray(outputs[feature_key], np.float32), np.asarray(outputs[logits_key], np.float32)
+
+
+def features_in_batches(network: Network, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Features and logits of uint8 images (N, H, W, C), batch_size images at a time; a short last batch is
+  padded with copies of its last image and cut back (one shape, one compile of the network)."""
+  features, logits = [], []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
+    batch_features, batch_logits = network.features(padded)
+    features.append(batch_features[:len(batch)])
+    logits.append(batch_logits[:len(batch)])
+  return np.concatenate(features), np.concatenate(logits)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference statistics.
+
+
+def reference_images(config) -> np.ndarray:
+  """uint8 pixels (N, H, W, C) of eval.reference_split of the training data, as a sample's pixels are made."""
+  data = config.data
+  size, _, _ = image_data.image_shape(data)
+  source = image_sources.SOURCES[data.dataset]
+
+  def fit(chunk: np.ndarray) -> np.ndarray:
+    return chunk if chunk.shape[1:3] == (size, size) else image_data.resize_levels(chunk, size, source.num_levels)
+
+  levels = image_sources.load_part(data.dataset, config.eval.reference_split, data.data_dir, 0, 1, fit)
+  return image_data.to_pixels(image_data.to_model_space(levels, source.num_levels))
+
+
+def reference_cache_dir(config) -> epath.Path:
+  """eval.stats_cache_dir, else beside the data: <data_dir>/hold_jax_reference_stats (tfds), or
+  ~/.cache/hold_jax/reference_stats for data that has no folder (the digits)."""
+  if config.eval.stats_cache_dir:
+    return epath.Path(config.eval.stats_cache_dir)
+  if config.data.dataset in image_sources.SOURCES and image_sources.SOURCES[config.data.dataset].tfds_name:
+    data_dir = config.data.data_dir or os.path.expanduser("~/tensorflow_datasets")
+    return epath.Path(data_dir) / "hold_jax_reference_stats"
+  return epath.Path(os.path.expanduser("~/.cache/hold_jax/reference_stats"))
+
+
+def reference_statistics(config, network: Network) -> dict[str, Any]:
+  """{'mu', 'sigma', 'features' (may be None), 'key'} of the reference images, cached by reference_stats."""
+  from hold_jax.metrics import reference_stats  # pylint: disable=g-import-not-at-top
+  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
+  if config.eval.reference_stats:
+    stats = reference_stats.load_user_stats(config.eval.reference_stats)
+    reference_stats.check_compatible(stats.get("metadata", {}), network.weights_sha256, network.resize)
+    return {**stats, "key": str(config.eval.reference_stats)}
+  images = reference_images(config)
+  key = reference_stats.reference_key(config.data.dataset, config.eval.reference_split, len(images),
+                                      network.weights_sha256, network.resize)
+
+  def compute():
+    features, _ = features_in_batches(network, images, config.eval.feature_batch_size)
+    accumulator = statistics.FeatureStats(features.shape[1])
+    accumulator.add(features)
+    return {"mu": accumulator.mean(), "sigma": accumulator.covariance(), "features": features,
+            "metadata": {"dataset": config.data.dataset, "split": config.eval.reference_split,
+                         "num_images": len(images), "weights_sha256": network.weights_sha256,
+                         "resize": network.resize, "network": network.name}}
+
+  stats = reference_stats.load_or_compute(reference_cache_dir(config), key, compute)
+  return {**stats, "key": key}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rounds.
+
+
+def _digest(*arrays: np.ndarray) -> str:
+  digest = hashlib.sha256()
+  for array in arrays:
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def write_round(path: epath.Path, features: np.ndarray, logits: np.ndarray, nfe: int) -> None:
+  """Writes one round's features atomically (a temporary file renamed into place), with their SHA-256."""
+  buffer = io.BytesIO()
+  np.savez(buffer, features=features, logits=logits, nfe=nfe, sha256=_digest(features, logits))
+  temporary = path.parent / (path.name + ".tmp")
+  temporary.write_bytes(buffer.getvalue())
+  temporary.replace(path)
+
+
+def read_round(path: epath.Path, num_images: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+  """(features, logits, nfe) of a round file that exists, has num_images rows and passes its checksum; None
+  (with a warning for a damaged file) otherwise."""
+  if not path.exists():
+    return None
+  try:
+    with np.load(io.BytesIO(path.read_bytes())) as archive:
+      features, logits = archive["features"], archive["logits"]
+      valid = len(features) == num_images == len(logits) and str(archive["sha256"]) == _digest(features, logits)
+      nfe = int(archive["nfe"])
+  except Exception as error:  # pylint: disable=broad-except  (any unreadable file is regenerated)
+    logging.warning("Round file %s cannot be read (%s); it is generated again.", path, error)
+    return None
+  if not valid:
+    logging.warning("Round file %s fails its checksum or shape check; it is generated again.", path)
+    return None
+  return features, logits, nfe
+
+
+def run_name(config, network: Network, step: int) -> str:
+  """The folder of an evaluation's rounds: what decides their contents (sampler, seed, step, network)."""
+  settings = {field: config.sampling[field] for field in sorted(config.sampling.keys())
+              if field not in ("num_samples", "batch_size")}
+  settings.update(seed=config.seed, round_size=config.eval.round_size, network=network.name,
+                  weights=network.weights_sha256, resize=network.resize)
+  tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+  sampler = config.sampling
+  steps = "adaptive" if sampler.method == "ode_adaptive" else f"{sampler.grid}_{sampler.num_steps}steps"
+  return f"quality_{sampler.method}_{steps}_ckpt{step}_{network.name}_{tag}"
+
+
+def evaluate_quality(config, workdir: str) -> str:
+  """Generates, measures and reports (module docstring); returns the report's path (workdir/eval/<run>.json)."""
+  started = time.time()
+  settings = config.eval
+  data_shape = input_pipeline.data_shape(config.data)
+  if len(data_shape) != 3:
+    raise ValueError(f"eval.metrics = {tuple(settings.metrics)} needs image data; data.dataset = "
+                     f"{config.data.dataset!r} is not (use eval.metrics = ('nll',)).")
+  network = load_network(settings)
+  reference = reference_statistics(config, network)
+  params, step = train.load_ema_params(config, workdir, data_shape)
+  run_dir = train.workdir_path(workdir) / "eval" / run_name(config, network, step)
+  if jax.process_index() == 0:
+    checkpoints.check_workdir(run_dir, 0, "the round files")
+  sde = sde_lib.from_config(config.sde)
+  score_fn = train.make_score_fn(sde, models.create_model(config.model, data_shape), config.loss.parametrization)
+  sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True)
+  mesh = train.make_mesh()
+  num_rounds = math.ceil(settings.num_samples / settings.round_size)
+  total_rounds, done_rounds, repeats = settings.num_repeats * num_rounds, 0, []
+  for repeat in range(settings.num_repeats):
+    rng = jax.random.PRNGKey(config.seed + repeat)
+    features, logits, nfe = [], [], 0
+    for round_index in range(num_rounds):
+      first = round_index * settings.round_size
+      ids = np.arange(first, min(first + settings.round_size, settings.num_samples))
+      path = run_dir / f"repeat{repeat}_round{round_index}.npz"
+      found = read_round(path, len(ids))
+      if found is None:
+        found = _generate_round(sampler, params, rng, ids, mesh, network, config)
+        if jax.process_index() == 0:
+          write_round(path, *found)
+        _barrier(f"round_{repeat}_{round_index}")
+      features.append(found[0])
+      logits.append(found[1])
+      nfe = max(nfe, found[2])
+      done_rounds += 1
+      elapsed = time.time() - started
+      logging.info("eval: repeat %d/%d, round %d/%d done (%d images), %.0f s elapsed, ETA %.0f s", repeat + 1,
+                   settings.num_repeats, round_index + 1, num_rounds, ids[-1] + 1, elapsed,
+                   elapsed / done_rounds * (total_rounds - done_rounds))
+    repeats.append(_metrics(np.concatenate(features), np.concatenate(logits), reference, settings, network,
+                            nfe))
+  report = _report(config, network, reference, step, repeats, time.time() - started, run_dir.name)
+  if settings.feature_network == "digits":
+    report["baselines"] = digits_baselines(config, network, settings)
+  path = train.workdir_path(workdir) / "eval" / f"{run_dir.name}.json"
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(report, indent=2, default=_json_default))
+    writer = metric_writers.create_default_writer(workdir, collection="eval")
+    writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})
+    writer.flush()
+    logging.info("eval: %s", report["summary"])
+  return str(path)
+
+
+def digits_baselines(config, network: Network, settings) -> dict[str, dict[str, float]]:
+  """The same metrics for real digits the model never saw against the others, and for uniform noise: the
+  classifier's split of the digits (hold_jax/metrics/digits_features.py), its 297 held-out images and as many
+  noise images against statistics of its 1,500 training images. They bracket what a model can reach; with
+  fewer samples than the model's, they carry a larger small-sample bias."""
+  from hold_jax.metrics import digits_features  # pylint: disable=g-import-not-at-top
+  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
+  size = config.data.image_size
+  train_features, _ = features_in_batches(network, digits_features.digits_pixels("train", size),
+                                          settings.feature_batch_size)
+  accumulator = statistics.FeatureStats(train_features.shape[1])
+  accumulator.add(train_features)
+  reference = {"mu": accumulator.mean(), "sigma": accumulator.covariance(), "features": train_features,
+               "key": "digits classifier's 1,500 training images"}
+  heldout = digits_features.digits_pixels("heldout", size)
+  noise = np.random.default_rng(0).integers(0, 256, heldout.shape, dtype=np.uint8)
+  results = {}
+  for name, images in (("heldout_digits", heldout), ("uniform_noise", noise)):
+    features, logits = features_in_batches(network, images, settings.feature_batch_size)
+    results[name] = _metrics(features, logits, reference, settings, network, nfe=0)
+  return results
+
+
+def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
+  """(features, logits, nfe) of the samples `ids`, generated in sampling batches (images never all held)."""
+  features, logits, nfe = [], [], 0
+  for batch in generation.id_batches(int(ids[0]), int(ids[-1]) + 1, config.sampling.batch_size):
+    samples, batch_nfe = generation.generate(sampler, params, rng, batch, mesh)
+    if not np.isfinite(samples).all():
+      raise FloatingPointError(f"Samples {batch[0]}..{batch[-1]} are not finite; nothing of this round was "
+                               f"written. {sampling.non_finite_advice(config.sampling)}")
+    batch_features, batch_logits = features_in_batches(network, image_data.to_pixels(samples),
+                                                       config.eval.feature_batch_size)
+    features.append(batch_features)
+    logits.append(batch_logits)
+    nfe = max(nfe, batch_nfe)
+  return np.concatenate(features), np.concatenate(logits), nfe
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"hold_jax_eval_{name}")
+
+
+def _metrics(features, logits, reference, settings, network: Network, nfe: int) -> dict[str, float]:
+  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
+  results = {"num_samples": int(len(features)), "nfe": int(nfe)}
+  suffix = network.metric_suffix
+  if "fid" in settings.metrics:
+    accumulator = statistics.FeatureStats(features.shape[1])
+    accumulator.add(features)
+    results["fid" if not suffix else "fd" + suffix] = float(statistics.frechet_distance(
+        accumulator.mean(), accumulator.covariance(), reference["mu"], reference["sigma"]))
+  if "kid" in settings.metrics:
+    if reference.get("features") is None:
+      raise ValueError(f"eval.metrics has 'kid', but the reference statistics {reference['key']} hold no "
+                       "features (a mu/sigma file): drop 'kid' or use computed reference statistics.")
+    mean, std = statistics.kid(features, np.asarray(reference["features"]),
+                               subset_size=min(settings.kid_subset_size, len(features),
+                                               len(reference["features"])))
+    results["kid" + suffix], results["kid" + suffix + "_std"] = float(mean), float(std)
+  if "is" in settings.metrics:
+    mean, std = statistics.inception_score(logits, splits=settings.is_splits)
+    results["is" + suffix], results["is" + suffix + "_std"] = float(mean), float(std)
+  return results
+
+
+def _report(config, network: Network, reference, step, repeats, seconds, run: str) -> dict[str, Any]:
+  names = [name for name in repeats[0] if name not in ("num_samples", "nfe") and not name.endswith("_std")]
+  summary = {}
+  for name in names:
+    values = np.array([repeat[name] for repeat in repeats])
+    summary[f"{name}_mean"], summary[f"{name}_min"] = float(values.mean()), float(values.min())
+  return {
+      "run": run,
+      "checkpoint_step": step,
+      "repeats": repeats,
+      "summary": summary,
+      "feature_network": {"name": network.name, "weights_sha256": network.weights_sha256,
+                          "resize": network.resize},
+      "reference": reference["key"],
+      "sampling": config.sampling.to_dict(),
+      "eval": config.eval.to_dict(),
+      "seconds": round(seconds, 1),
+  }
+
+
+def _json_default(value: Any):
+  if isinstance(value, (np.integer, np.floating)):
+    return value.item()
+  if isinstance(value, tuple):
+    return list(value)
+  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
