@@ -22,8 +22,9 @@ demo: $(STAMP)
 exact-demo: $(STAMP)
 	$(VENV)/bin/python -m hold_jax.main --config configs/mixture_demo.py --workdir runs/exact_demo
 
+# Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/process.py

@@ -28,7 +28,8 @@ SMOKE = {
     "configs/digits.py": ["--config.training.num_steps=4", "--config.training.checkpoint_every=4",
                           "--config.training.log_every=2", "--config.training.sample_every=0",
                           "--config.sampling.num_steps=4", "--config.sampling.num_samples=8",
-                          "--config.sampling.batch_size=8"],
+                          "--config.sampling.batch_size=8", "--config.eval.num_samples=16",
+                          "--config.eval.round_size=8"],
 }
 # tfds data cannot be prepared here (no internet): these commands must stop at once and say how to prepare it.
 NEEDS_PREPARED_DATA = ("configs/cifar10.py", "configs/celebahq256.py")
