@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --mode=eval computes eval.metrics: 'nll' (the NLL bound below) and, for images, 'fid', 'kid', 'is'.
   config.eval = evaluation = ml_collections.ConfigDict()
   evaluation.metrics = ("nll",)
+  # The checkpoint every metric reads: its step, or -1 for the newest readable one. A chosen step that is
+  # absent or damaged is an error, never replaced by another step.
+  evaluation.checkpoint_step = -1
 
   # Sample quality (hold_jax/quality.py): num_samples images from config.sampling in resumable rounds of
   # round_size, num_repeats times with seeds seed, seed + 1, ... (each reported, with the mean and minimum).
@@ -71,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.feature_batch_size = 100
   evaluation.kid_subset_size = 1000  # KID: 100 subsets of this many features (torch-fidelity's defaults)
   evaluation.is_splits = 10
+  # Quality versus NFE in one job: "method:grid:num_steps" entries, e.g. ("lie_trotter:quadratic:50",
+  # "strang:edm:20"), each evaluated as above with those sampling fields; workdir/eval/quality_vs_nfe_*.json
+  # tabulates them. Empty: config.sampling alone.
+  evaluation.sampler_sweep = ()
 
   # The NLL bound (hold_jax/likelihood.py and evaluate.py, DESIGN section 6): the probability-flow ODE from eps
   # to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.

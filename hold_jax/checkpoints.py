@@ -17,6 +17,10 @@ different shape is a changed config, which is an error, never a reason to fall b
 and their checksums compared with the recorded ones. Any failure other than a changed shape sets the step
 aside (moved to workdir/damaged_checkpoints/<step>, with the reason in REASON.txt; never deleted), warns with
 the step and the reason, and tries the next older one.
+
+Restoring a chosen step (restore_step) reads that step alone, with the same checks; when it is damaged the
+error says why, and nothing else happens: no other step is read in its place and the step is not moved,
+because the user asked for that one.
 """
 from __future__ import annotations
 
@@ -375,6 +379,20 @@ def _abandoned_reads_to_log():
     sys.unraisablehook = previous
 
 
+def _read_or_reason(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool):
+  """(tree, None) when `step` reads and passes its checks; (None, reason) when it is damaged. ChangedStructure
+  (the config changed) and a bug of this package are raised: neither is the checkpoint's fault."""
+  try:
+    _check_structure(manager, step, abstract_tree)
+    return _read_verified(manager, step, abstract_tree, partial), None
+  except ChangedStructure:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (any failure to read is damage...)
+    if _raised_by_hold_jax(error):
+      raise  # ...except a bug of this package, which must never cost the user a checkpoint
+    return None, str(error) if isinstance(error, Damaged) else _one_line(error)
+
+
 def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False) -> Restored | None:
   """The newest readable, verified checkpoint of `manager` read into `abstract_tree`, or None when there is
   no checkpoint at all. With partial, abstract_tree names a subset of the saved tree (e.g. the EMA params).
@@ -390,15 +408,8 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, abstract_tree, part
   directory = epath.Path(manager.directory)
   set_aside_steps = []
   for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      _check_structure(manager, step, abstract_tree)
-      tree = _read_verified(manager, step, abstract_tree, partial)
-    except ChangedStructure:
-      raise
-    except Exception as error:  # pylint: disable=broad-except  (any failure to read is damage...)
-      if _raised_by_hold_jax(error):
-        raise  # ...except a bug of this package, which must never cost the user a checkpoint
-      reason = str(error) if isinstance(error, Damaged) else _one_line(error)
+    tree, reason = _read_or_reason(manager, step, abstract_tree, partial)
+    if reason is not None:
       moved = set_aside(directory, step, f"step {step} could not be restored: {reason}")
       logging.warning("The checkpoint of step %d in %s cannot be used (%s); %s; trying the next older one.",
                       step, directory, reason, f"moved to {moved}" if moved else "left in place")
@@ -415,3 +426,40 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, abstract_tree, part
         "Rerunning training starts again from step 0; to retry a checkpoint, move it back into "
         f"{directory}.")
   return None
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool = False) -> Restored:
+  """Checkpoint `step` of `manager` read into `abstract_tree` and verified as `restore` verifies the newest.
+
+  A step the user chose is that step or an error: a CheckpointError lists the steps there when it is absent,
+  and says why when it is damaged, leaving it in place (no fallback, nothing moved: another step would answer
+  a question the user did not ask). ChangedStructure is raised as it is.
+  """
+  directory = epath.Path(manager.directory)
+  steps = sorted(manager.all_steps())
+  if step not in steps:
+    raise CheckpointError(_absent_step_message(directory, step, steps))
+  with _abandoned_reads_to_log():
+    tree, reason = _read_or_reason(manager, step, abstract_tree, partial)
+  if reason is not None:
+    raise CheckpointError(f"The checkpoint of step {step} in {directory} cannot be used: {reason.rstrip('.')}. It was "
+                          "chosen by its step, so no other step is read in its place, and it is left where it is "
+                          f"(not moved to {DAMAGED_DIR}). The steps there: {_step_list(steps)}; choose another, "
+                          "or the newest readable one.")
+  return Restored(tree, step)
+
+
+def _step_list(steps: list[int]) -> str:
+  return ", ".join(str(step) for step in steps) if steps else "none"
+
+
+def _absent_step_message(directory: epath.Path, step: int, steps: list[int]) -> str:
+  """Why `step` cannot be chosen: the steps that exist, and where it went when it was set aside as damaged or
+  left unfinished (a directory orbax does not list as a complete checkpoint)."""
+  message = f"There is no checkpoint of step {step} in {directory}; the steps there: {_step_list(steps)}."
+  damaged = directory.parent / DAMAGED_DIR / str(step)
+  if damaged.exists():
+    message += f" Step {step} was set aside as damaged to {damaged} (REASON.txt says why)."
+  elif (directory / str(step)).exists():
+    message += f" {directory / str(step)} exists but is not a complete checkpoint (a save that did not finish?)."
+  return message

@@ -83,7 +83,7 @@ METRICS = ("nll",) + quality.IMAGE_METRICS
 
 
 def check_quality(eval_config) -> None:
-  """The sample-quality fields of `config.eval` (hold_jax/quality.py)."""
+  """The sample-quality fields of `config.eval` (hold_jax/quality.py), and the checkpoint every metric reads."""
   metrics = eval_config.metrics
   field_checks.require(isinstance(metrics, (tuple, list)) and len(metrics) > 0 and
                        all(name in METRICS for name in metrics), "eval.metrics", metrics,
@@ -95,3 +95,6 @@ def check_quality(eval_config) -> None:
   for field, minimum in (("num_samples", 1), ("round_size", 1), ("num_repeats", 1), ("feature_batch_size", 1),
                          ("kid_subset_size", 2), ("is_splits", 1)):
     field_checks.require_int(f"eval.{field}", eval_config[field], minimum)
+  # -1 is the newest readable checkpoint; whether a chosen step exists is known only once the workdir is read.
+  field_checks.require_int("eval.checkpoint_step", eval_config.get("checkpoint_step", -1), -1)
+  quality.parse_sampler_sweep(eval_config.get("sampler_sweep", ()))

@@ -1,5 +1,6 @@
-"""`--mode=eval`: the negative log-likelihood bound of a workdir's latest EMA parameters over a data split
-(DESIGN section 6; the computation is hold_jax/likelihood.py), written to workdir/eval/<name>.json.
+"""`--mode=eval`: the negative log-likelihood bound of a workdir's EMA parameters (the newest readable
+checkpoint, or step eval.checkpoint_step) over a data split (DESIGN section 6; the computation is
+hold_jax/likelihood.py), written to workdir/eval/<name>.json.
 
 Which examples. Image data: the first eval.num_examples images of eval.split (-1: all of them), read by the
 training pipeline with its flips off, each dequantised once with its own noise. A user's point cloud
@@ -211,7 +212,7 @@ def evaluate(config, workdir: str) -> str:
     logging.warning("The model was trained with data.dequantize = False (pixel / 255) and is bounded on dequantised "
                     "data ((pixel + U) / 256); the bound is valid but looser than for a model trained dequantised.")
 
-  params, step = train.load_ema_params(config, workdir, data_shape)
+  params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(eval_config))
   params = jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))  # this host's devices
   bound = make_batch_bound(config, data_shape, settings)
   local = bound_examples(bound, params, examples, eval_config.batch_size, eval_config.seed, mesh, num_coords)

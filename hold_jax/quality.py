@@ -1,6 +1,7 @@
 """`--mode=eval` with sample-quality metrics: FID, KID and IS of generated images, in resumable rounds.
 
-What is measured. eval.num_samples images are generated with config.sampling from the newest EMA parameters
+What is measured. eval.num_samples images are generated with config.sampling from the EMA parameters of the
+newest readable checkpoint, or of step eval.checkpoint_step (that step or an error, never another one)
 (sample k of repeat r from the key fold_in(PRNGKey(seed + r), k): EDM's practice of several seeds, each
 reported, with their mean and minimum), quantised to uint8 as an image file would be, and passed through a
 feature network: the FID Inception-v3 (eval.feature_network = 'inception', weights from the local file
@@ -16,6 +17,12 @@ workdir/eval/<run>/ where <run> names the sampler settings, the checkpoint step 
 killed at any moment resumes at the first round without a valid file and ends with the same numbers as an
 uninterrupted one; a round file that fails its checksum or has the wrong shape is regenerated. Images are
 never held beyond one sampling batch; features (a few KB per image) are.
+
+Quality versus NFE. eval.sampler_sweep lists "method:grid:num_steps" entries, all checked before any work;
+each is one evaluation as above with those three sampling fields replaced (its own rounds folder, since <run>
+names the sampler, and its own report), sharing the feature network, the reference statistics and the
+parameters, which are loaded once. workdir/eval/quality_vs_nfe_ckpt<step>_<network>.json then holds one row
+per entry (its NFE and summary metrics), also logged as a text table.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -203,23 +211,175 @@ def run_name(config, network: Network, step: int) -> str:
   return f"quality_{sampler.method}_{steps}_ckpt{step}_{network.name}_{tag}"
 
 
-def evaluate_quality(config, workdir: str) -> str:
-  """Generates, measures and reports (module docstring); returns the report's path (workdir/eval/<run>.json)."""
-  started = time.time()
+# ----------------------------------------------------------------------------------------------------------
+# The sampler sweep.
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepEntry:
+  """One "method:grid:num_steps" entry of eval.sampler_sweep (ode_adaptive ignores the grid and num_steps)."""
+
+  method: str
+  grid: str
+  num_steps: int
+
+
+SWEEP_FORMAT = (f"'method:grid:num_steps' with a method from {sampling.METHODS}, a grid from {sampling.GRIDS} "
+                "and num_steps an integer >= 1")
+
+
+def _sweep_entry_problem(entry: Any) -> str | None:
+  """What is wrong with one entry of eval.sampler_sweep, or None."""
+  if not isinstance(entry, str):
+    return f"of type {type(entry).__name__}, not a string"
+  parts = entry.split(":")
+  if len(parts) != 3:
+    return f"{len(parts)} part(s) separated by ':', not 3"
+  method, grid, num_steps = parts
+  if method not in sampling.METHODS:
+    return f"unknown method {method!r}"
+  if grid not in sampling.GRIDS:
+    return f"unknown grid {grid!r}"
+  if not (re.fullmatch(r"[0-9]+", num_steps) and int(num_steps) >= 1):
+    return f"num_steps {num_steps!r} is not an integer >= 1"
+  return None
+
+
+def parse_sampler_sweep(entries: Any) -> tuple[SweepEntry, ...]:
+  """eval.sampler_sweep as SweepEntry's; a ValueError naming the first bad entry (its index, its text, what is
+  wrong and what is allowed), or a repeated one (it would only evaluate the same sampler twice)."""
+  if not isinstance(entries, (tuple, list)):
+    raise ValueError(f"eval.sampler_sweep = {entries!r} is not allowed: it must be a tuple of strings "
+                     f"{SWEEP_FORMAT}, e.g. --config.eval.sampler_sweep=\"('lie_trotter:quadratic:50', "
+                     "'strang:edm:20')\".")
+  parsed = []
+  for index, entry in enumerate(entries):
+    problem = _sweep_entry_problem(entry)
+    if problem is not None:
+      raise ValueError(f"eval.sampler_sweep[{index}] = {entry!r} is not allowed ({problem}): it must be "
+                       f"{SWEEP_FORMAT}, e.g. 'strang:edm:20'.")
+    method, grid, num_steps = entry.split(":")
+    parsed.append(SweepEntry(method, grid, int(num_steps)))
+    if parsed[-1] in parsed[:-1]:
+      raise ValueError(f"eval.sampler_sweep[{index}] = {entry!r} is not allowed: it repeats entry "
+                       f"{parsed.index(parsed[-1])}; list each sampler once.")
+  return tuple(parsed)
+
+
+def entry_config(config, entry: SweepEntry):
+  """A copy of config whose sampling.method, grid and num_steps are the entry's."""
+  result = config.copy_and_resolve_references()
+  result.sampling.method, result.sampling.grid, result.sampling.num_steps = entry.method, entry.grid, entry.num_steps
+  return result
+
+
+def sweep_configs(config) -> list[tuple[SweepEntry, Any]]:
+  """(entry, its config) for every entry of eval.sampler_sweep, each sampler checked against config.sde now,
+  before anything is loaded or generated; empty when the sweep is."""
+  sde = sde_lib.from_config(config.sde)
+  result = []
+  for entry in parse_sampler_sweep(config.eval.get("sampler_sweep", ())):
+    result.append((entry, entry_config(config, entry)))
+    sampling.check_settings(sde, result[-1][1].sampling)
+  return result
+
+
+def table_row(entry: SweepEntry, report: dict[str, Any]) -> dict[str, Any]:
+  """One row of the quality-versus-NFE table: the sampler, its NFE (the largest of the repeats'; the adaptive
+  solver's differs per sample), the report's summary metrics and the report's name."""
+  nfe = max(repeat["nfe"] for repeat in report["repeats"])
+  return {"method": entry.method, "grid": entry.grid, "num_steps": entry.num_steps, "nfe": nfe,
+          **report["summary"], "report": f"{report['run']}.json"}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  """The rows as a text table with aligned columns (the log's view; the JSON holds the numbers)."""
+  names = [name for name in rows[0] if name != "report"]
+  cells = [[f"{row[name]:.4g}" if isinstance(row[name], float) else str(row[name]) for name in names]
+           for row in rows]
+  widths = [max(len(name), *(len(line[column]) for line in cells)) for column, name in enumerate(names)]
+  lines = [names] + cells
+  return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The evaluation.
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """What every evaluation of one job shares, loaded once however many samplers it evaluates: the feature
+  network, the EMA parameters of one checkpoint and its step, the reference statistics, and (digits network
+  only) the baselines, which depend on none of the sampler settings."""
+
+  data_shape: tuple[int, ...]
+  network: Network
+  params: Any
+  step: int
+  reference: dict[str, Any]
+  baselines: dict[str, dict[str, float]] | None
+
+
+def load(config, workdir: str) -> Loaded:
+  """The shared pieces of config's evaluation. The parameters are read before the reference statistics are
+  computed, so an absent or damaged checkpoint fails in seconds rather than after the reference features."""
   settings = config.eval
   data_shape = input_pipeline.data_shape(config.data)
   if len(data_shape) != 3:
     raise ValueError(f"eval.metrics = {tuple(settings.metrics)} needs image data; data.dataset = "
                      f"{config.data.dataset!r} is not (use eval.metrics = ('nll',)).")
   network = load_network(settings)
+  params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(settings))
   reference = reference_statistics(config, network)
-  params, step = train.load_ema_params(config, workdir, data_shape)
+  baselines = digits_baselines(config, network, settings) if settings.feature_network == "digits" else None
+  return Loaded(tuple(data_shape), network, params, step, reference, baselines)
+
+
+def evaluate_quality(config, workdir: str) -> str:
+  """Generates, measures and reports (module docstring); returns the report's path (workdir/eval/<run>.json),
+  or with eval.sampler_sweep the table's (workdir/eval/quality_vs_nfe_ckpt<step>_<network>.json)."""
+  started = time.time()
+  entries = sweep_configs(config)  # a bad entry fails before anything is loaded
+  loaded = load(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, collection="eval") if jax.process_index() == 0 else None
+  if not entries:
+    return evaluate_loaded(config, workdir, loaded, writer, started)[0]
+  rows = [table_row(entry, evaluate_loaded(config_of_entry, workdir, loaded, writer, time.time())[1])
+          for entry, config_of_entry in entries]
+  return write_table(config, workdir, loaded, rows, time.time() - started)
+
+
+def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]], seconds: float) -> str:
+  """Writes the quality-versus-NFE table (process 0), logs it as text and returns its path."""
+  network = loaded.network
+  path = train.workdir_path(workdir) / "eval" / f"quality_vs_nfe_ckpt{loaded.step}_{network.name}.json"
+  table = {"checkpoint_step": loaded.step, "rows": rows,
+           "feature_network": {"name": network.name, "weights_sha256": network.weights_sha256,
+                               "resize": network.resize},
+           "reference": loaded.reference["key"], "num_samples": config.eval.num_samples,
+           "num_repeats": config.eval.num_repeats, "seed": config.seed,
+           "other_sampling_fields": {name: value for name, value in config.sampling.to_dict().items()
+                                     if name not in ("method", "grid", "num_steps")},
+           "seconds": round(seconds, 1)}
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(table, indent=2, default=_json_default))
+    logging.info("eval: quality versus NFE at step %d (%s):\n%s", loaded.step, path, format_table(rows))
+  return str(path)
+
+
+def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers.MetricWriter | None,
+                    started: float) -> tuple[str, dict[str, Any]]:
+  """One evaluation with config.sampling from the already-loaded pieces: generates the missing rounds, then
+  writes the report (process 0, with its summary to `writer`); returns its path and the report. `started` is
+  when its clock began (the report's seconds and the ETA count from there)."""
+  settings, network, step = config.eval, loaded.network, loaded.step
   run_dir = train.workdir_path(workdir) / "eval" / run_name(config, network, step)
   if jax.process_index() == 0:
     checkpoints.check_workdir(run_dir, 0, "the round files")
   sde = sde_lib.from_config(config.sde)
-  score_fn = train.make_score_fn(sde, models.create_model(config.model, data_shape), config.loss.parametrization)
-  sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True)
+  score_fn = train.make_score_fn(sde, models.create_model(config.model, loaded.data_shape),
+                                 config.loss.parametrization)
+  sampler = sampling.make_sampler(sde, score_fn, loaded.data_shape, config.sampling, return_nfe=True)
   mesh = train.make_mesh()
   num_rounds = math.ceil(settings.num_samples / settings.round_size)
   total_rounds, done_rounds, repeats = settings.num_repeats * num_rounds, 0, []
@@ -232,7 +392,7 @@ def evaluate_quality(config, workdir: str) -> str:
       path = run_dir / f"repeat{repeat}_round{round_index}.npz"
       found = read_round(path, len(ids))
       if found is None:
-        found = _generate_round(sampler, params, rng, ids, mesh, network, config)
+        found = _generate_round(sampler, loaded.params, rng, ids, mesh, network, config)
         if jax.process_index() == 0:
           write_round(path, *found)
         _barrier(f"round_{repeat}_{round_index}")
@@ -244,19 +404,18 @@ def evaluate_quality(config, workdir: str) -> str:
       logging.info("eval: repeat %d/%d, round %d/%d done (%d images), %.0f s elapsed, ETA %.0f s", repeat + 1,
                    settings.num_repeats, round_index + 1, num_rounds, ids[-1] + 1, elapsed,
                    elapsed / done_rounds * (total_rounds - done_rounds))
-    repeats.append(_metrics(np.concatenate(features), np.concatenate(logits), reference, settings, network,
+    repeats.append(_metrics(np.concatenate(features), np.concatenate(logits), loaded.reference, settings, network,
                             nfe))
-  report = _report(config, network, reference, step, repeats, time.time() - started, run_dir.name)
-  if settings.feature_network == "digits":
-    report["baselines"] = digits_baselines(config, network, settings)
+  report = _report(config, network, loaded.reference, step, repeats, time.time() - started, run_dir.name)
+  if loaded.baselines is not None:
+    report["baselines"] = loaded.baselines
   path = train.workdir_path(workdir) / "eval" / f"{run_dir.name}.json"
   if jax.process_index() == 0:
     path.write_text(json.dumps(report, indent=2, default=_json_default))
-    writer = metric_writers.create_default_writer(workdir, collection="eval")
     writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})
     writer.flush()
     logging.info("eval: %s", report["summary"])
-  return str(path)
+  return str(path), report
 
 
 def digits_baselines(config, network: Network, settings) -> dict[str, dict[str, float]]:

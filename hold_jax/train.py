@@ -315,9 +315,20 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
   return state
 
 
-def load_ema_params(config, workdir: str, data_shape: tuple[int, ...]) -> tuple[Any, int]:
-  """EMA parameters and step of the newest readable checkpoint in workdir, read alone (a partial restore, so
-  the optimizer settings never matter); a CheckpointError when there is none."""
+def chosen_step(eval_config) -> int | None:
+  """eval.checkpoint_step as load_ema_params's `step`: None for -1 (the newest readable checkpoint)."""
+  step = eval_config.get("checkpoint_step", -1)
+  return None if step == -1 else int(step)
+
+
+def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None
+                    ) -> tuple[Any, int]:
+  """EMA parameters and step of a checkpoint in workdir, read alone (a partial restore, so the optimizer
+  settings never matter); a CheckpointError when there is none.
+
+  step: None for the newest readable checkpoint (damaged newer ones are set aside), or the step to read: that
+  one or a CheckpointError (checkpoints.restore_step), never another step in its place.
+  """
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
   directory = workdir_path(workdir) / "checkpoints"
@@ -329,8 +340,12 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...]) -> tuple[
     optimizer = make_optimizer(config.optim, config.training.num_steps)
     replicated = NamedSharding(make_mesh(), PartitionSpec())
     abstract = abstract_state(lambda: init_state(model, data_shape, sde.order, optimizer, config.seed), replicated)
+    wanted = {"ema_params": abstract.ema_params}
     try:
-      restored = checkpoints.restore(manager, {"ema_params": abstract.ema_params}, partial=True)
+      if step is None:
+        restored = checkpoints.restore(manager, wanted, partial=True)
+      else:
+        restored = checkpoints.restore_step(manager, step, wanted, partial=True)
     except checkpoints.ChangedStructure as error:
       raise checkpoints.CheckpointError(f"Cannot read the EMA parameters in {directory}: {error}. The model config "
                                         "differs from the one in the workdir's config.json.") from None

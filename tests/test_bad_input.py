@@ -87,9 +87,32 @@ def test_toy2d_bad_numbers_are_named(field, value, also):
     ("model.init_scale", NAN), ("model.init_scale", -1.0), ("model.init_scale", INF),
     ("model.attn_resolutions", 4),
     ("optim.learning_rate", NAN), ("ema.decay", NAN),
+    ("eval.checkpoint_step", -2), ("eval.checkpoint_step", 1.5), ("eval.checkpoint_step", NAN),
+    ("eval.checkpoint_step", "4"), ("eval.sampler_sweep", "strang:edm:20"),
 ])
 def test_image_model_bad_sizes_are_named(field, value):
   assert_rejected(config_with(digits.get_config, field, value), field, value)
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ("strang:edm", "2 part(s) separated by ':', not 3"), ("heun:edm:20", "unknown method 'heun'"),
+    ("strang:cosine:20", "unknown grid 'cosine'"), ("strang:edm:0", "num_steps '0' is not an integer >= 1"),
+    ("strang:edm:2.5", "num_steps '2.5' is not an integer >= 1"), (20, "of type int, not a string"),
+])
+def test_a_bad_sampler_sweep_entry_is_named_with_the_allowed_methods_and_grids(entry, problem):
+  config = config_with(digits.get_config, "eval.sampler_sweep", ("lie_trotter:quadratic:10", entry))
+  with pytest.raises(ValueError) as info:
+    config_checks.check(config)
+  message = str(info.value)
+  assert message.startswith(f"eval.sampler_sweep[1] = {entry!r} is not allowed ({problem})"), message
+  assert "'ode_adaptive')" in message and "('uniform', 'quadratic', 'edm')" in message, message
+
+
+def test_a_repeated_sampler_sweep_entry_is_named():
+  config = config_with(digits.get_config, "eval.sampler_sweep", ("strang:edm:20", "ddim:uniform:5", "strang:edm:020"))
+  with pytest.raises(ValueError, match=r"eval.sampler_sweep\[2\] = 'strang:edm:020' is not allowed: it repeats "
+                     r"entry 0"):
+    config_checks.check(config)
 
 
 @pytest.mark.parametrize("get_config, field, value, shape", [
@@ -189,6 +212,10 @@ def test_good_overrides_apply_and_other_flag_errors_keep_absl_behaviour(capsys):
   assert status == 1 and stderr.startswith("FATAL Flags parsing error: Unknown command line flag 'workdirr'")
   status, stderr = parse(["prog", "--config", "configs/no_such_config.py", "--config.training.num_steps=5"], capsys)
   assert status == 2 and "there is no config file 'configs/no_such_config.py'" in stderr, stderr
+  config, _ = parse(toy2d_argv("--config.eval.checkpoint_step=20",
+                               "--config.eval.sampler_sweep=('strang:edm:20', 'ddim:uniform:5')"), capsys)
+  config_checks.check(config)
+  assert config.eval.checkpoint_step == 20 and config.eval.sampler_sweep == ("strang:edm:20", "ddim:uniform:5")
 
 
 def test_absl_app_run_with_parse_flags_prints_no_traceback():

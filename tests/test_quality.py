@@ -1,12 +1,16 @@
 """Sample-quality evaluation (hold_jax/quality.py) end to end on the digits, with the bundled classifier."""
 import json
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
+from benchmarks import damage
 from configs import digits
 from hold_jax import checkpoints
+from hold_jax import evaluate
 from hold_jax import quality
 from hold_jax import train
 
@@ -24,11 +28,21 @@ def eval_config():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+  """4 steps of digits:local with checkpoints at steps 2 and 4 (one training serves every test)."""
   workdir = tmp_path_factory.mktemp("digits")
   config = eval_config()
+  config.training.checkpoint_every = 2
   config.eval.stats_cache_dir = str(workdir / "stats_cache")
   train.train(config, str(workdir))
   return workdir, config
+
+
+def with_eval(config, **fields):
+  """A copy of config with the given eval fields."""
+  result = config.copy_and_resolve_references()
+  for name, value in fields.items():
+    result.eval[name] = value
+  return result
 
 
 def run(config, workdir):
@@ -90,3 +104,96 @@ def test_bad_evaluation_inputs_are_named(trained, tmp_path):
     quality.evaluate_quality(inception, str(workdir))
   with pytest.raises(checkpoints.CheckpointError, match=r"No checkpoint in"):
     quality.evaluate_quality(config, str(tmp_path / "empty"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A chosen checkpoint.
+
+
+def test_a_chosen_checkpoint_is_evaluated_instead_of_the_newest(trained, monkeypatch):
+  workdir, config = trained
+  newest = run(config, workdir)[1]
+  chosen = run(with_eval(config, checkpoint_step=2), workdir)[1]
+  assert newest["checkpoint_step"] == 4 and chosen["checkpoint_step"] == 2
+  assert chosen["run"] != newest["run"] and "_ckpt2_" in chosen["run"]  # its own rounds folder
+  assert chosen["summary"]["fd_digits_mean"] != newest["summary"]["fd_digits_mean"]
+  params, step = train.load_ema_params(config, str(workdir), (8, 8, 1), 2)
+  latest, latest_step = train.load_ema_params(config, str(workdir), (8, 8, 1))
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree.leaves(tree)])
+  assert (step, latest_step) == (2, 4) and not np.array_equal(flat(params), flat(latest))
+
+  asked = []  # the NLL bound reads the same field
+
+  def load_ema_params(config, workdir, data_shape, step=None):
+    asked.append(step)
+    raise checkpoints.CheckpointError("stop here")
+
+  monkeypatch.setattr(train, "load_ema_params", load_ema_params)
+  with pytest.raises(checkpoints.CheckpointError, match="stop here"):
+    evaluate.evaluate(with_eval(config, checkpoint_step=2, num_examples=4, batch_size=4), str(workdir))
+  assert asked == [2]
+
+
+def test_an_absent_chosen_step_lists_the_steps_there(trained):
+  workdir, config = trained
+  with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint of step 3 in .*checkpoints; the steps "
+                     r"there: 2, 4\."):
+    quality.evaluate_quality(with_eval(config, checkpoint_step=3), str(workdir))
+
+
+# Kinds that reach the EMA parameters: the evaluation reads them alone, and flipped bytes in the largest data
+# file land in other arrays (tests/test_fault_tolerance.py covers every kind on a whole-state read).
+@pytest.mark.parametrize("kind", ["array metadata garbage", "checksum record truncated"])
+def test_a_damaged_chosen_step_is_an_error_not_a_fallback(trained, tmp_path, kind):
+  workdir, config = trained
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval"))
+  damage.kinds()[kind](copy / "checkpoints" / "2")
+  with pytest.raises(checkpoints.CheckpointError) as info:
+    quality.evaluate_quality(with_eval(config, checkpoint_step=2), str(copy))
+  message = str(info.value)
+  assert "checkpoint of step 2" in message and "cannot be used" in message
+  assert "no other step is read in its place" in message and "left where it is" in message
+  assert sorted(os.listdir(copy / "checkpoints")) == ["2", "4"]  # not moved aside
+  assert not (copy / checkpoints.DAMAGED_DIR).exists() and not (copy / "eval").exists()  # nothing evaluated
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quality versus NFE.
+
+
+def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypatch):
+  workdir, config = trained
+  calls = {"reference_statistics": 0, "load_network": 0, "load_ema_params": 0}
+  for module, name in ((quality, "reference_statistics"), (quality, "load_network"), (train, "load_ema_params")):
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args, name=name, original=original:
+                        calls.__setitem__(name, calls[name] + 1) or original(*args))
+  method, grid = config.sampling.method, config.sampling.grid
+  sweep = (f"{method}:{grid}:1", f"{method}:{grid}:2")
+  path = quality.evaluate_quality(with_eval(config, sampler_sweep=sweep), str(workdir))
+  assert calls == {"reference_statistics": 1, "load_network": 1, "load_ema_params": 1}  # loaded once each
+  assert os.path.basename(path) == "quality_vs_nfe_ckpt4_digits-classifier-v1.json"
+  with open(path) as file:
+    table = json.load(file)
+  rows = table["rows"]
+  assert [(row["method"], row["grid"], row["num_steps"], row["nfe"]) for row in rows] == [
+      (method, grid, 1, 1), (method, grid, 2, 2)]
+  assert table["checkpoint_step"] == 4 and all(np.isfinite(row["fd_digits_mean"]) for row in rows)
+  for row, num_steps in zip(rows, (1, 2)):
+    with open(workdir / "eval" / row["report"]) as file:
+      report = json.load(file)
+    assert report["sampling"]["num_steps"] == num_steps and report["summary"] == {
+        name: value for name, value in row.items() if name.endswith(("_mean", "_min"))}
+    assert os.path.isdir(workdir / "eval" / report["run"])
+  assert rows[0]["fd_digits_mean"] != rows[1]["fd_digits_mean"]
+  assert rows[0]["report"] != rows[1]["report"]
+
+
+def test_a_bad_sweep_entry_fails_before_anything_is_loaded(trained, monkeypatch):
+  workdir, config = trained
+  monkeypatch.setattr(quality, "load_network", lambda *args: pytest.fail("loaded before the sweep was checked"))
+  bad = with_eval(config, sampler_sweep=("strang:edm:20", "strang:cosine:20"))
+  with pytest.raises(ValueError, match=r"eval.sampler_sweep\[1\] = 'strang:cosine:20' is not allowed \(unknown "
+                     r"grid 'cosine'\).*\('uniform', 'quadratic', 'edm'\)"):
+    quality.evaluate_quality(bad, str(workdir))
