@@ -391,7 +391,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
       ids = np.arange(first, min(first + settings.round_size, settings.num_samples))
       path = run_dir / f"repeat{repeat}_round{round_index}.npz"
       found = read_round(path, len(ids))
-      if found is None:
+      if not _on_every_process(found is not None):  # generation is collective: every process or none
         found = _generate_round(sampler, loaded.params, rng, ids, mesh, network, config)
         if jax.process_index() == 0:
           write_round(path, *found)
@@ -455,6 +455,15 @@ def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
     logits.append(batch_logits)
     nfe = max(nfe, batch_nfe)
   return np.concatenate(features), np.concatenate(logits), nfe
+
+
+def _on_every_process(flag: bool) -> bool:
+  """True when `flag` holds on every process: a round file that one host already sees and another does not
+  yet (a shared file system's delay) is generated again by all, never by some while the others wait."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.array(flag))))
 
 
 def _barrier(name: str) -> None:
