@@ -1,4 +1,4 @@
-"""The price of HOLD on images (issue 4): train-step time of order 3 against order 1 (VP) with the same
+"""The price of HOLD on images: train-step time of order 3 against order 1 (VP) with the same
 network and batch, plus steps/s and memory, for the digits and the local CIFAR-10 configs.
 
 Each step is built as train.train builds it (one jit over a mesh of all devices, batch sharded, dropout on).

@@ -1,4 +1,4 @@
-"""What a sampler costs beyond its network (issue 5): run time and compile time of every fixed-step sampler.
+"""What a sampler costs beyond its network: run time and compile time of every fixed-step sampler.
 
 For a config's score network at its sampling batch (random-init parameters: cost does not depend on them):
 

@@ -1,4 +1,4 @@
-"""Training-step time on the toy problem (issue 3 speed target), against the network alone.
+"""Training-step time on the toy problem, against the network alone.
 
 Times the full jitted train step (kernel, BCSM loss, backward, Adam, EMA) of the score MLP at ~50k
 parameters and batch 512, and the network's forward+backward alone at the same batch, on whatever devices
