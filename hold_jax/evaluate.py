@@ -81,7 +81,7 @@ def load_examples(config) -> Examples:
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.split, data_config.random_flip, data_config.dequantize = settings.split, False, True
     stream = input_pipeline.create_stream(data_config, jax.device_count(), config.seed)
-    sizes = _all_processes(np.array([len(stream.images)]))[:, 0]
+    sizes = all_processes(np.array([len(stream.images)]))[:, 0]
     offset = int(sizes[:jax.process_index()].sum())
     keep = first_examples(int(sizes.sum()), settings.num_examples)
     indices = np.arange(offset, offset + len(stream.images))
@@ -113,7 +113,7 @@ def model_inputs(examples: Examples, positions: np.ndarray, seed: int) -> np.nda
   return image_data.to_model_space(values, examples.num_levels, noise)
 
 
-def _all_processes(values: np.ndarray) -> np.ndarray:
+def all_processes(values: np.ndarray) -> np.ndarray:
   """(P, *shape): `values` of every process, stacked (the same array when there is one process)."""
   if jax.process_count() == 1:
     return np.asarray(values)[None]
@@ -126,12 +126,12 @@ def gather(per_example: dict[str, np.ndarray], indices: np.ndarray) -> dict[str,
   if jax.process_count() == 1:
     order = np.argsort(indices)
     return {name: values[order] for name, values in per_example.items()}
-  longest = int(_all_processes(np.array([len(indices)])).max())
+  longest = int(all_processes(np.array([len(indices)])).max())
   pad = lambda values, fill: np.concatenate([values, np.full(longest - len(values), fill, values.dtype)])
-  all_indices = _all_processes(pad(indices.astype(np.int64), -1)).reshape(-1)
+  all_indices = all_processes(pad(indices.astype(np.int64), -1)).reshape(-1)
   valid = all_indices >= 0
   order = np.argsort(all_indices[valid])
-  return {name: _all_processes(pad(values.astype(np.float64), np.nan)).reshape(-1)[valid][order]
+  return {name: all_processes(pad(values.astype(np.float64), np.nan)).reshape(-1)[valid][order]
           for name, values in per_example.items()}
 
 
@@ -251,14 +251,14 @@ def evaluate(config, workdir: str) -> str:
   path = directory / f"{name}.json"
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=_json_default))
+    path.write_text(json.dumps(report, indent=2, default=json_default))
     logging.info("eval: %s = %.4f +- %.4f nats per example%s", name, report["nll_bound_nats"],
                  report["nll_bound_nats_stderr"], f", {report['bits_per_dim']:.4f} bits/dim"
                  if "bits_per_dim" in report else "")
   return str(path)
 
 
-def _json_default(value: Any):
+def json_default(value: Any):
   if isinstance(value, (np.integer, np.floating)):
     return value.item()
   if isinstance(value, tuple):

@@ -43,6 +43,7 @@ from clu import metric_writers
 from etils import epath
 
 from hold_jax import checkpoints
+from hold_jax import evaluate
 from hold_jax import generation
 from hold_jax import image_data
 from hold_jax import image_sources
@@ -173,11 +174,9 @@ def _digest(*arrays: np.ndarray) -> str:
 
 def write_round(path: epath.Path, features: np.ndarray, logits: np.ndarray, nfe: int) -> None:
   """Writes one round's features atomically (a temporary file renamed into place), with their SHA-256."""
-  buffer = io.BytesIO()
-  np.savez(buffer, features=features, logits=logits, nfe=nfe, sha256=_digest(features, logits))
-  temporary = path.parent / (path.name + ".tmp")
-  temporary.write_bytes(buffer.getvalue())
-  temporary.replace(path)
+  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
+  statistics.write_npz_atomic(path, {"features": features, "logits": logits, "nfe": np.asarray(nfe),
+                                     "sha256": np.asarray(_digest(features, logits))})
 
 
 def read_round(path: epath.Path, num_images: int) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -362,7 +361,7 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
                                      if name not in ("method", "grid", "num_steps")},
            "seconds": round(seconds, 1)}
   if jax.process_index() == 0:
-    path.write_text(json.dumps(table, indent=2, default=_json_default))
+    path.write_text(json.dumps(table, indent=2, default=evaluate.json_default))
     logging.info("eval: quality versus NFE at step %d (%s):\n%s", loaded.step, path, format_table(rows))
   return str(path)
 
@@ -411,7 +410,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
     report["baselines"] = loaded.baselines
   path = train.workdir_path(workdir) / "eval" / f"{run_dir.name}.json"
   if jax.process_index() == 0:
-    path.write_text(json.dumps(report, indent=2, default=_json_default))
+    path.write_text(json.dumps(report, indent=2, default=evaluate.json_default))
     writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})
     writer.flush()
     logging.info("eval: %s", report["summary"])
@@ -460,10 +459,7 @@ def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
 def _on_every_process(flag: bool) -> bool:
   """True when `flag` holds on every process: a round file that one host already sees and another does not
   yet (a shared file system's delay) is generated again by all, never by some while the others wait."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.all(multihost_utils.process_allgather(np.array(flag))))
+  return bool(np.all(evaluate.all_processes(np.array(flag))))
 
 
 def _barrier(name: str) -> None:
@@ -513,11 +509,3 @@ def _report(config, network: Network, reference, step, repeats, seconds, run: st
       "eval": config.eval.to_dict(),
       "seconds": round(seconds, 1),
   }
-
-
-def _json_default(value: Any):
-  if isinstance(value, (np.integer, np.floating)):
-    return value.item()
-  if isinstance(value, tuple):
-    return list(value)
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")
