@@ -9,12 +9,18 @@ k (its dequantisation noise, generated point, auxiliaries and Hutchinson probes)
 (eval.seed, k), never on the batch size, the device count or the number of processes: every example is
 evaluated exactly once, and a rerun gives the same report.
 
-Multi-host: each process bounds its own share of the examples on its local devices; the per-example results
-are gathered before the report, which process 0 writes.
+Rounds. The examples are bounded in rounds of eval.round_size consecutive indices; after each round the
+per-example results go to workdir/eval/<name>_rounds_<hash>/round<r>.npz (atomically, with a checksum; the hash
+covers every setting the results depend on). A job killed at any moment resumes at its first missing round and
+reports the same numbers as an uninterrupted one; a damaged round file is computed again.
+
+Multi-host: each process bounds its own share of each round on its local devices; the per-example results
+are gathered after every round, and process 0 writes the round files and the report.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -24,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hold_jax import checkpoints
@@ -32,6 +39,7 @@ from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import models
+from hold_jax import round_files
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
@@ -46,13 +54,16 @@ class Examples:
   """This process's share of the examples to bound.
 
   values: (n, *data_shape): float32 model-space points, or uint8 pixel levels of images (dequantised per batch).
-  indices: (n,) their global example indices k, which seed everything random about them.
+  indices: (n,) their global example indices k, which seed everything random about them; each process holds
+    a contiguous run of range(num_total).
+  num_total: the examples of every process together.
   num_levels: pixel levels of image data (for bits/dim); None for points.
   description: what the examples are, for the report.
   """
 
   values: np.ndarray
   indices: np.ndarray
+  num_total: int
   num_levels: int | None
   description: str
 
@@ -86,19 +97,19 @@ def load_examples(config) -> Examples:
     keep = first_examples(int(sizes.sum()), settings.num_examples)
     indices = np.arange(offset, offset + len(stream.images))
     mine = indices < keep
-    return Examples(stream.images[mine], indices[mine], stream.num_levels,
+    return Examples(stream.images[mine], indices[mine], keep, stream.num_levels,
                     f"{dataset} {settings.split!r}: the first {keep} of {int(sizes.sum())} images")
   if dataset.startswith("npy:"):
     points = input_pipeline.load_point_cloud(dataset[len("npy:"):])
     keep = first_examples(len(points), settings.num_examples)
     indices = process_share(keep)
-    return Examples(points[indices], indices, None, f"{dataset}: the first {keep} of {len(points)} points")
+    return Examples(points[indices], indices, keep, None, f"{dataset}: the first {keep} of {len(points)} points")
   input_pipeline.data_shape(config.data)  # names the field of an unknown dataset
   if settings.num_examples < 1:
     raise ValueError(f"eval.num_examples = {settings.num_examples}: generated data ({dataset!r}) needs a number "
                      "of fresh points >= 1.")
   indices = process_share(settings.num_examples)
-  return Examples(generated_points(dataset, settings.seed, indices), indices, None,
+  return Examples(generated_points(dataset, settings.seed, indices), indices, settings.num_examples, None,
                   f"{dataset}: {settings.num_examples} fresh points, eval.seed = {settings.seed}")
 
 
@@ -165,31 +176,85 @@ def make_batch_bound(config, data_shape: tuple[int, ...], settings: likelihood.O
   return bound
 
 
-def bound_examples(bound, params, examples: Examples, batch_size: int, seed: int, mesh: Mesh,
-                   num_coords: int) -> dict[str, np.ndarray]:
-  """Per-example nll_bound, nfe and solved (n,) of this process's examples, in batches of batch_size.
-
-  The last batch is padded with copies of its last example (one shape, one compile) and cut back; a progress
-  line is logged after every batch.
-  """
-  started = time.time()
+def bound_examples(bound, params, examples: Examples, positions: np.ndarray, batch_size: int, seed: int,
+                   mesh: Mesh) -> dict[str, np.ndarray]:
+  """Per-example nll_bound, nfe and solved (len(positions),) of this process's examples at `positions`, in
+  batches of batch_size. The last batch is padded with copies of its last example (one shape, one compile)
+  and cut back."""
   batch_sharding = NamedSharding(mesh, PartitionSpec(train.DATA_AXIS))
-  num_local = len(examples.indices)
-  results = {"nll_bound": [], "nfe": [], "solved": []}
-  num_batches = math.ceil(num_local / batch_size)
-  for batch_number, start in enumerate(range(0, num_local, batch_size)):
-    positions = np.arange(start, min(start + batch_size, num_local))
-    padded = np.concatenate([positions, np.full(batch_size - len(positions), positions[-1])])
+  results = {name: [np.zeros((0,))] for name in RESULT_NAMES}
+  for start in range(0, len(positions), batch_size):
+    batch = positions[start:start + batch_size]
+    padded = np.concatenate([batch, np.full(batch_size - len(batch), batch[-1])])
     x = jax.device_put(model_inputs(examples, padded, seed), batch_sharding)
     indices = jax.device_put(examples.indices[padded].astype(np.int32), batch_sharding)
-    for name, values in zip(results, jax.device_get(bound(params, x, indices))):
-      results[name].append(np.asarray(values)[:len(positions)])
+    for name, values in zip(RESULT_NAMES, jax.device_get(bound(params, x, indices))):
+      results[name].append(np.asarray(values, np.float64)[:len(batch)])
+  return {name: np.concatenate(values) for name, values in results.items()}
+
+
+RESULT_NAMES = ("nll_bound", "nfe", "solved")
+
+
+def rounds_folder(config, step: int, name: str) -> epath.Path:
+  """workdir-relative folder of a bound's round files, named after the report and a hash of everything that
+  decides the per-example results (not the batch size, which changes none of them)."""
+  settings = {field: config.eval[field] for field in ROUND_FIELDS}
+  settings.update(step=step, dataset=config.data.dataset)
+  tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+  return epath.Path(f"{name}_rounds_{tag}")
+
+
+# The eval fields the per-example bounds depend on (with the checkpoint step and the trained config).
+ROUND_FIELDS = ("split", "num_examples", "seed", "divergence", "num_probes", "aux_distribution", "solver",
+                "ode_rtol", "ode_atol", "max_steps", "round_size")
+
+
+def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, rounds_dir: epath.Path,
+                    num_coords: int) -> dict[str, np.ndarray]:
+  """nll_bound, nfe and solved (num_total,) of every example, in index order, computed in rounds.
+
+  Round r holds the examples with global index in [r R, (r + 1) R), R = eval.round_size, whichever process
+  holds them; after each round the gathered results go to rounds_dir/round<r>.npz (process 0, atomically, with
+  a checksum), and a round whose file is valid on every process is read instead of computed. A job killed at
+  any moment therefore resumes at its first missing round, with any process count, and reports the same
+  numbers as an uninterrupted one.
+  """
+  settings = config.eval
+  started, computed_rounds = time.time(), 0
+  num_rounds = math.ceil(examples.num_total / settings.round_size)
+  parts = {name: [] for name in RESULT_NAMES}
+  for round_index in range(num_rounds):
+    first = round_index * settings.round_size
+    last = min(first + settings.round_size, examples.num_total)
+    path = rounds_dir / f"round{round_index}.npz"
+    found = round_files.read(path, ("indices",) + RESULT_NAMES, last - first)
+    if found is not None and not np.array_equal(found["indices"], np.arange(first, last)):
+      logging.warning("Round file %s holds other examples than %d..%d; it is computed again.", path, first, last - 1)
+      found = None
+    if not on_every_process(found is not None):  # gathering is collective: every process or none
+      positions = np.flatnonzero((examples.indices >= first) & (examples.indices < last))
+      local = bound_examples(bound, params, examples, positions, settings.batch_size, settings.seed, mesh)
+      found = {"indices": np.arange(first, last), **gather(local, examples.indices[positions])}
+      if jax.process_index() == 0:
+        round_files.write(path, found)
+      computed_rounds += 1
+    for name in RESULT_NAMES:
+      parts[name].append(found[name])
     if jax.process_index() == 0:
-      logging.info("eval: batch %d/%d, %d/%d examples of this host, mean bound %.4f nats/dim, mean NFE %.0f, "
-                   "%.0f s", batch_number + 1, num_batches, start + len(positions), num_local,
-                   np.nanmean(np.concatenate(results["nll_bound"])) / num_coords,
-                   np.mean(np.concatenate(results["nfe"])), time.time() - started)
-  return {name: np.concatenate(values) if values else np.zeros((0,)) for name, values in results.items()}
+      elapsed = time.time() - started
+      eta = elapsed / computed_rounds * (num_rounds - round_index - 1) if computed_rounds else float("nan")
+      logging.info("eval: round %d/%d (%d/%d examples), mean bound %.4f nats/dim, mean NFE %.0f, %.0f s elapsed, "
+                   "ETA %.0f s", round_index + 1, num_rounds, last, examples.num_total,
+                   np.nanmean(np.concatenate(parts["nll_bound"])) / num_coords,
+                   np.mean(np.concatenate(parts["nfe"])), elapsed, eta)
+  return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def on_every_process(flag: bool) -> bool:
+  """True when `flag` holds on every process (a file one host sees and another does not yet, on a shared file
+  system with a delay, is computed again by all rather than by some while the others wait)."""
+  return bool(np.all(all_processes(np.array(flag))))
 
 
 def evaluate(config, workdir: str) -> str:
@@ -215,14 +280,18 @@ def evaluate(config, workdir: str) -> str:
   params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(eval_config))
   params = jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))  # this host's devices
   bound = make_batch_bound(config, data_shape, settings)
-  local = bound_examples(bound, params, examples, eval_config.batch_size, eval_config.seed, mesh, num_coords)
-  gathered = gather(local, examples.indices)
+  split = eval_config.split if examples.num_levels is not None else (
+      "points" if config.data.dataset.startswith("npy:") else "generated")
+  name = f"nll_{split}_{eval_config.aux_distribution}_{settings.divergence}_ckpt{step}"
+  directory = train.workdir_path(workdir) / "eval"
+  rounds_dir = directory / rounds_folder(config, step, name)
+  gathered = bound_in_rounds(bound, params, examples, config, mesh, rounds_dir, num_coords)
   nll_bound, nfe, solved = gathered["nll_bound"], gathered["nfe"], gathered["solved"].astype(bool)
   failed = ~solved | ~np.isfinite(nll_bound)
   if failed.any():
     raise FloatingPointError(
         f"{failed.sum()} of {len(nll_bound)} examples have no finite bound (the first is example "
-        f"{int(np.argmax(failed))}); nothing was written. Raise eval.max_steps (now {settings.max_steps}), loosen "
+        f"{int(np.argmax(failed))}); no report was written. Raise eval.max_steps (now {settings.max_steps}), loosen "
         f"eval.ode_rtol / eval.ode_atol (now {settings.rtol} / {settings.atol}), or raise sde.eps.")
 
   report = {
@@ -238,16 +307,13 @@ def evaluate(config, workdir: str) -> str:
       "nfe_mean": float(np.mean(nfe)),
       "nfe_max": int(np.max(nfe)),
       "checkpoint_step": step,
+      "rounds": rounds_dir.name,
       "seconds": round(time.time() - started, 1),
       "settings": {**eval_config.to_dict(), "divergence_used": settings.divergence,
                    "num_probes_used": settings.num_probes if settings.divergence == "hutchinson" else num_coords,
                    "sde": dataclasses.asdict(sde), "parametrization": config.loss.parametrization,
                    "dataset": config.data.dataset},
   }
-  split = eval_config.split if examples.num_levels is not None else (
-      "points" if config.data.dataset.startswith("npy:") else "generated")
-  name = f"nll_{split}_{eval_config.aux_distribution}_{settings.divergence}_ckpt{step}"
-  directory = train.workdir_path(workdir) / "eval"
   path = directory / f"{name}.json"
   if jax.process_index() == 0:
     directory.mkdir(parents=True, exist_ok=True)

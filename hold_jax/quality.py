@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import models
+from hold_jax import round_files
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
@@ -165,37 +165,15 @@ def reference_statistics(config, network: Network) -> dict[str, Any]:
 # Rounds.
 
 
-def _digest(*arrays: np.ndarray) -> str:
-  digest = hashlib.sha256()
-  for array in arrays:
-    digest.update(np.ascontiguousarray(array).tobytes())
-  return digest.hexdigest()
-
-
 def write_round(path: epath.Path, features: np.ndarray, logits: np.ndarray, nfe: int) -> None:
-  """Writes one round's features atomically (a temporary file renamed into place), with their SHA-256."""
-  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
-  statistics.write_npz_atomic(path, {"features": features, "logits": logits, "nfe": np.asarray(nfe),
-                                     "sha256": np.asarray(_digest(features, logits))})
+  """Writes one round's features and logits atomically, with their checksum (hold_jax/round_files.py)."""
+  round_files.write(path, {"features": features, "logits": logits, "nfe": np.asarray(nfe)})
 
 
 def read_round(path: epath.Path, num_images: int) -> tuple[np.ndarray, np.ndarray, int] | None:
-  """(features, logits, nfe) of a round file that exists, has num_images rows and passes its checksum; None
-  (with a warning for a damaged file) otherwise."""
-  if not path.exists():
-    return None
-  try:
-    with np.load(io.BytesIO(path.read_bytes())) as archive:
-      features, logits = archive["features"], archive["logits"]
-      valid = len(features) == num_images == len(logits) and str(archive["sha256"]) == _digest(features, logits)
-      nfe = int(archive["nfe"])
-  except Exception as error:  # pylint: disable=broad-except  (any unreadable file is regenerated)
-    logging.warning("Round file %s cannot be read (%s); it is generated again.", path, error)
-    return None
-  if not valid:
-    logging.warning("Round file %s fails its checksum or shape check; it is generated again.", path)
-    return None
-  return features, logits, nfe
+  """(features, logits, nfe) of a valid round file of num_images rows; None (a warning if damaged) otherwise."""
+  found = round_files.read(path, ("features", "logits", "nfe"), num_images)
+  return None if found is None else (found["features"], found["logits"], int(found["nfe"]))
 
 
 def run_name(config, network: Network, step: int) -> str:
@@ -390,7 +368,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
       ids = np.arange(first, min(first + settings.round_size, settings.num_samples))
       path = run_dir / f"repeat{repeat}_round{round_index}.npz"
       found = read_round(path, len(ids))
-      if not _on_every_process(found is not None):  # generation is collective: every process or none
+      if not evaluate.on_every_process(found is not None):  # generation is collective: every process or none
         found = _generate_round(sampler, loaded.params, rng, ids, mesh, network, config)
         if jax.process_index() == 0:
           write_round(path, *found)
@@ -454,12 +432,6 @@ def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
     logits.append(batch_logits)
     nfe = max(nfe, batch_nfe)
   return np.concatenate(features), np.concatenate(logits), nfe
-
-
-def _on_every_process(flag: bool) -> bool:
-  """True when `flag` holds on every process: a round file that one host already sees and another does not
-  yet (a shared file system's delay) is generated again by all, never by some while the others wait."""
-  return bool(np.all(evaluate.all_processes(np.array(flag))))
 
 
 def _barrier(name: str) -> None:

@@ -79,6 +79,24 @@ def write(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   temporary.replace(workdir / RECORD_NAME)
 
 
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The whole config a workdir's run was trained with (its record; lists become tuples), e.g. for a notebook
+  that samples or evaluates the workdir: its run settings may then be changed, its trained fields not."""
+  workdir = epath.Path(workdir)
+  if read(workdir) is None:
+    raise ValueError(f"{workdir / RECORD_NAME} does not exist: {workdir} is not a hold_jax workdir, or training "
+                     "never started there (a run writes config.json when it starts).")
+  return ml_collections.ConfigDict(_tuples(json.loads((workdir / RECORD_NAME).read_text())))
+
+
+def _tuples(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {key: _tuples(item) for key, item in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(item) for item in value)
+  return value
+
+
 def trained_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """(field, trained value, given value) of every trained field present in both that differs."""
   return [(field, recorded[field], value) for field, value in given.items()
@@ -109,13 +127,7 @@ def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
   node = config
   for part in parents:
     node = node[part]
-  node[name] = _as_config_value(value)
-
-
-def _as_config_value(value: Any) -> Any:
-  if isinstance(value, list):
-    return tuple(_as_config_value(item) for item in value)
-  return value
+  node[name] = _tuples(value)
 
 
 def for_inference(workdir: epath.Path, config: ml_collections.ConfigDict,
