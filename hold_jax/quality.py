@@ -420,18 +420,49 @@ def digits_baselines(config, network: Network, settings) -> dict[str, dict[str, 
 
 def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
   """(features, logits, nfe) of the samples `ids`, generated in sampling batches (images never all held)."""
-  features, logits, nfe = [], [], 0
+  stream, nfe = FeatureStream(network, config.eval.feature_batch_size), 0
   for batch in generation.id_batches(int(ids[0]), int(ids[-1]) + 1, config.sampling.batch_size):
     samples, batch_nfe = generation.generate(sampler, params, rng, batch, mesh)
     if not np.isfinite(samples).all():
       raise FloatingPointError(f"Samples {batch[0]}..{batch[-1]} are not finite; nothing of this round was "
                                f"written. {sampling.non_finite_advice(config.sampling)}")
-    batch_features, batch_logits = features_in_batches(network, image_data.to_pixels(samples),
-                                                       config.eval.feature_batch_size)
-    features.append(batch_features)
-    logits.append(batch_logits)
+    stream.add(image_data.to_pixels(samples))
     nfe = max(nfe, batch_nfe)
-  return np.concatenate(features), np.concatenate(logits), nfe
+  return (*stream.finish(), nfe)
+
+
+class FeatureStream:
+  """Features of images that arrive in batches of any size, computed in full batches of batch_size.
+
+  Images wait until batch_size of them are there (at most batch_size - 1 wait), so sampling batches smaller
+  than or not divisible by the feature batch cost no padded network work; finish() computes the rest, padded
+  once.
+  """
+
+  def __init__(self, network: Network, batch_size: int):
+    self.network, self.batch_size = network, batch_size
+    self.waiting = np.zeros((0,), np.uint8)
+    self.features, self.logits = [], []
+
+  def add(self, images: np.ndarray) -> None:
+    """images: uint8 (N, H, W, C)."""
+    images = np.concatenate([self.waiting, images]) if len(self.waiting) else images
+    full = len(images) - len(images) % self.batch_size
+    if full:
+      self._compute(images[:full])
+    self.waiting = images[full:]
+
+  def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), logits (N, K)) of every image added, in order."""
+    if len(self.waiting):
+      self._compute(self.waiting)
+      self.waiting = self.waiting[:0]
+    return np.concatenate(self.features), np.concatenate(self.logits)
+
+  def _compute(self, images: np.ndarray) -> None:
+    features, logits = features_in_batches(self.network, images, self.batch_size)
+    self.features.append(features)
+    self.logits.append(logits)
 
 
 def _barrier(name: str) -> None:

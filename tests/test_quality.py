@@ -197,3 +197,23 @@ def test_a_bad_sweep_entry_fails_before_anything_is_loaded(trained, monkeypatch)
   with pytest.raises(ValueError, match=r"eval.sampler_sweep\[1\] = 'strang:cosine:20' is not allowed \(unknown "
                      r"grid 'cosine'\).*\('uniform', 'quadratic', 'edm'\)"):
     quality.evaluate_quality(bad, str(workdir))
+
+
+def test_feature_stream_computes_full_batches_whatever_the_sampling_batches():
+  calls = []
+
+  def features(images):  # a stand-in network: the image's mean pixel and its first pixel, per image
+    calls.append(len(images))
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    return np.stack([flat.mean(axis=1), flat[:, 0]], axis=1), flat[:, :3]
+
+  network = quality.Network("stand-in", "0" * 64, "tf1", features, "")
+  images = np.random.default_rng(0).integers(0, 256, (23, 4, 4, 1), dtype=np.uint8)
+  stream = quality.FeatureStream(network, batch_size=5)
+  for start, stop in ((0, 3), (3, 10), (10, 11), (11, 23)):  # sampling batches of 3, 7, 1 and 12
+    stream.add(images[start:stop])
+  got_features, got_logits = stream.finish()
+  want_features, want_logits = features(images)
+  np.testing.assert_array_equal(got_features, want_features)
+  np.testing.assert_array_equal(got_logits, want_logits)
+  assert calls == [5, 5, 5, 5, 5, 23]  # four full batches and the remainder of 3 padded to 5; then the check
