@@ -157,7 +157,7 @@ def reference_statistics(config, network: Network) -> dict[str, Any]:
                          "num_images": len(images), "weights_sha256": network.weights_sha256,
                          "resize": network.resize, "network": network.name}}
 
-  stats = reference_stats.load_or_compute(reference_cache_dir(config), key, compute)
+  stats = reference_stats.load_or_compute(reference_cache_dir(config), key, compute, write=jax.process_index() == 0)
   return {**stats, "key": key}
 
 

@@ -432,3 +432,20 @@ def test_cli_entry_point_reports_bad_input_without_traceback(tmp_path):
   assert done.returncode == 1 and done.stdout == ""
   assert done.stderr.strip().splitlines() == [f"hold_jax.fid: error: {tmp_path / 'a.npz'}: pixels are int16; FID "
                                               "takes uint8 images (N, H, W, C) in 0..255."]
+
+
+def test_only_the_writing_process_caches_reference_statistics(tmp_path):
+  features = np.random.default_rng(3).normal(size=(20, 4))
+  calls = []
+
+  def compute():
+    calls.append(1)
+    stats = statistics.FeatureStats().add(features)
+    return {"mu": stats.mean(), "sigma": stats.covariance(), "metadata": {"weights_sha256": SHA_A, "resize": "tf1"}}
+
+  key = reference_stats.reference_key("digits", "train", 20, SHA_A, "tf1")
+  other_process = reference_stats.load_or_compute(tmp_path, key, compute, write=False)
+  assert os.listdir(tmp_path) == [] and len(calls) == 1
+  first_process = reference_stats.load_or_compute(tmp_path, key, compute)
+  np.testing.assert_array_equal(other_process["sigma"], first_process["sigma"])
+  assert os.listdir(tmp_path) == [f"{key}.npz"] and len(calls) == 2

@@ -66,8 +66,9 @@ def load_user_stats(path) -> dict[str, Any]:
   return as_reference(statistics.read_npz(path), str(path))
 
 
-def load_or_compute(cache_dir, key: str, compute_fn: Callable[[], dict]) -> dict[str, Any]:
-  """The cached reference `cache_dir/<key>.npz`, or compute_fn() written there first (atomically).
+def load_or_compute(cache_dir, key: str, compute_fn: Callable[[], dict], write: bool = True) -> dict[str, Any]:
+  """The cached reference `cache_dir/<key>.npz`, or compute_fn() written there first (atomically) when `write`
+  (in a multi-process job, process 0 alone writes: the others compute the same statistics).
 
   compute_fn() -> {'mu' (D,), 'sigma' (D, D), optional 'features' (M, D), 'n' (int), 'metadata' (dict)}.
   Returns {'mu', 'sigma' float64, 'features' float32 or None, 'n' int or None, 'metadata' dict of strings};
@@ -91,8 +92,9 @@ def load_or_compute(cache_dir, key: str, compute_fn: Callable[[], dict]) -> dict
     arrays["n"] = np.asarray(int(result["n"]), np.int64)
   arrays.update(statistics.metadata_arrays({"key": key, **result.get("metadata", {})}))
   reference = as_reference(arrays, f"computed reference {key}")  # checks shapes before anything is written
-  statistics.write_npz_atomic(path, arrays)
-  logging.info("Reference statistics written to %s.", path)
+  if write:
+    statistics.write_npz_atomic(path, arrays)
+    logging.info("Reference statistics written to %s.", path)
   return reference
 
 
