@@ -34,12 +34,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling = sampling = ml_collections.ConfigDict()
   # 'lie_trotter', 'strang' (A/2, S, A/2), their '_exponential' variants (a score step that cannot overshoot
   # near eps), 'ancestral' / 'ddim' (posterior-mean steps, exact for a point mass), 'euler_maruyama', or the
-  # probability-flow ODE: 'ode_heun' (2 NFE per step), 'ode_adaptive'. See hold_jax/sampling.py.
+  # probability-flow ODE: 'ode_heun' (2 NFE per step), 'ode_adaptive', 'gddim' (its exponential integrator in
+  # posterior-mean form, hold_jax/flow_schedule.py). See hold_jax/sampling.py.
   sampling.method = "lie_trotter"
   sampling.num_steps = 100  # steps of the fixed-step methods (NFE = steps, twice that for 'ode_heun')
   sampling.grid = "quadratic"  # 'uniform', 'quadratic' or 'edm'
   sampling.rho = 7.0  # exponent of the 'edm' grid
   sampling.denoise = True  # final noise-free step from eps to 0 (uses the network only for order 1)
+  # 'gddim': how many past x0_hat values each step extrapolates (1: the first-order step), and in which
+  # time variable: 'b' (integrated beta), 'log_b' or 'log_snr' (of the data block).
+  sampling.multistep_order = 2
+  sampling.time_variable = "log_snr"
   # 'ode_adaptive': diffrax solver ('tsit5' or 'dopri5', scipy's RK45) with a PID step-size controller; every
   # sample takes its own steps, and the NFE it took is reported. score_sde's ODE sampler uses 1e-5 / 1e-5.
   sampling.ode_solver = "tsit5"

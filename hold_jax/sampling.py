@@ -25,7 +25,14 @@ config.sampling.method, with its network evaluations (NFE) for N = sampling.num_
                   then u_{k+1} is drawn from the forward process's exact conditional law of u at t_{k+1} given
                   u_k and x_0 = x0_hat. NFE N.
   'ddim'          the same x0_hat, and u_{k+1} = phi_{k+1} x0_hat + L_{k+1} L_k^{-1} (u_k - phi_k x0_hat) (phi_k, L_k
-                  at t_k): the standardised noise is carried over (DDIM, eta = 0, any order; deterministic). NFE N.
+                  at t_k): the standardised noise is carried over with the Cholesky factors (DDIM, eta = 0;
+                  deterministic). NFE N. For orders >= 2 L_{k+1} L_k^{-1} is not the probability-flow ODE's
+                  transition, so 'ddim' does not converge to the ODE's solution as the steps shrink (gDDIM's
+                  "Cholesky choice"); kept as the comparison for 'gddim'.
+  'gddim'         the exponential integrator of the probability-flow ODE in posterior-mean form (gDDIM; the
+                  transition R_{k+1} R_k^{-1} of a square root of Sigma moved by the flow, and sampling.multistep_order
+                  past x0_hat values extrapolated in sampling.time_variable; hold_jax/flow_schedule.py). Exact for
+                  a point mass; converges to the ODE at the multistep order. NFE N.
   'euler_maruyama' u <- u + dB [-F u + 2 xi s e_last] + sqrt(dB) G z, score at (u_k, t_k). NFE N.
   'ode_heun'      Heun (explicit trapezoid) on the probability-flow ODE, the score at both ends of every step:
                   NFE 2N. (EDM makes its last step Euler because its grid ends at sigma = 0, where the score
@@ -90,12 +97,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hold_jax import flow_schedule
 from hold_jax import losses
 from hold_jax import sde as sde_lib
 
 SPLITTING_METHODS = ("lie_trotter", "strang", "lie_trotter_exponential", "strang_exponential")
 POSTERIOR_METHODS = ("ancestral", "ddim")
-FIXED_STEP_METHODS = SPLITTING_METHODS + POSTERIOR_METHODS + ("euler_maruyama", "ode_heun")
+FIXED_STEP_METHODS = SPLITTING_METHODS + POSTERIOR_METHODS + ("gddim", "euler_maruyama", "ode_heun")
 METHODS = FIXED_STEP_METHODS + ("ode_adaptive",)
 GRIDS = ("uniform", "quadratic", "edm")
 
@@ -175,6 +183,13 @@ def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
     value = sampling_config.get(field, 1e-5)
     if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
       raise ValueError(f"sampling.{field} = {value!r} is not allowed: it must be a finite number > 0.")
+  multistep_order = sampling_config.get("multistep_order", 2)
+  if multistep_order not in range(1, flow_schedule.MAX_MULTISTEP_ORDER + 1) or isinstance(multistep_order, bool):
+    raise ValueError(f"sampling.multistep_order = {multistep_order!r} is not allowed: it must be 1, 2 or 3.")
+  variable = sampling_config.get("time_variable", "log_snr")
+  if variable not in flow_schedule.TIME_VARIABLES:
+    raise ValueError(f"sampling.time_variable = {variable!r} is not allowed: it must be one of "
+                     f"{flow_schedule.TIME_VARIABLES}.")
   max_steps = sampling_config.get("ode_max_steps", 4096)
   if not isinstance(max_steps, int) or max_steps < 1:
     raise ValueError(f"sampling.ode_max_steps = {max_steps!r} is not allowed: it must be an integer >= 1.")
@@ -399,7 +414,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
                     sample_ids: jax.Array, data_shape: tuple[int, ...], num_steps: int = 100,
                     method: str = "lie_trotter", grid: str = "uniform", rho: float = 7.0, denoise: bool = True,
                     ode_solver: str = "tsit5", ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
-                    ode_max_steps: int = 4096, dtype=None) -> Samples:
+                    ode_max_steps: int = 4096, multistep_order: int = 2, time_variable: str = "log_snr",
+                    clip_x0: tuple[Any, Any] | None = None, dtype=None) -> Samples:
   """Draws x_0 for each id in sample_ids (num_samples,); returns Samples(x (num_samples, *data_shape), nfe).
 
   score_fn(params, u (b, n, *data_shape), t (b,)) -> last-block score (b, *data_shape). num_steps, grid and
@@ -434,6 +450,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
       propagators, noise_factors, score_times, score_dBs = _splitting_schedule(sde, method, times, dtype)
     if method in POSTERIOR_METHODS:
       state_maps, score_weights, posterior_noise = _posterior_schedule(sde, method, times, dtype)
+    if method == "gddim":
+      flow = flow_schedule.build(sde, np.asarray(times, np.float64), multistep_order, time_variable)
   steps = jnp.arange(num_steps)
   two_xi = 2.0 * sde.friction
 
@@ -465,6 +483,9 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
 
     u, _ = jax.lax.scan(step, u, (state_maps, score_weights, posterior_noise, t_now, steps))
 
+  elif method == "gddim":
+    u = _gddim(score_fn, params, u, flow, t_now, data_shape, clip_x0, dtype)
+
   elif method == "euler_maruyama":
 
     def step(u, inputs):
@@ -490,6 +511,34 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
   return Samples(x=_denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
 
 
+def _gddim(score_fn, params, u, flow: flow_schedule.FlowSchedule, t_now, data_shape, clip_x0, dtype):
+  """The multistep exponential integrator of the probability-flow ODE (hold_jax/flow_schedule.py):
+  u_{k+1} = Psi_k u_k + sum_j w_{k,j} x0_hat_{k-j}, x0_hat_k = (s + r_k . u_k) / c_k clipped to clip_x0."""
+  num_samples, n = u.shape[:2]
+  order = flow.weights.shape[1]
+  coefficient_shape = (1, n) + (1,) * len(data_shape)
+  as_array = lambda x: jnp.asarray(np.asarray(x), dtype)
+
+  def step(carry, inputs):
+    u, history = carry  # history (order - 1, num_samples, *data_shape): x0_hat_{k-1}, x0_hat_{k-2}, ...
+    transition, weights, row, scale, t = inputs
+    score = score_fn(params, u, jnp.full((num_samples,), t, dtype))
+    x0_hat = (score + sum(row[i] * u[:, i] for i in range(n))) / scale
+    if clip_x0 is not None:
+      x0_hat = jnp.clip(x0_hat, clip_x0[0], clip_x0[1])
+    u = _combine_blocks(transition, u) + weights[0].reshape(coefficient_shape) * x0_hat[:, None]
+    for j in range(1, order):
+      u = u + weights[j].reshape(coefficient_shape) * history[j - 1][:, None]
+    history = jnp.concatenate([x0_hat[None], history[:-1]]) if order > 1 else history
+    return (u, history), None
+
+  history = jnp.zeros((max(order - 1, 0), num_samples) + tuple(data_shape), dtype)
+  inputs = (as_array(flow.transitions), as_array(flow.weights), as_array(flow.tweedie_row),
+            as_array(flow.tweedie_scale), t_now)
+  (u, _), _ = jax.lax.scan(step, (u, history), inputs)
+  return u
+
+
 def _denoise(sde, score_fn, params, u, dtype):
   """x after a noise-free Euler step of the reverse SDE from eps to t = 0: (num_samples, *data_shape).
 
@@ -511,7 +560,8 @@ def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.A
   return sample_with_nfe(sde, score_fn, params, rng, sample_ids, data_shape, num_steps, method, **settings).x
 
 
-_SETTINGS = ("num_steps", "method", "grid", "rho", "denoise", "ode_solver", "ode_rtol", "ode_atol", "ode_max_steps")
+_SETTINGS = ("num_steps", "method", "grid", "rho", "denoise", "ode_solver", "ode_rtol", "ode_atol", "ode_max_steps",
+             "multistep_order", "time_variable")
 
 
 def make_sampler(sde: sde_lib.LangevinSDE, score_fn: Callable, data_shape: tuple[int, ...], sampling_config,

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from hold_jax import exact_scores
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from test_sde import make_sde
@@ -202,7 +203,7 @@ def test_exponential_score_step_is_stable_where_euler_is_not():
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("method", sampling.POSTERIOR_METHODS)
+@pytest.mark.parametrize("method", sampling.POSTERIOR_METHODS + ("gddim",))
 def test_posterior_mean_samplers_are_exact_for_a_point_mass_at_any_step_count(method, order):
   """Nearly a point mass: x0_hat is exact for every u, so 5 steps give the law of x at eps (mean and spread
   within 5%; Lie-Trotter at 5 steps is 2, 190 and 220 times too wide for orders 1, 2 and 3)."""
@@ -220,6 +221,61 @@ def test_ancestral_sampler_converges_at_first_order_on_broad_data():
   deficit = {n: 1 - gaussian_samples("ancestral", n, "quadratic").std(0).mean() / np.sqrt(var) for n in (100, 400)}
   assert 0.03 < deficit[100] < 0.12 and deficit[400] < 0.035 and deficit[100] / deficit[400] > 2.5, deficit
   assert np.abs(gaussian_samples("ancestral", 400, "quadratic").mean(0) - mean).max() < 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gDDIM: the exponential integrators of the probability-flow ODE in posterior-mean form.
+
+GDDIM_PATHS = 64
+
+
+def exact_gaussian_score(order):
+  """The smooth exact score (no table: the convergence orders need a field without interpolation kinks)."""
+  sde = make_process(order)
+  return lambda params, u, t: exact_scores.gaussian_score(sde, u, t, jnp.asarray(DATA_MEAN, u.dtype), DATA_VAR)
+
+
+@functools.lru_cache(maxsize=None)
+def ode_reference(order, dtype_name):
+  """x at eps of the probability-flow ODE from the prior draws of ids 0.. (seed 0) made in `dtype_name`,
+  solved in float64 by the adaptive solver at tolerance 1e-10."""
+  sde = make_process(order)
+  u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(GDDIM_PATHS), order, (2,), jnp.dtype(dtype_name))
+  solve = jax.jit(lambda u: sampling._solve_adaptively(  # pylint: disable=protected-access
+      sde, exact_gaussian_score(order), None, u, "tsit5", 1e-10, 1e-10, 100_000)[0])
+  return np.asarray(solve(u.astype(jnp.float64))[:, 0], np.float64)
+
+
+def gddim_paths(order, method, num_steps, dtype, **settings):
+  sde = make_process(order)
+  sampler = jax.jit(lambda ids: sampling.sample_with_nfe(
+      sde, exact_gaussian_score(order), None, jax.random.PRNGKey(0), ids, (2,), num_steps, method,
+      grid="quadratic", denoise=False, dtype=dtype, **settings).x)
+  return np.asarray(compile_fast(sampler, jnp.arange(GDDIM_PATHS))(jnp.arange(GDDIM_PATHS)), np.float64)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_gddim_converges_to_the_probability_flow_ode_at_its_multistep_order(order):
+  """float64 path errors against the ODE's solution from the same prior draws: 4 times the steps divide the
+  error by about 4^p for multistep order p = 1, 2, 3. For orders 2 and 3 the Cholesky-form 'ddim' does not
+  converge to it (for order 1 the Cholesky factor is the noise level and 'ddim' is DDIM, which does)."""
+  reference = ode_reference(order, "float64")
+  error = lambda method, n, **settings: np.abs(gddim_paths(order, method, n, jnp.float64, **settings)
+                                                - reference).max()
+  for multistep_order in (1, 2, 3):
+    coarse, fine = (error("gddim", n, multistep_order=multistep_order) for n in (40, 160))
+    assert 0.5 < coarse / fine / 4**multistep_order < 2, (multistep_order, coarse, fine)
+  if order > 1:
+    coarse, fine = (error("ddim", n) for n in (40, 160))
+    assert fine > 0.5 * coarse and fine > 0.1, (coarse, fine)
+
+
+def test_gddim_in_float32_reaches_the_float64_ode_solution():
+  """The float32 sampler (schedule cast from float64) at 160 steps of order 3 is within 1e-3 of the float64
+  solution from its own (float32) prior draws."""
+  reference = ode_reference(3, "float32")
+  samples = gddim_paths(3, "gddim", 160, jnp.float32, multistep_order=3)
+  assert np.abs(samples - reference).max() < 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -420,7 +476,8 @@ def test_bad_sampling_settings_name_the_field():
   with pytest.raises(ValueError, match="sampling.num_steps"):
     sampling.time_grid(sde, 0)
   for field, value in (("method", "heun"), ("ode_solver", "rk4"), ("ode_rtol", 0.0), ("ode_atol", -1e-5),
-                       ("ode_max_steps", 0)):
+                       ("ode_max_steps", 0), ("multistep_order", 4), ("multistep_order", True),
+                       ("time_variable", "t")):
     config = sampling_config("ode_adaptive")
     config[field] = value
     with pytest.raises(ValueError, match=f"sampling.{field}"):
