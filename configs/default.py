@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   # time variable: 'b' (integrated beta), 'log_b' or 'log_snr' (of the data block).
   sampling.multistep_order = 2
   sampling.time_variable = "log_snr"
+  # The posterior-mean samplers ('ancestral', 'ddim', 'gddim') clip x0_hat to 'auto': the data's range ([-1, 1]
+  # for images, the training points' range per coordinate for point data), 'none', or 'LOW:HIGH'.
+  sampling.clip_x0 = "auto"
   # 'ode_adaptive': diffrax solver ('tsit5' or 'dopri5', scipy's RK45) with a PID step-size controller; every
   # sample takes its own steps, and the NFE it took is reported. score_sde's ODE sampler uses 1e-5 / 1e-5.
   sampling.ode_solver = "tsit5"

@@ -199,6 +199,25 @@ def data_shape(data_config) -> tuple[int, ...]:
   return (2,)
 
 
+RANGE_DRAWS = 100_000  # points drawn (seed 0) to find the range of a generated data set
+
+
+def data_range(data_config) -> tuple[np.ndarray | float, np.ndarray | float]:
+  """(low, high) of the data in model space: (-1, 1) for images; per coordinate (D,) for point data, the
+  minimum and maximum of a user's cloud or of RANGE_DRAWS points of a generated set. What
+  sampling.clip_x0 = 'auto' clips the posterior mean to."""
+  dataset = data_config.dataset
+  if dataset in image_sources.SOURCES:
+    return -1.0, 1.0
+  if dataset.startswith("npy:"):
+    points = load_point_cloud(dataset[len("npy:"):])
+  else:
+    data_shape(data_config)  # names the field of an unknown dataset
+    points = GENERATORS[dataset](np.random.default_rng(0), RANGE_DRAWS)
+  points = np.asarray(points, np.float32)
+  return points.min(axis=0), points.max(axis=0)
+
+
 def create_stream(data_config, global_batch: int, seed: int) -> PointStream | image_data.ImageStream:
   """The stream of `config.data.dataset` for this process: `.data_shape` and `.local_batch(step)`."""
   dataset = data_config.dataset

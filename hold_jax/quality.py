@@ -356,7 +356,8 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   sde = sde_lib.from_config(config.sde)
   score_fn = train.make_score_fn(sde, models.create_model(config.model, loaded.data_shape),
                                  config.loss.parametrization)
-  sampler = sampling.make_sampler(sde, score_fn, loaded.data_shape, config.sampling, return_nfe=True)
+  sampler = sampling.make_sampler(sde, score_fn, loaded.data_shape, config.sampling, return_nfe=True,
+                                  data_range=input_pipeline.data_range(config.data))
   mesh = train.make_mesh()
   num_rounds = math.ceil(settings.num_samples / settings.round_size)
   total_rounds, done_rounds, repeats = settings.num_repeats * num_rounds, 0, []

@@ -31,7 +31,8 @@ def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
   score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
-  sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True)
+  sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True,
+                                  data_range=input_pipeline.data_range(config.data))
   rng = jax.random.PRNGKey(config.seed)
   mesh = train.make_mesh()
 

@@ -169,6 +169,25 @@ def time_at_integrated_beta(sde: sde_lib.LangevinSDE, integrated: jax.Array) -> 
 # Settings and their network evaluations.
 
 
+CLIP_FORMAT = "'auto' (the data's range), 'none', or 'LOW:HIGH' with two numbers, e.g. '-1:1'"
+
+
+def clip_range(setting: str, data_range: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
+  """sampling.clip_x0 as (low, high) or None: 'auto' -> data_range, 'none' -> None, 'LOW:HIGH' -> floats."""
+  if setting == "auto":
+    return data_range
+  if setting == "none":
+    return None
+  parts = setting.split(":") if isinstance(setting, str) else []
+  try:
+    low, high = (float(part) for part in parts)
+  except ValueError:
+    low = high = math.nan
+  if not (len(parts) == 2 and low < high):
+    raise ValueError(f"sampling.clip_x0 = {setting!r} is not allowed: it must be {CLIP_FORMAT}.")
+  return low, high
+
+
 def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
   """Raises ValueError naming the first bad field of `config.sampling`; absent ode_* fields keep the defaults
   of `sample_with_nfe`."""
@@ -190,6 +209,7 @@ def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
   if variable not in flow_schedule.TIME_VARIABLES:
     raise ValueError(f"sampling.time_variable = {variable!r} is not allowed: it must be one of "
                      f"{flow_schedule.TIME_VARIABLES}.")
+  clip_range(sampling_config.get("clip_x0", "none"), None)
   max_steps = sampling_config.get("ode_max_steps", 4096)
   if not isinstance(max_steps, int) or max_steps < 1:
     raise ValueError(f"sampling.ode_max_steps = {max_steps!r} is not allowed: it must be an integer >= 1.")
@@ -365,9 +385,10 @@ def _splitting_schedule(sde, method, times, dtype):
 def _posterior_schedule(sde, method, times, dtype):
   """Per-step coefficients of the posterior-mean samplers on the decreasing times (N + 1,).
 
-  Returns (state_maps (N, n, n), score_weights (N, n), noise_factors (N, n, n)): step k maps u at t_k to
-  state_maps[k] u + score_weights[k] s + noise_factors[k] z at t_{k+1}, s the last-block score at (u, t_k),
-  z ~ N(0, I) (noise_factors are zero for 'ddim'). Computed in float64 and cast; see the module docstring.
+  Returns (gains (N, n, n), weights (N, n), noise_factors (N, n, n), tweedie_rows (N, n), tweedie_scales (N,)):
+  step k maps u at t_k to gains[k] u + weights[k] x0_hat + noise_factors[k] z at t_{k+1}, where x0_hat =
+  (s + tweedie_rows[k] . u) / tweedie_scales[k] for the last-block score s at (u, t_k) and z ~ N(0, I)
+  (noise_factors are zero for 'ddim'). Computed in float64 and cast; see the module docstring.
   """
   with jax.enable_x64(True):
     times64 = jnp.asarray(np.asarray(times, np.float64))
@@ -395,9 +416,8 @@ def _posterior_schedule(sde, method, times, dtype):
   else:  # 'ddim': the same standardised noise L_t^{-1} (u - phi_t x0_hat) carried to t_{k+1}
     gain = next_factor @ np.linalg.inv(now_factor)
     noise = np.zeros_like(gain)
-  weight = (next_mean - np.einsum("kij,kj->ki", gain, now_mean)) / c[:, None]  # multiplies c x0_hat = s + r . u
-  maps = gain + weight[:, :, None] * r[:, None, :]
-  return tuple(jnp.asarray(x, dtype) for x in (maps, weight, noise))
+  weight = next_mean - np.einsum("kij,kj->ki", gain, now_mean)  # multiplies x0_hat = (s + r . u) / c
+  return tuple(jnp.asarray(x, dtype) for x in (gain, weight, noise, r, c))
 
 
 def _nearest_psd(cov, scale_reference):
@@ -449,7 +469,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
     if method in SPLITTING_METHODS:
       propagators, noise_factors, score_times, score_dBs = _splitting_schedule(sde, method, times, dtype)
     if method in POSTERIOR_METHODS:
-      state_maps, score_weights, posterior_noise = _posterior_schedule(sde, method, times, dtype)
+      gains, x0_weights, posterior_noise, tweedie_rows, tweedie_scales = _posterior_schedule(sde, method, times,
+                                                                                             dtype)
     if method == "gddim":
       flow = flow_schedule.build(sde, np.asarray(times, np.float64), multistep_order, time_variable)
   steps = jnp.arange(num_steps)
@@ -474,14 +495,14 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
   elif method in POSTERIOR_METHODS:
 
     def step(u, inputs):
-      state_map, score_weight, noise_factor, t, k = inputs
-      score = score_fn(params, u, batch_times(t))
-      u = _combine_blocks(state_map, u) + score_weight.reshape((1, n) + (1,) * len(data_shape)) * score[:, None]
+      gain, x0_weight, noise_factor, row, scale, t, k = inputs
+      x0_hat = posterior_mean(score_fn(params, u, batch_times(t)), u, row, scale, clip_x0)
+      u = _combine_blocks(gain, u) + x0_weight.reshape((1, n) + (1,) * len(data_shape)) * x0_hat[:, None]
       if method == "ancestral":
         u = u + _combine_blocks(noise_factor, _per_sample_normal(noise_keys, k, state_shape, dtype))
       return u, None
 
-    u, _ = jax.lax.scan(step, u, (state_maps, score_weights, posterior_noise, t_now, steps))
+    u, _ = jax.lax.scan(step, u, (gains, x0_weights, posterior_noise, tweedie_rows, tweedie_scales, t_now, steps))
 
   elif method == "gddim":
     u = _gddim(score_fn, params, u, flow, t_now, data_shape, clip_x0, dtype)
@@ -511,6 +532,19 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
   return Samples(x=_denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
 
 
+def posterior_mean(score: jax.Array, u: jax.Array, row: jax.Array, scale: jax.Array, clip_x0=None) -> jax.Array:
+  """x0_hat = E[x_0 | u] = (s + r . u) / c by Tweedie's formula through the kernel (module docstring), clipped to
+  clip_x0 = (low, high) (each broadcasting against data_shape) when given: the thresholding of DPM-Solver++ and
+  Imagen, which keeps an extrapolated or far-off x0_hat inside the data's range.
+
+  score: (batch, *data_shape); u: (batch, n, *data_shape); row: (n,); scale: (). Returns (batch, *data_shape).
+  """
+  x0_hat = (score + sum(row[i] * u[:, i] for i in range(u.shape[1]))) / scale
+  if clip_x0 is not None:
+    x0_hat = jnp.clip(x0_hat, jnp.asarray(clip_x0[0], x0_hat.dtype), jnp.asarray(clip_x0[1], x0_hat.dtype))
+  return x0_hat
+
+
 def _gddim(score_fn, params, u, flow: flow_schedule.FlowSchedule, t_now, data_shape, clip_x0, dtype):
   """The multistep exponential integrator of the probability-flow ODE (hold_jax/flow_schedule.py):
   u_{k+1} = Psi_k u_k + sum_j w_{k,j} x0_hat_{k-j}, x0_hat_k = (s + r_k . u_k) / c_k clipped to clip_x0."""
@@ -522,10 +556,7 @@ def _gddim(score_fn, params, u, flow: flow_schedule.FlowSchedule, t_now, data_sh
   def step(carry, inputs):
     u, history = carry  # history (order - 1, num_samples, *data_shape): x0_hat_{k-1}, x0_hat_{k-2}, ...
     transition, weights, row, scale, t = inputs
-    score = score_fn(params, u, jnp.full((num_samples,), t, dtype))
-    x0_hat = (score + sum(row[i] * u[:, i] for i in range(n))) / scale
-    if clip_x0 is not None:
-      x0_hat = jnp.clip(x0_hat, clip_x0[0], clip_x0[1])
+    x0_hat = posterior_mean(score_fn(params, u, jnp.full((num_samples,), t, dtype)), u, row, scale, clip_x0)
     u = _combine_blocks(transition, u) + weights[0].reshape(coefficient_shape) * x0_hat[:, None]
     for j in range(1, order):
       u = u + weights[j].reshape(coefficient_shape) * history[j - 1][:, None]
@@ -565,14 +596,17 @@ _SETTINGS = ("num_steps", "method", "grid", "rho", "denoise", "ode_solver", "ode
 
 
 def make_sampler(sde: sde_lib.LangevinSDE, score_fn: Callable, data_shape: tuple[int, ...], sampling_config,
-                 dtype=None, return_nfe: bool = False) -> Callable:
+                 dtype=None, return_nfe: bool = False, data_range: tuple[Any, Any] | None = None) -> Callable:
   """jit(sample)(params, rng, sample_ids) with the settings of `config.sampling`.
 
   The jitted function returns x (num_samples, *data_shape), or `Samples(x, nfe)` with return_nfe.
   Fields absent from sampling_config (e.g. the ode_* fields of an older config) keep `sample_with_nfe`'s defaults.
+  data_range: (low, high) of the data (input_pipeline.data_range), which sampling.clip_x0 = 'auto' clips
+  x0_hat to in the posterior-mean samplers; None: unknown, no clipping.
   """
   check_settings(sde, sampling_config)
   settings = {field: sampling_config[field] for field in _SETTINGS if field in sampling_config}
+  settings["clip_x0"] = clip_range(sampling_config.get("clip_x0", "none"), data_range)
 
   @jax.jit
   def sampler(params, rng, sample_ids):

@@ -477,7 +477,7 @@ def test_bad_sampling_settings_name_the_field():
     sampling.time_grid(sde, 0)
   for field, value in (("method", "heun"), ("ode_solver", "rk4"), ("ode_rtol", 0.0), ("ode_atol", -1e-5),
                        ("ode_max_steps", 0), ("multistep_order", 4), ("multistep_order", True),
-                       ("time_variable", "t")):
+                       ("time_variable", "t"), ("clip_x0", "1:0")):
     config = sampling_config("ode_adaptive")
     config[field] = value
     with pytest.raises(ValueError, match=f"sampling.{field}"):
@@ -489,3 +489,27 @@ def test_non_finite_advice_fits_the_method():
   assert "num_steps" in sampling.non_finite_advice(sampling_config("ode_heun"))
   assert "'strang_exponential'" in sampling.non_finite_advice(sampling_config("strang"))
   assert "num_steps" in sampling.non_finite_advice(sampling_config("strang_exponential"))
+
+
+def test_clip_x0_settings():
+  data_range = (np.array([-1.0, -2.0]), np.array([1.0, 2.0]))
+  assert sampling.clip_range("auto", data_range) is data_range
+  assert sampling.clip_range("auto", None) is None and sampling.clip_range("none", data_range) is None
+  assert sampling.clip_range("-1.5:2", None) == (-1.5, 2.0)
+  for bad in ("1:-1", "x", "1", "0:1:2", "nan:1"):
+    with pytest.raises(ValueError, match="sampling.clip_x0.*LOW:HIGH"):
+      sampling.clip_range(bad, None)
+
+
+@pytest.mark.parametrize("method", sampling.POSTERIOR_METHODS + ("gddim",))
+def test_every_posterior_mean_sampler_clips_x0_hat(method):
+  """A point mass at (0.5, -0.5) with x0_hat clipped to [0, 0.2]: the samples end at (0.2, 0) instead; with
+  'auto' and no known data range nothing is clipped."""
+  sde = make_process(3)
+  score_fn = tabulated_gaussian_score(3, POINT_MASS_VAR)
+  draw = lambda clip, data_range=None: np.asarray(sampling.make_sampler(
+      sde, score_fn, (2,), sampling_config(method, 5, "quadratic", clip_x0=clip), dtype=jnp.float32,
+      data_range=data_range)(None, jax.random.PRNGKey(0), jnp.arange(256)))
+  np.testing.assert_allclose(draw("0:0.2").mean(0), [0.2, 0.0], atol=0.01)
+  np.testing.assert_allclose(draw("auto", (0.0, 0.2)).mean(0), [0.2, 0.0], atol=0.01)
+  np.testing.assert_allclose(draw("auto").mean(0), DATA_MEAN, atol=0.01)

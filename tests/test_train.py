@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -42,6 +43,21 @@ def test_swiss_roll_is_the_specified_distribution():
   assert np.mean(distance < 0.008) > 0.99  # noise N(0, 0.002^2 I) around the arms
   nearest = np.argmin(np.linalg.norm(points[:, None] - input_pipeline.SWISS_ROLL_CENTRES[None], axis=-1), 1)
   np.testing.assert_allclose(np.bincount(nearest) / len(points), 0.2, atol=0.02)
+
+
+def test_data_range_is_what_the_data_covers(tmp_path):
+  images = ml_collections.ConfigDict({"dataset": "digits"})
+  assert input_pipeline.data_range(images) == (-1.0, 1.0)
+  low, high = input_pipeline.data_range(ml_collections.ConfigDict({"dataset": "multimodal_swiss_roll"}))
+  points = input_pipeline.multimodal_swiss_roll(np.random.default_rng(1), 20_000)
+  assert np.all(low <= points.min(0) + 1e-3) and np.all(high >= points.max(0) - 1e-3)
+  assert np.all(high - low < points.max(0) - points.min(0) + 0.02)
+  cloud = np.array([[0.0, 5.0], [-2.0, 1.0], [3.0, 2.0]], np.float32)
+  np.save(tmp_path / "cloud.npy", cloud)
+  low, high = input_pipeline.data_range(ml_collections.ConfigDict({"dataset": f"npy:{tmp_path / 'cloud.npy'}"}))
+  assert list(low) == [-2.0, 1.0] and list(high) == [3.0, 5.0]
+  with pytest.raises(ValueError, match="data.dataset"):
+    input_pipeline.data_range(ml_collections.ConfigDict({"dataset": "spiral"}))
 
 
 def test_streams_are_functions_of_seed_step_and_process():
