@@ -1,4 +1,4 @@
-"""Quality versus speed on the multimodal swiss roll from trained workdirs (issues 3 and 5).
+"""Quality versus speed on the multimodal swiss roll from trained workdirs.
 
 For each workdir (trained with configs/toy2d.py, any sde.order; its process is read from the workdir's
 config.json), draws 10,000 samples from the latest EMA parameters with each fixed-step sampler and time grid
@@ -7,7 +7,7 @@ step and Heun's two evaluations per step included, is at most the budget), and w
 each tolerance (its NFE is what it took). Reports the share within 0.01 of the noiseless spirals and the
 sliced Wasserstein-1 distance (256 random directions) to 10,000 fresh data points, and for each workdir the
 NLL bound of `--mode=eval` (exact trace, kernel auxiliaries) on --nll_examples fresh points. Prints the full
-table, then the best sampler per order and NFE, then the issue-5 target (HOLD's best at 20 NFE against
+table, then the best sampler per order and NFE, then the comparison target (HOLD's best at 20 NFE against
 CLD-SGM's SSCS at 50: 0.20 within 0.01, SW1 0.023). Writes benchmarks/results/toy2d_quality.json.
 
   python benchmarks/toy2d_quality.py --workdirs W_order1 W_order2 W_order3 [--nfe 10 20 50 100 200]

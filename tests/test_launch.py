@@ -1,4 +1,4 @@
-"""launch/: a real two-process job on this machine (the multi-host path), and the TPU script's commands."""
+"""launch/: a real two-process job on one machine (the multi-host path), and the TPU script's commands."""
 import glob
 import os
 import signal
