@@ -66,7 +66,9 @@ def kernel_moments(sde: sde_lib.LangevinSDE, b: np.ndarray) -> tuple[np.ndarray,
   """m (..., n), r (..., n) = row n of Sigma^{-1}, and the Cholesky factor L (..., n, n) of Sigma at the
   integrated betas b (...), in float64 (from the square-root kernel, never by inverting Sigma itself)."""
   b = np.asarray(b, np.float64)
-  flat = _time_at(sde, b).reshape(-1)
+  with jax.enable_x64(True):
+    flat = np.clip(np.asarray(sde_lib.time_at_integrated_beta(sde, jnp.asarray(b, jnp.float64))), 0.0,
+                   sde.T).reshape(-1)
   padded = np.concatenate([flat, np.full(_bucket(len(flat)) - len(flat), sde.T)])  # few shapes, few compiles
   with jax.enable_x64(True):
     phi, factor = _jitted_marginal_factor(sde)(jnp.asarray(padded, jnp.float64))
@@ -87,13 +89,6 @@ def _bucket(size: int) -> int:
 @functools.lru_cache(maxsize=16)
 def _jitted_marginal_factor(sde: sde_lib.LangevinSDE):
   return jax.jit(lambda t: sde_lib.marginal_factor(sde, t))
-
-
-def _time_at(sde: sde_lib.LangevinSDE, b: np.ndarray) -> np.ndarray:
-  """t with B(t) = b (float64 numpy; the same root as sampling.time_at_integrated_beta), clipped to [0, T]."""
-  curvature = 0.5 * (sde.beta_1 - sde.beta_0) / sde.T if sde.beta_schedule == "linear" else 0.0
-  t = 2.0 * b / (sde.beta_0 + np.sqrt(sde.beta_0**2 + 4.0 * curvature * b))
-  return np.clip(t, 0.0, sde.T)
 
 
 def flow_matrix(sde: sde_lib.LangevinSDE, row: np.ndarray) -> np.ndarray:

@@ -154,15 +154,7 @@ def time_grid(sde: sde_lib.LangevinSDE, num_steps: int, kind: str = "uniform", r
   raise ValueError(f"sampling.grid = {kind!r} is not allowed: it must be one of {GRIDS}.")
 
 
-def time_at_integrated_beta(sde: sde_lib.LangevinSDE, integrated: jax.Array) -> jax.Array:
-  """The inverse of B: t with B(t) = integrated, same shape (B(t) = beta_0 t + (beta_1 - beta_0) t^2 / 2T).
-
-  The root of the quadratic is taken as 2b / (beta_0 + sqrt(beta_0^2 + 4 a b)), a = (beta_1 - beta_0) / 2T,
-  which does not cancel for either sign of a and is b / beta_0 for a constant schedule.
-  """
-  integrated = jnp.asarray(integrated)
-  curvature = 0.5 * (sde.beta_1 - sde.beta_0) / sde.T if sde.beta_schedule == "linear" else 0.0
-  return 2.0 * integrated / (sde.beta_0 + jnp.sqrt(sde.beta_0**2 + 4.0 * curvature * integrated))
+time_at_integrated_beta = sde_lib.time_at_integrated_beta  # B^{-1}; lives with B in sde.py
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -391,22 +383,19 @@ def _posterior_schedule(sde, method, times, dtype):
   (noise_factors are zero for 'ddim'). Computed in float64 and cast; see the module docstring.
   """
   with jax.enable_x64(True):
-    times64 = jnp.asarray(np.asarray(times, np.float64))
-    phi, factor = sde_lib.marginal_factor(sde, times64)  # x_0 known, auxiliaries integrated out
-    integrated = sde_lib.integrated_beta(sde, times64)
+    integrated = np.asarray(sde_lib.integrated_beta(sde, jnp.asarray(np.asarray(times, np.float64))))
     transition, _, _ = sde_lib.propagator_and_noise(
         sde_lib.drift_matrix(sde, jnp.float64), sde_lib.noise_variance(sde), integrated[:-1] - integrated[1:],
         sde.num_doublings, sde.decay_rate)
-    phi, factor, transition = (np.asarray(x, np.float64) for x in (phi[:, :, 0], factor, transition))
+    transition = np.asarray(transition, np.float64)
+  # x_0 known, auxiliaries integrated out: the means phi_t = Phi[:, 0], row n of Sigma_t^{-1} and its factor.
+  phi, rows, factor = flow_schedule.kernel_moments(sde, integrated)
   # Batched over the N steps (a Python loop would make tracing grow with N): 'now' is t_k, where the score is
   # evaluated, 'next' is t_{k+1} < t_k.
-  n = sde.order
   now_mean, now_factor, next_mean, next_factor = phi[:-1], factor[:-1], phi[1:], factor[1:]
-  solve = lambda matrices, vectors: np.linalg.solve(matrices, vectors[..., None])[..., 0]  # (N, n, n), (N, n)
-  # Tweedie: s = -[Sigma_t^{-1} (u - phi_t x0_hat)]_last, so x0_hat = (s + r . u) / c.
-  whitened_last = solve(now_factor, np.broadcast_to(np.eye(n)[-1], now_mean.shape))  # L^{-1} e_n
-  r = solve(np.swapaxes(now_factor, -1, -2), whitened_last)  # row n of Sigma_t^{-1} = L^{-T} L^{-1}
-  c = np.sum(whitened_last * solve(now_factor, now_mean), axis=-1)  # (Sigma_t^{-1} phi_t)_n, (N,)
+  # Tweedie: s = -[Sigma_t^{-1} (u - phi_t x0_hat)]_last, so x0_hat = (s + r . u) / c, c = (Sigma_t^{-1} phi_t)_n.
+  r = rows[:-1]
+  c = np.sum(r * now_mean, axis=-1)
   if method == "ancestral":  # u_s | u_t, x_0: the forward process's exact conditional
     next_cov = next_factor @ np.swapaxes(next_factor, -1, -2)
     cross = next_cov @ np.swapaxes(transition, -1, -2)  # Cov(u_s, u_t | x_0) = Sigma_s A^T

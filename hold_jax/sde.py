@@ -249,6 +249,17 @@ def integrated_beta(sde: LangevinSDE, t: jax.Array) -> jax.Array:
   return sde.beta_0 * t + 0.5 * (sde.beta_1 - sde.beta_0) * t**2 / sde.T
 
 
+def time_at_integrated_beta(sde: LangevinSDE, integrated: jax.Array) -> jax.Array:
+  """The inverse of B: t with B(t) = integrated, same shape (B(t) = beta_0 t + (beta_1 - beta_0) t^2 / 2T).
+
+  The root of the quadratic is taken as 2b / (beta_0 + sqrt(beta_0^2 + 4 a b)), a = (beta_1 - beta_0) / 2T,
+  which does not cancel for either sign of a and is b / beta_0 for a constant schedule.
+  """
+  integrated = jnp.asarray(integrated)
+  curvature = 0.5 * (sde.beta_1 - sde.beta_0) / sde.T if sde.beta_schedule == "linear" else 0.0
+  return 2.0 * integrated / (sde.beta_0 + jnp.sqrt(sde.beta_0**2 + 4.0 * curvature * integrated))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The kernel (DESIGN section 3).
 
