@@ -42,10 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.rho = 7.0  # exponent of the 'edm' grid
   sampling.denoise = True  # final noise-free step from eps to 0 (uses the network only for order 1)
   # 'gddim': how many past x0_hat values each step extrapolates (1: the first-order step), and in which
-  # time variable: 'b' (integrated beta), 'log_b' or 'log_snr' (of the data block).
-  sampling.multistep_order = 2
-  sampling.time_variable = "log_snr"
-  # The posterior-mean samplers ('ancestral', 'ddim', 'gddim') clip x0_hat to 'auto': the data's range ([-1, 1]
+  # time variable: 'b' (integrated beta), 'log_b' or 'log_snr' (of the data block). Order 3 in 'b' on the 'edm'
+  # grid was the best gddim setting on the swiss roll for orders 1-3 (benchmarks/RESULTS.md).
+  sampling.multistep_order = 3
+  sampling.time_variable = "b"
+  # The posterior-mean samplers ('ancestral', 'ddim', 'gddim', and 'ode_adaptive' in 'flow') clip x0_hat to 'auto': the data's range ([-1, 1]
   # for images, the training points' range per coordinate for point data), 'none', or 'LOW:HIGH'.
   sampling.clip_x0 = "auto"
   # 'ode_adaptive': diffrax solver ('tsit5' or 'dopri5', scipy's RK45) with a PID step-size controller; every
@@ -54,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_max_steps = 4096  # a sample that needs more steps comes back as NaN
+  # The variable the adaptive solve runs in: 'flow' (y = Psi(B_ref, B) u in log B, hold_jax/flow_coordinates.py,
+  # without the stiff linear part) or 'state' (u in B).
+  sampling.ode_variable = "flow"
   sampling.num_samples = 1024
   sampling.batch_size = 1024
 
@@ -105,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.solver = "tsit5"  # adaptive diffrax solver: 'tsit5', 'dopri5' or 'bosh3'
   evaluation.ode_rtol = 1e-5  # the solver's tolerances (score_sde's RK45 uses 1e-5 for both)
   evaluation.ode_atol = 1e-5
+  evaluation.ode_variable = "state"  # or 'flow', as sampling.ode_variable
   evaluation.max_steps = 4096  # solver steps per example; an example that needs more fails the run loudly
 
   # Multi-process jobs (--distributed): jax.distributed's coordination-service timeouts, in seconds. A process

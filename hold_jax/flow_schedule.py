@@ -99,7 +99,7 @@ def flow_matrix(sde: sde_lib.LangevinSDE, row: np.ndarray) -> np.ndarray:
   return result
 
 
-def _pade_expm(omega: np.ndarray) -> np.ndarray:
+def pade_expm(omega: np.ndarray) -> np.ndarray:
   """expm of small matrices (..., n, n) by the [3/3] Pade approximant (error ~ |omega|^7 / 100800)."""
   eye = np.eye(omega.shape[-1])
   square = omega @ omega
@@ -117,16 +117,21 @@ def _sub_nodes(b: np.ndarray, max_log_step: float) -> list[np.ndarray]:
   return nodes
 
 
-def _sub_step_transitions(sde: sde_lib.LangevinSDE, nodes: np.ndarray) -> np.ndarray:
-  """Psi(nodes[i + 1], nodes[i]) (M, n, n) for consecutive nodes (M + 1,), by fourth-order Magnus."""
-  h = np.diff(nodes)  # negative: from b down to b'
+def magnus_exponents(sde: sde_lib.LangevinSDE, nodes: np.ndarray) -> np.ndarray:
+  """Omega_i (M, n, n) with Psi(nodes[i + 1], nodes[i]) = expm(Omega_i) to fourth order (Magnus, two Gauss
+  points, one commutator), for consecutive nodes (M + 1,); expm(-Omega_i) is the step back."""
+  h = np.diff(nodes)
   middle = 0.5 * (nodes[1:] + nodes[:-1])
   offset = h * math.sqrt(3.0) / 6.0
   _, rows, _ = kernel_moments(sde, np.concatenate([middle - offset, middle + offset]))
   first, second = np.split(flow_matrix(sde, rows), 2)
-  omega = (0.5 * h)[:, None, None] * (first + second) + (math.sqrt(3.0) / 12.0 * h**2)[:, None, None] * (
+  return (0.5 * h)[:, None, None] * (first + second) + (math.sqrt(3.0) / 12.0 * h**2)[:, None, None] * (
       second @ first - first @ second)
-  return _pade_expm(omega)
+
+
+def _sub_step_transitions(sde: sde_lib.LangevinSDE, nodes: np.ndarray) -> np.ndarray:
+  """Psi(nodes[i + 1], nodes[i]) (M, n, n) for consecutive nodes (M + 1,)."""
+  return pade_expm(magnus_exponents(sde, nodes))
 
 
 def time_variable(sde: sde_lib.LangevinSDE, b: np.ndarray, kind: str) -> np.ndarray:

@@ -38,7 +38,9 @@ config.sampling.method, with its network evaluations (NFE) for N = sampling.num_
                   NFE 2N. (EDM makes its last step Euler because its grid ends at sigma = 0, where the score
                   is undefined; ours ends at eps > 0, so every step is a full Heun step.)
   'ode_adaptive'  the same ODE with diffrax (Tsit5 by default) and a PID step-size controller, every sample
-                  with its own steps; the NFE is counted (`Samples.nfe`).
+                  with its own steps; the NFE is counted (`Samples.nfe`). sampling.ode_variable = 'flow' solves
+                  it in the flow coordinates y = Psi(B_ref, B) u (hold_jax/flow_coordinates.py), without the
+                  stiff linear part and with x0_hat clipped to sampling.clip_x0; 'state' solves it in u.
 
 Plus one evaluation for the optional denoising step (a noise-free Euler step of the reverse SDE from eps to 0,
 as in score_sde) when the order is 1: for order >= 2 the score moves only the last block, which the output
@@ -97,6 +99,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hold_jax import flow_coordinates
 from hold_jax import flow_schedule
 from hold_jax import losses
 from hold_jax import sde as sde_lib
@@ -106,6 +109,9 @@ POSTERIOR_METHODS = ("ancestral", "ddim")
 FIXED_STEP_METHODS = SPLITTING_METHODS + POSTERIOR_METHODS + ("gddim", "euler_maruyama", "ode_heun")
 METHODS = FIXED_STEP_METHODS + ("ode_adaptive",)
 GRIDS = ("uniform", "quadratic", "edm")
+# The variable of the adaptive solve: the state u, or the flow coordinates y = Psi(B_ref, B) u in log B
+# (hold_jax/flow_coordinates.py), where the stiff linear part is gone.
+ODE_VARIABLES = ("state", "flow")
 
 # diffrax solver and the network evaluations of one step, accepted or rejected: these explicit Runge-Kutta
 # pairs are first-same-as-last, so a step costs its stages less one (tests/test_sampling.py counts them).
@@ -122,7 +128,8 @@ class Samples(NamedTuple):
 
   x: (num_samples, *data_shape) the samples.
   nfe: () int32, the network evaluations the batch took (each a score_fn call on the whole batch); for
-    'ode_adaptive' the largest per-sample count, since every sample is evaluated until the last is done.
+    'ode_adaptive' the batch's count: every sample is evaluated until the last is done (in the flow
+    coordinates, segment by segment).
   """
   x: jax.Array
   nfe: jax.Array
@@ -194,14 +201,17 @@ def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
     value = sampling_config.get(field, 1e-5)
     if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
       raise ValueError(f"sampling.{field} = {value!r} is not allowed: it must be a finite number > 0.")
-  multistep_order = sampling_config.get("multistep_order", 2)
+  multistep_order = sampling_config.get("multistep_order", 3)
   if multistep_order not in range(1, flow_schedule.MAX_MULTISTEP_ORDER + 1) or isinstance(multistep_order, bool):
     raise ValueError(f"sampling.multistep_order = {multistep_order!r} is not allowed: it must be 1, 2 or 3.")
-  variable = sampling_config.get("time_variable", "log_snr")
+  variable = sampling_config.get("time_variable", "b")
   if variable not in flow_schedule.TIME_VARIABLES:
     raise ValueError(f"sampling.time_variable = {variable!r} is not allowed: it must be one of "
                      f"{flow_schedule.TIME_VARIABLES}.")
   clip_range(sampling_config.get("clip_x0", "none"), None)
+  variable = sampling_config.get("ode_variable", "flow")
+  if variable not in ODE_VARIABLES:
+    raise ValueError(f"sampling.ode_variable = {variable!r} is not allowed: it must be one of {ODE_VARIABLES}.")
   max_steps = sampling_config.get("ode_max_steps", 4096)
   if not isinstance(max_steps, int) or max_steps < 1:
     raise ValueError(f"sampling.ode_max_steps = {max_steps!r} is not allowed: it must be an integer >= 1.")
@@ -311,8 +321,16 @@ def _probability_flow(sde, score_fn, params, u, t):
   return -_reverse_drift_per_beta(sde, u, score_fn(params, u, t), score_weight=1.0)
 
 
-def _solve_adaptively(sde, score_fn, params, u, solver, rtol, atol, max_steps):
-  """Solves the probability-flow ODE from B(T) down to B(eps), every sample with its own steps.
+def _solve_adaptively(sde, score_fn, params, u, solver, rtol, atol, max_steps, variable="flow", clip_x0=None):
+  """The adaptive probability-flow solve in `variable` (ODE_VARIABLES): u at eps and the NFE (). clip_x0
+  applies in the flow coordinates, where the field is written with x0_hat."""
+  if variable == "flow":
+    return _solve_in_flow_coordinates(sde, score_fn, params, u, solver, rtol, atol, max_steps, clip_x0=clip_x0)
+  return _solve_in_state(sde, score_fn, params, u, solver, rtol, atol, max_steps)
+
+
+def _solve_in_state(sde, score_fn, params, u, solver, rtol, atol, max_steps):
+  """Solves the probability-flow ODE in u from B(T) down to B(eps), every sample with its own steps.
 
   Each sample is an independent diffrax solve (vmapped), so its steps, and hence its result, do not depend on
   the rest of the batch; the network still sees the whole batch at every stage. A solve that fails
@@ -335,6 +353,50 @@ def _solve_adaptively(sde, score_fn, params, u, solver, rtol, atol, max_steps):
   u, num_steps = jax.vmap(solve_one)(u)
   nfe = evaluations_per_step * jnp.max(num_steps) + _ODE_START_EVALUATIONS
   return u, nfe.astype(jnp.int32)
+
+
+
+
+def _solve_in_flow_coordinates(sde, score_fn, params, u, solver, rtol, atol, max_steps,
+                               num_segments=flow_coordinates.NUM_SEGMENTS, clip_x0=None):
+  """Solves the probability-flow ODE from B(T) down to B(eps), every sample with its own steps, in the
+  coordinates y = Psi(B_ref, B) u and the variable s = log B, where its stiff linear part is gone
+  (hold_jax/flow_coordinates.py; one solve per segment of log B, B_ref at its top); the tolerances apply to y.
+
+  Each sample is an independent diffrax solve (vmapped), so its steps, and hence its result, do not depend on
+  the rest of the batch; the network still sees the whole batch at every stage. A solve that fails
+  (max_steps reached in a segment) gives NaN for its sample. Returns u at eps (num_samples, n, *data_shape)
+  and the NFE ().
+  """
+  with jax.ensure_compile_time_eval():
+    segments = [flow_coordinates.Coordinates(sde, u.dtype, k, num_segments) for k in range(num_segments)]
+  solver_class, evaluations_per_step = ODE_SOLVERS[solver]
+  # The first step of each segment: 1/64 of its span at the top, 1/1024 below, where the segment's top
+  # continues the previous segment's smallest (last) steps; a rejected first step would re-evaluate the first
+  # stage uncounted.
+  first_steps = [_ODE_FIRST_STEP_FRACTION / 16 * (c.low - c.high) for c in segments[:-1]] + [
+      _ODE_FIRST_STEP_FRACTION * (segments[-1].low - segments[-1].high)]
+
+  def solve_one(state):
+    evaluations = []  # per segment: the batch waits for each segment's slowest sample
+    for coordinates, first_step in zip(reversed(segments), reversed(first_steps)):  # from the top; y = u there
+
+      def field(s, y, args, coordinates=coordinates):
+        state = coordinates.state(s, y)
+        score = score_fn(params, state[None], coordinates.time(s)[None])[0]
+        return coordinates.field(s, state, score, clip_x0)
+
+      solution = diffrax.diffeqsolve(
+          diffrax.ODETerm(field), solver_class(), t0=coordinates.high, t1=coordinates.low, dt0=first_step,
+          y0=state, saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+          max_steps=max_steps, throw=False)
+      succeeded = solution.result == diffrax.RESULTS.successful
+      state = jnp.where(succeeded, sde_lib.apply_blocks(coordinates.expand_low, solution.ys), jnp.nan)[0]
+      evaluations.append(evaluations_per_step * solution.stats["num_steps"] + _ODE_START_EVALUATIONS)
+    return state, jnp.stack(evaluations)
+
+  u, evaluations = jax.vmap(solve_one)(u)
+  return u, jnp.sum(jnp.max(evaluations, axis=0)).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -423,7 +485,7 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
                     sample_ids: jax.Array, data_shape: tuple[int, ...], num_steps: int = 100,
                     method: str = "lie_trotter", grid: str = "uniform", rho: float = 7.0, denoise: bool = True,
                     ode_solver: str = "tsit5", ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
-                    ode_max_steps: int = 4096, multistep_order: int = 2, time_variable: str = "log_snr",
+                    ode_max_steps: int = 4096, ode_variable: str = "flow", multistep_order: int = 3, time_variable: str = "b",
                     clip_x0: tuple[Any, Any] | None = None, dtype=None) -> Samples:
   """Draws x_0 for each id in sample_ids (num_samples,); returns Samples(x (num_samples, *data_shape), nfe).
 
@@ -445,7 +507,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
     return jnp.full((num_samples,), t, dtype)
 
   if method == "ode_adaptive":
-    u, nfe = _solve_adaptively(sde, score_fn, params, u, ode_solver, ode_rtol, ode_atol, ode_max_steps)
+    u, nfe = _solve_adaptively(sde, score_fn, params, u, ode_solver, ode_rtol, ode_atol, ode_max_steps,
+                               ode_variable, clip_x0)
     return Samples(x=_denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
 
   # The schedule depends on static settings only: it is computed here, when the sampler is traced, and enters
@@ -581,7 +644,7 @@ def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.A
 
 
 _SETTINGS = ("num_steps", "method", "grid", "rho", "denoise", "ode_solver", "ode_rtol", "ode_atol", "ode_max_steps",
-             "multistep_order", "time_variable")
+             "ode_variable", "multistep_order", "time_variable")
 
 
 def make_sampler(sde: sde_lib.LangevinSDE, score_fn: Callable, data_shape: tuple[int, ...], sampling_config,
