@@ -82,6 +82,11 @@ toy model (benchmarks/toy2d_quality.py, share of 10^4 samples within 0.01 of the
     (`time_at_integrated_beta`). The probability-flow ODE is as stiff as the score step: explicit Heun
     needs ~100-200 NFE on the toy, where it still leaves a few samples far off.
 
+Where things live: the time grids and per-step coefficients in hold_jax/sampler_schedules.py (gddim's in
+hold_jax/flow_schedule.py), one step function per fixed-step method and their registry in
+hold_jax/fixed_step_samplers.py (a new sampler is a step function and one registry line), the adaptive ODE in
+hold_jax/adaptive_ode.py, shared pieces in hold_jax/sampler_parts.py; this module checks the settings and draws.
+
 Every fixed-step sampler is one `lax.scan` over steps. Its schedule (times, and the kernel matrices of all
 steps) depends on static settings only, so it is computed once when the sampler is traced and enters the
 program as constants: compilation does not grow with the number of steps. Per-sample seeds: sample k's prior
@@ -94,33 +99,29 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from hold_jax import flow_coordinates
+from hold_jax import adaptive_ode
+from hold_jax import fixed_step_samplers
 from hold_jax import flow_schedule
-from hold_jax import losses
+from hold_jax import sampler_parts
+from hold_jax import sampler_schedules
 from hold_jax import sde as sde_lib
 
 SPLITTING_METHODS = ("lie_trotter", "strang", "lie_trotter_exponential", "strang_exponential")
 POSTERIOR_METHODS = ("ancestral", "ddim")
-FIXED_STEP_METHODS = SPLITTING_METHODS + POSTERIOR_METHODS + ("gddim", "euler_maruyama", "ode_heun")
+FIXED_STEP_METHODS = tuple(fixed_step_samplers.METHODS)
 METHODS = FIXED_STEP_METHODS + ("ode_adaptive",)
-GRIDS = ("uniform", "quadratic", "edm")
-# The variable of the adaptive solve: the state u, or the flow coordinates y = Psi(B_ref, B) u in log B
-# (hold_jax/flow_coordinates.py), where the stiff linear part is gone.
-ODE_VARIABLES = ("state", "flow")
+GRIDS = sampler_schedules.GRIDS
+ODE_SOLVERS = adaptive_ode.SOLVERS
+ODE_VARIABLES = adaptive_ode.VARIABLES
 
-# diffrax solver and the network evaluations of one step, accepted or rejected: these explicit Runge-Kutta
-# pairs are first-same-as-last, so a step costs its stages less one (tests/test_sampling.py counts them).
-# Dopri5 is scipy's RK45, the solver of score_sde's ODE sampler.
-ODE_SOLVERS = {"tsit5": (diffrax.Tsit5, 6), "dopri5": (diffrax.Dopri5, 6)}
-# Evaluations before the first step: the first stage at B(T). The first step is given (1/64 of the
-# interval; the controller adapts it from there), so no trial evaluations choose it.
-_ODE_START_EVALUATIONS = 1
-_ODE_FIRST_STEP_FRACTION = 1.0 / 64
+# The pieces other modules use, from where they live.
+time_grid = sampler_schedules.time_grid
+time_at_integrated_beta = sde_lib.time_at_integrated_beta
+posterior_mean = sampler_parts.posterior_mean
+probability_flow_vector_field = adaptive_ode.probability_flow_vector_field
 
 
 class Samples(NamedTuple):
@@ -133,35 +134,6 @@ class Samples(NamedTuple):
   """
   x: jax.Array
   nfe: jax.Array
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Times.
-
-
-def time_grid(sde: sde_lib.LangevinSDE, num_steps: int, kind: str = "uniform", rho: float = 7.0
-              ) -> jax.Array:
-  """Decreasing times t_0 = T > ... > t_N = eps, shape (num_steps + 1,).
-
-  'uniform' is linear in t; 'quadratic' places t_k = eps + (T - eps) (1 - k/N)^2, fine near eps where the
-  score step is stiff; 'edm' interpolates t^(1/rho) linearly (Karras et al. 2022), finer still.
-  """
-  if not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"sampling.num_steps = {num_steps!r} is not allowed: it must be an integer >= 1.")
-  fraction = jnp.linspace(0.0, 1.0, num_steps + 1)
-  if kind == "uniform":
-    return sde.T + (sde.eps - sde.T) * fraction
-  if kind == "quadratic":
-    return sde.eps + (sde.T - sde.eps) * (1.0 - fraction) ** 2
-  if kind == "edm":
-    if not (rho > 0 and math.isfinite(rho)):  # positive test: NaN fails it
-      raise ValueError(f"sampling.rho = {rho!r} is not allowed: it must be a finite number > 0.")
-    start, end = sde.T ** (1.0 / rho), sde.eps ** (1.0 / rho)
-    return (start + fraction * (end - start)) ** rho
-  raise ValueError(f"sampling.grid = {kind!r} is not allowed: it must be one of {GRIDS}.")
-
-
-time_at_integrated_beta = sde_lib.time_at_integrated_beta  # B^{-1}; lives with B in sde.py
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -221,7 +193,7 @@ def network_evaluations(method: str, num_steps: int, order: int, denoise: bool) 
   """NFE of a fixed-step method: 1 per step (2 for 'ode_heun'), plus 1 to denoise when order == 1."""
   if method not in FIXED_STEP_METHODS:
     raise ValueError(f"{method!r} has no fixed NFE: it must be one of {FIXED_STEP_METHODS}.")
-  per_step = 2 if method == "ode_heun" else 1
+  per_step = fixed_step_samplers.METHODS[method].evaluations_per_step
   return per_step * num_steps + int(denoise and order == 1)
 
 
@@ -242,18 +214,7 @@ def non_finite_advice(sampling_config) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Per-sample randomness.
-
-
-def _sample_keys(rng: jax.Array, sample_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(prior keys, noise keys), each with a leading axis num_samples, from fold_in(rng, id) per sample."""
-  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i)))(sample_ids)
-  return keys[:, 0], keys[:, 1]
-
-
-def _per_sample_normal(keys: jax.Array, step: int | jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
-  """Noise of one step: (num_samples, *shape), sample k from fold_in(keys[k], step)."""
-  return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, step), shape, dtype))(keys)
+# Sampling.
 
 
 def prior_draws(rng: jax.Array, sample_ids: jax.Array, order: int, data_shape: tuple[int, ...], dtype=None
@@ -263,230 +224,17 @@ def prior_draws(rng: jax.Array, sample_ids: jax.Array, order: int, data_shape: t
   Returns (num_samples, order, *data_shape); sample k's comes from fold_in(rng, sample_ids[k]) alone and does
   not depend on the method or the number of steps.
   """
-  prior_keys, _ = _sample_keys(rng, sample_ids)
+  prior_keys, _ = sampler_parts.sample_keys(rng, sample_ids)
   shape = (order,) + tuple(data_shape)
   return jax.vmap(lambda key: jax.random.normal(key, shape, dtype or jnp.result_type(float)))(prior_keys)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Block products, unrolled.
-
-
-def _combine_blocks(matrix: jax.Array | np.ndarray, u: jax.Array) -> jax.Array:
-  """matrix @ u over the block axis, as sde.apply_blocks: matrix (n, n), u (batch, n, *data_shape).
-
-  Unrolled into n^2 scaled adds that XLA fuses into one elementwise pass; the einsum of apply_blocks lowers
-  to a dot with an n-long contraction that is 10-30x slower on CPU (0.9 ms against 0.07 ms for a 10^4 x 3 x 2
-  state), which made the linear step cost a tenth of the toy network. Zero entries of a static (numpy)
-  matrix, e.g. the tridiagonal F, are skipped.
-  """
-  n = u.shape[1]
-  rows = []
-  for i in range(n):
-    terms = [matrix[i, j] * u[:, j] for j in range(n) if not (isinstance(matrix, np.ndarray) and matrix[i, j] == 0)]
-    rows.append(sum(terms[1:], terms[0]) if terms else jnp.zeros_like(u[:, 0]))
-  return jnp.stack(rows, axis=1)
-
-
-def _reverse_drift_per_beta(sde, u, score_last, score_weight):
-  """sde.reverse_drift_per_beta, -F u + score_weight xi s_last e_last, with the block product unrolled."""
-  linear = -_combine_blocks(sde_lib.drift_matrix(sde, np.float64).astype(u.dtype), u)
-  return linear.at[:, -1].add(score_weight * sde.friction * score_last)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The probability-flow ODE.
-
-
-def probability_flow_vector_field(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any
-                                  ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """field(b, u) = du/dB = F u - xi s_last(u, t(b)) e_last: the probability-flow ODE per unit of integrated
-  beta, forward in time (DESIGN section 5; du/dt = beta(t) field(B(t), u)).
-
-  Integrate it from B(eps) up to B(T) to encode data (the likelihood), from B(T) down to B(eps) to sample.
-  b: () or (batch,) integrated beta in [B(eps), B(T)]; the score is evaluated at t = time_at_integrated_beta(b).
-  u: (batch, n, *data_shape); returns (batch, n, *data_shape).
-  score_fn(params, u, t (batch,)) -> (batch, *data_shape).
-  """
-
-  def field(b, u):
-    t = jnp.broadcast_to(time_at_integrated_beta(sde, jnp.asarray(b, u.dtype)), u.shape[:1])
-    return _probability_flow(sde, score_fn, params, u, t)
-
-  return field
-
-
-def _probability_flow(sde, score_fn, params, u, t):
-  """The field of `probability_flow_vector_field` at known times t (batch,)."""
-  return -_reverse_drift_per_beta(sde, u, score_fn(params, u, t), score_weight=1.0)
-
-
-def _solve_adaptively(sde, score_fn, params, u, solver, rtol, atol, max_steps, variable="flow", clip_x0=None):
-  """The adaptive probability-flow solve in `variable` (ODE_VARIABLES): u at eps and the NFE (). clip_x0
-  applies in the flow coordinates, where the field is written with x0_hat."""
-  if variable == "flow":
-    return _solve_in_flow_coordinates(sde, score_fn, params, u, solver, rtol, atol, max_steps, clip_x0=clip_x0)
-  return _solve_in_state(sde, score_fn, params, u, solver, rtol, atol, max_steps)
-
-
-def _solve_in_state(sde, score_fn, params, u, solver, rtol, atol, max_steps):
-  """Solves the probability-flow ODE in u from B(T) down to B(eps), every sample with its own steps.
-
-  Each sample is an independent diffrax solve (vmapped), so its steps, and hence its result, do not depend on
-  the rest of the batch; the network still sees the whole batch at every stage. A solve that fails
-  (max_steps reached) gives NaN for its sample. Returns u at eps (num_samples, n, *data_shape) and the NFE ().
-  """
-  field = probability_flow_vector_field(sde, score_fn, params)
-  solver_class, evaluations_per_step = ODE_SOLVERS[solver]
-  start = jnp.asarray(sde_lib.integrated_beta(sde, sde.T), u.dtype)
-  end = jnp.asarray(sde_lib.integrated_beta(sde, sde.eps), u.dtype)
-
-  def solve_one(initial):
-    term = diffrax.ODETerm(lambda b, y, args: field(b, y[None])[0])
-    solution = diffrax.diffeqsolve(
-        term, solver_class(), t0=start, t1=end, dt0=_ODE_FIRST_STEP_FRACTION * (end - start), y0=initial,
-        saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, throw=False)
-    succeeded = solution.result == diffrax.RESULTS.successful
-    return jnp.where(succeeded, solution.ys[0], jnp.nan), solution.stats["num_steps"]
-
-  u, num_steps = jax.vmap(solve_one)(u)
-  nfe = evaluations_per_step * jnp.max(num_steps) + _ODE_START_EVALUATIONS
-  return u, nfe.astype(jnp.int32)
-
-
-
-
-def _solve_in_flow_coordinates(sde, score_fn, params, u, solver, rtol, atol, max_steps,
-                               num_segments=flow_coordinates.NUM_SEGMENTS, clip_x0=None):
-  """Solves the probability-flow ODE from B(T) down to B(eps), every sample with its own steps, in the
-  coordinates y = Psi(B_ref, B) u and the variable s = log B, where its stiff linear part is gone
-  (hold_jax/flow_coordinates.py; one solve per segment of log B, B_ref at its top); the tolerances apply to y.
-
-  Each sample is an independent diffrax solve (vmapped), so its steps, and hence its result, do not depend on
-  the rest of the batch; the network still sees the whole batch at every stage. A solve that fails
-  (max_steps reached in a segment) gives NaN for its sample. Returns u at eps (num_samples, n, *data_shape)
-  and the NFE ().
-  """
-  with jax.ensure_compile_time_eval():
-    segments = [flow_coordinates.Coordinates(sde, u.dtype, k, num_segments) for k in range(num_segments)]
-  solver_class, evaluations_per_step = ODE_SOLVERS[solver]
-  # The first step of each segment: 1/64 of its span at the top, 1/1024 below, where the segment's top
-  # continues the previous segment's smallest (last) steps; a rejected first step would re-evaluate the first
-  # stage uncounted.
-  first_steps = [_ODE_FIRST_STEP_FRACTION / 16 * (c.low - c.high) for c in segments[:-1]] + [
-      _ODE_FIRST_STEP_FRACTION * (segments[-1].low - segments[-1].high)]
-
-  def solve_one(state):
-    evaluations = []  # per segment: the batch waits for each segment's slowest sample
-    for coordinates, first_step in zip(reversed(segments), reversed(first_steps)):  # from the top; y = u there
-
-      def field(s, y, args, coordinates=coordinates):
-        state = coordinates.state(s, y)
-        score = score_fn(params, state[None], coordinates.time(s)[None])[0]
-        return coordinates.field(s, state, score, clip_x0)
-
-      solution = diffrax.diffeqsolve(
-          diffrax.ODETerm(field), solver_class(), t0=coordinates.high, t1=coordinates.low, dt0=first_step,
-          y0=state, saveat=diffrax.SaveAt(t1=True), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-          max_steps=max_steps, throw=False)
-      succeeded = solution.result == diffrax.RESULTS.successful
-      state = jnp.where(succeeded, sde_lib.apply_blocks(coordinates.expand_low, solution.ys), jnp.nan)[0]
-      evaluations.append(evaluations_per_step * solution.stats["num_steps"] + _ODE_START_EVALUATIONS)
-    return state, jnp.stack(evaluations)
-
-  u, evaluations = jax.vmap(solve_one)(u)
-  return u, jnp.sum(jnp.max(evaluations, axis=0)).astype(jnp.int32)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Samplers.
-
-
-def _splitting_schedule(sde, method, times, dtype):
-  """Per-step inputs of a splitting sampler on the decreasing times (N + 1,).
-
-  Returns (propagators (N + 1, n, n), noise_factors (N + 1, n, n), score_times (N,), score_dBs (N,)): step k
-  applies A with propagators[k] and noise_factors[k], then S at score_times[k] over score_dBs[k]; after the
-  last step A with the entries N (a step of length 0, the identity, for Lie-Trotter). Strang's two half
-  steps A(dB_k / 2) A(dB_{k+1} / 2) between score steps are one A((dB_k + dB_{k+1}) / 2): the linear flow is
-  exact, so this has the same law at half the linear steps.
-  """
-  t_now, t_next = times[:-1], times[1:]
-  b_now, b_next = sde_lib.integrated_beta(sde, t_now), sde_lib.integrated_beta(sde, t_next)
-  dB = b_now - b_next
-  if method.startswith("strang"):
-    half = 0.5 * dB
-    linear_dBs = jnp.concatenate([half[:1], half[:-1] + half[1:], half[-1:]])
-    score_times = time_at_integrated_beta(sde, 0.5 * (b_now + b_next)).astype(dtype)
-  else:
-    linear_dBs = jnp.concatenate([dB, jnp.zeros((1,), dtype)])
-    # Euler: the step's start (see the module docstring); exponential: t_{k+1}, where (A) left the state.
-    score_times = t_next if method.endswith("_exponential") else t_now
-  score_dBs = dB
-  if method.endswith("_exponential"):
-    score_scale = losses.score_scale(sde, score_times).astype(dtype)
-    rate = 2.0 * sde.friction * (1.0 / score_scale**2 - 1.0)  # c of the exponential score step
-    stiff = rate * dB > 1e-6  # elsewhere h = dB to round-off, and (1 - e^{-c dB}) / c would cancel
-    safe_rate = jnp.where(stiff, rate, 1.0)
-    score_dBs = jnp.where(stiff, -jnp.expm1(-safe_rate * dB) / safe_rate, dB)
-  propagators, _, noise_factors = sde_lib.propagator_and_noise(
-      sde_lib.reverse_linear_matrix(sde, dtype), 2.0 * sde.friction, linear_dBs, sde.num_doublings,
-      sde.decay_rate)
-  return propagators, noise_factors, score_times, score_dBs
-
-
-def _posterior_schedule(sde, method, times, dtype):
-  """Per-step coefficients of the posterior-mean samplers on the decreasing times (N + 1,).
-
-  Returns (gains (N, n, n), weights (N, n), noise_factors (N, n, n), tweedie_rows (N, n), tweedie_scales (N,)):
-  step k maps u at t_k to gains[k] u + weights[k] x0_hat + noise_factors[k] z at t_{k+1}, where x0_hat =
-  (s + tweedie_rows[k] . u) / tweedie_scales[k] for the last-block score s at (u, t_k) and z ~ N(0, I)
-  (noise_factors are zero for 'ddim'). Computed in float64 and cast; see the module docstring.
-  """
-  with jax.enable_x64(True):
-    integrated = np.asarray(sde_lib.integrated_beta(sde, jnp.asarray(np.asarray(times, np.float64))))
-    transition, _, _ = sde_lib.propagator_and_noise(
-        sde_lib.drift_matrix(sde, jnp.float64), sde_lib.noise_variance(sde), integrated[:-1] - integrated[1:],
-        sde.num_doublings, sde.decay_rate)
-    transition = np.asarray(transition, np.float64)
-  # x_0 known, auxiliaries integrated out: the means phi_t = Phi[:, 0], row n of Sigma_t^{-1} and its factor.
-  phi, rows, factor = flow_schedule.kernel_moments(sde, integrated)
-  # Batched over the N steps (a Python loop would make tracing grow with N): 'now' is t_k, where the score is
-  # evaluated, 'next' is t_{k+1} < t_k.
-  now_mean, now_factor, next_mean, next_factor = phi[:-1], factor[:-1], phi[1:], factor[1:]
-  # Tweedie: s = -[Sigma_t^{-1} (u - phi_t x0_hat)]_last, so x0_hat = (s + r . u) / c, c = (Sigma_t^{-1} phi_t)_n.
-  r = rows[:-1]
-  c = np.sum(r * now_mean, axis=-1)
-  if method == "ancestral":  # u_s | u_t, x_0: the forward process's exact conditional
-    next_cov = next_factor @ np.swapaxes(next_factor, -1, -2)
-    cross = next_cov @ np.swapaxes(transition, -1, -2)  # Cov(u_s, u_t | x_0) = Sigma_s A^T
-    gain = np.swapaxes(np.linalg.solve(np.swapaxes(now_factor, -1, -2),
-                                       np.linalg.solve(now_factor, np.swapaxes(cross, -1, -2))), -1, -2)
-    noise = np.linalg.cholesky(_nearest_psd(next_cov - gain @ np.swapaxes(cross, -1, -2), next_cov))
-  else:  # 'ddim': the same standardised noise L_t^{-1} (u - phi_t x0_hat) carried to t_{k+1}
-    gain = next_factor @ np.linalg.inv(now_factor)
-    noise = np.zeros_like(gain)
-  weight = next_mean - np.einsum("kij,kj->ki", gain, now_mean)  # multiplies x0_hat = (s + r . u) / c
-  return tuple(jnp.asarray(x, dtype) for x in (gain, weight, noise, r, c))
-
-
-def _nearest_psd(cov, scale_reference):
-  """cov (..., n, n) symmetrised, with round-off negative eigenvalues lifted to a tiny positive floor (for a
-  Cholesky; the last step's conditional covariance is zero up to round-off)."""
-  cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
-  values, vectors = np.linalg.eigh(cov)
-  scale = np.abs(np.diagonal(scale_reference, axis1=-2, axis2=-1)).max(axis=-1, keepdims=True)
-  floor = 1e-14 * np.maximum(scale, 1e-300)
-  return (vectors * np.maximum(values, floor)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
 def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.Array,
                     sample_ids: jax.Array, data_shape: tuple[int, ...], num_steps: int = 100,
                     method: str = "lie_trotter", grid: str = "uniform", rho: float = 7.0, denoise: bool = True,
                     ode_solver: str = "tsit5", ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
-                    ode_max_steps: int = 4096, ode_variable: str = "flow", multistep_order: int = 3, time_variable: str = "b",
-                    clip_x0: tuple[Any, Any] | None = None, dtype=None) -> Samples:
+                    ode_max_steps: int = 4096, ode_variable: str = "flow", multistep_order: int = 3,
+                    time_variable: str = "b", clip_x0: tuple[Any, Any] | None = None, dtype=None) -> Samples:
   """Draws x_0 for each id in sample_ids (num_samples,); returns Samples(x (num_samples, *data_shape), nfe).
 
   score_fn(params, u (b, n, *data_shape), t (b,)) -> last-block score (b, *data_shape). num_steps, grid and
@@ -497,143 +245,20 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
   if method not in METHODS:
     raise ValueError(f"sampling.method = {method!r} is not allowed: it must be one of {METHODS}.")
   dtype = dtype or jnp.result_type(float)
-  n = sde.order
-  num_samples = sample_ids.shape[0]
-  state_shape = (n,) + tuple(data_shape)
-  u = prior_draws(rng, sample_ids, n, data_shape, dtype)
-  _, noise_keys = _sample_keys(rng, sample_ids)
-
-  def batch_times(t):
-    return jnp.full((num_samples,), t, dtype)
-
+  u = prior_draws(rng, sample_ids, sde.order, data_shape, dtype)
   if method == "ode_adaptive":
-    u, nfe = _solve_adaptively(sde, score_fn, params, u, ode_solver, ode_rtol, ode_atol, ode_max_steps,
-                               ode_variable, clip_x0)
-    return Samples(x=_denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
-
-  # The schedule depends on static settings only: it is computed here, when the sampler is traced, and enters
-  # the program as constants. (Left to XLA, its constant folding of the kernel took compile time that grew
-  # with the number of steps.)
-  with jax.ensure_compile_time_eval():
-    times = time_grid(sde, num_steps, grid, rho).astype(dtype)
-    t_now, t_next = times[:-1], times[1:]
-    b_now, b_next = sde_lib.integrated_beta(sde, t_now), sde_lib.integrated_beta(sde, t_next)
-    if method in SPLITTING_METHODS:
-      propagators, noise_factors, score_times, score_dBs = _splitting_schedule(sde, method, times, dtype)
-    if method in POSTERIOR_METHODS:
-      gains, x0_weights, posterior_noise, tweedie_rows, tweedie_scales = _posterior_schedule(sde, method, times,
-                                                                                             dtype)
-    if method == "gddim":
-      flow = flow_schedule.build(sde, np.asarray(times, np.float64), multistep_order, time_variable)
-  steps = jnp.arange(num_steps)
-  two_xi = 2.0 * sde.friction
-
-  if method in SPLITTING_METHODS:
-
-    def linear_step(u, propagator, noise_factor, k):  # (A), exact
-      noise = _per_sample_normal(noise_keys, k, state_shape, dtype)
-      return _combine_blocks(propagator, u) + _combine_blocks(noise_factor, noise)
-
-    def step(u, inputs):
-      propagator, noise_factor, t, score_db, k = inputs
-      u = linear_step(u, propagator, noise_factor, k)
-      score = score_fn(params, u, batch_times(t))
-      return u.at[:, -1].add(two_xi * score_db * (score + u[:, -1])), None  # (S)
-
-    u, _ = jax.lax.scan(step, u, (propagators[:-1], noise_factors[:-1], score_times, score_dBs, steps))
-    if method.startswith("strang"):
-      u = linear_step(u, propagators[-1], noise_factors[-1], num_steps)
-
-  elif method in POSTERIOR_METHODS:
-
-    def step(u, inputs):
-      gain, x0_weight, noise_factor, row, scale, t, k = inputs
-      x0_hat = posterior_mean(score_fn(params, u, batch_times(t)), u, row, scale, clip_x0)
-      u = _combine_blocks(gain, u) + x0_weight.reshape((1, n) + (1,) * len(data_shape)) * x0_hat[:, None]
-      if method == "ancestral":
-        u = u + _combine_blocks(noise_factor, _per_sample_normal(noise_keys, k, state_shape, dtype))
-      return u, None
-
-    u, _ = jax.lax.scan(step, u, (gains, x0_weights, posterior_noise, tweedie_rows, tweedie_scales, t_now, steps))
-
-  elif method == "gddim":
-    u = _gddim(score_fn, params, u, flow, t_now, data_shape, clip_x0, dtype)
-
-  elif method == "euler_maruyama":
-
-    def step(u, inputs):
-      t, db, k = inputs
-      noise = _per_sample_normal(noise_keys, k, state_shape[1:], dtype)
-      u = u + db * _reverse_drift_per_beta(sde, u, score_fn(params, u, batch_times(t)), score_weight=2.0)
-      return u.at[:, -1].add(jnp.sqrt(two_xi * db) * noise), None
-
-    u, _ = jax.lax.scan(step, u, (t_now, b_now - b_next, steps))
-
-  else:  # ode_heun: the trapezoid rule with an Euler predictor, on du/dB (steps b_next - b_now < 0)
-
-    def step(u, inputs):
-      t, t_after, db = inputs
-      slope = _probability_flow(sde, score_fn, params, u, batch_times(t))
-      predicted = u + db * slope
-      slope_after = _probability_flow(sde, score_fn, params, predicted, batch_times(t_after))
-      return u + 0.5 * db * (slope + slope_after), None
-
-    u, _ = jax.lax.scan(step, u, (t_now, t_next, b_next - b_now))
-
-  nfe = jnp.asarray(network_evaluations(method, num_steps, n, denoise), jnp.int32)
-  return Samples(x=_denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
-
-
-def posterior_mean(score: jax.Array, u: jax.Array, row: jax.Array, scale: jax.Array, clip_x0=None) -> jax.Array:
-  """x0_hat = E[x_0 | u] = (s + r . u) / c by Tweedie's formula through the kernel (module docstring), clipped to
-  clip_x0 = (low, high) (each broadcasting against data_shape) when given: the thresholding of DPM-Solver++ and
-  Imagen, which keeps an extrapolated or far-off x0_hat inside the data's range.
-
-  score: (batch, *data_shape); u: (batch, n, *data_shape); row: (n,); scale: (). Returns (batch, *data_shape).
-  """
-  x0_hat = (score + sum(row[i] * u[:, i] for i in range(u.shape[1]))) / scale
-  if clip_x0 is not None:
-    x0_hat = jnp.clip(x0_hat, jnp.asarray(clip_x0[0], x0_hat.dtype), jnp.asarray(clip_x0[1], x0_hat.dtype))
-  return x0_hat
-
-
-def _gddim(score_fn, params, u, flow: flow_schedule.FlowSchedule, t_now, data_shape, clip_x0, dtype):
-  """The multistep exponential integrator of the probability-flow ODE (hold_jax/flow_schedule.py):
-  u_{k+1} = Psi_k u_k + sum_j w_{k,j} x0_hat_{k-j}, x0_hat_k = (s + r_k . u_k) / c_k clipped to clip_x0."""
-  num_samples, n = u.shape[:2]
-  order = flow.weights.shape[1]
-  coefficient_shape = (1, n) + (1,) * len(data_shape)
-  as_array = lambda x: jnp.asarray(np.asarray(x), dtype)
-
-  def step(carry, inputs):
-    u, history = carry  # history (order - 1, num_samples, *data_shape): x0_hat_{k-1}, x0_hat_{k-2}, ...
-    transition, weights, row, scale, t = inputs
-    x0_hat = posterior_mean(score_fn(params, u, jnp.full((num_samples,), t, dtype)), u, row, scale, clip_x0)
-    u = _combine_blocks(transition, u) + weights[0].reshape(coefficient_shape) * x0_hat[:, None]
-    for j in range(1, order):
-      u = u + weights[j].reshape(coefficient_shape) * history[j - 1][:, None]
-    history = jnp.concatenate([x0_hat[None], history[:-1]]) if order > 1 else history
-    return (u, history), None
-
-  history = jnp.zeros((max(order - 1, 0), num_samples) + tuple(data_shape), dtype)
-  inputs = (as_array(flow.transitions), as_array(flow.weights), as_array(flow.tweedie_row),
-            as_array(flow.tweedie_scale), t_now)
-  (u, _), _ = jax.lax.scan(step, (u, history), inputs)
-  return u
-
-
-def _denoise(sde, score_fn, params, u, dtype):
-  """x after a noise-free Euler step of the reverse SDE from eps to t = 0: (num_samples, *data_shape).
-
-  The score enters the last block only, so for order >= 2 x's step is -B(eps) (F u)_0 and the network is
-  not evaluated (its output would be discarded).
-  """
-  last_db = sde_lib.integrated_beta(sde, jnp.asarray(sde.eps, dtype))
-  if sde.order == 1:
-    score = score_fn(params, u, jnp.full(u.shape[:1], sde.eps, dtype))
+    u, nfe = adaptive_ode.solve(sde, score_fn, params, u, ode_solver, ode_rtol, ode_atol, ode_max_steps,
+                                ode_variable, clip_x0)
   else:
-    score = jnp.zeros_like(u[:, -1])
-  return (u + last_db * _reverse_drift_per_beta(sde, u, score, score_weight=2.0))[:, 0]
+    _, noise_keys = sampler_parts.sample_keys(rng, sample_ids)
+    context = fixed_step_samplers.Context(sde, score_fn, params, noise_keys, (sde.order,) + tuple(data_shape),
+                                          dtype, clip_x0)
+    with jax.ensure_compile_time_eval():
+      times = time_grid(sde, num_steps, grid, rho).astype(dtype)
+    u = fixed_step_samplers.run(method, context, u, times,
+                                dict(multistep_order=multistep_order, time_variable=time_variable))
+    nfe = jnp.asarray(network_evaluations(method, num_steps, sde.order, denoise), jnp.int32)
+  return Samples(x=sampler_parts.denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
 
 
 def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.Array, sample_ids: jax.Array,

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hold_jax import adaptive_ode
 from hold_jax import exact_scores
 from hold_jax import flow_coordinates
 from hold_jax import flow_schedule
@@ -52,7 +53,7 @@ def adaptive_paths(order, data_var, variable, tolerance, dtype_name, max_steps=1
   sde = make_process(order)
   score = lambda params, u, t: exact_scores.gaussian_score(sde, u, t, jnp.asarray(DATA_MEAN, u.dtype), data_var)
   u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(NUM_PATHS), order, (2,), jnp.float32)
-  solve = jax.jit(lambda u: sampling._solve_adaptively(  # pylint: disable=protected-access
+  solve = jax.jit(lambda u: adaptive_ode.solve(
       sde, score, None, u, "tsit5", tolerance, tolerance, max_steps, variable))
   x, nfe = solve(u.astype(jnp.dtype(dtype_name)))
   return np.asarray(x[:, 0], np.float64), int(nfe)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from hold_jax import adaptive_ode
 from hold_jax import exact_scores
 from hold_jax import flow_coordinates
 from hold_jax import sampling
@@ -242,7 +243,7 @@ def ode_reference(order, dtype_name):
   solved in float64 by the adaptive solver at tolerance 1e-10."""
   sde = make_process(order)
   u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(GDDIM_PATHS), order, (2,), jnp.dtype(dtype_name))
-  solve = jax.jit(lambda u: sampling._solve_adaptively(  # pylint: disable=protected-access
+  solve = jax.jit(lambda u: adaptive_ode.solve(
       sde, exact_gaussian_score(order), None, u, "tsit5", 1e-10, 1e-10, 100_000)[0])
   return np.asarray(solve(u.astype(jnp.float64))[:, 0], np.float64)
 
@@ -323,7 +324,8 @@ def test_adaptive_solver_agrees_with_heun_and_takes_more_evaluations_at_tighter_
   (Heun at 2048 steps alone is 2e-4 off for order 3) to float32 round-off: ~1e-5 when solving in the state;
   in the flow coordinates forming u = Q y amplifies float32 round-off in y by Q's condition number (up to 1e4
   for order 3), so on this broad data they are 2e-4 (order 1) to 6e-4 (order 3) off. At 1e-3 either is visibly
-  less accurate, with fewer evaluations."""
+  less accurate (in the state more than 1e-3 off; in the flow coordinates at least twice as far off as at
+  1e-6), with fewer evaluations."""
   coarse, _ = ode_paths(order, "ode_heun", 1024)
   fine, _ = ode_paths(order, "ode_heun", 2048)
   reference = (4 * fine - coarse) / 3
@@ -332,7 +334,8 @@ def test_adaptive_solver_agrees_with_heun_and_takes_more_evaluations_at_tighter_
     paths, nfe[tolerance] = ode_paths(order, "ode_adaptive", tolerance=tolerance, variable=variable)
     error[tolerance] = np.abs(paths - reference).max()
   assert 0 < nfe[1e-3] < nfe[1e-6], nfe
-  assert error[1e-6] < floor and 1e-3 < error[1e-3] < 5e-2, error
+  assert error[1e-6] < floor and error[1e-3] < 5e-2, error
+  assert error[1e-3] > (1e-3 if variable == "state" else 2 * error[1e-6]), error
 
 
 def count_network_calls(method, order, **settings):
@@ -371,7 +374,8 @@ def test_reported_nfe_of_a_fixed_step_sampler_counts_the_denoising_step_of_order
 
 def test_ode_samplers_are_deterministic_maps_of_the_prior_draws():
   """N(0, I) data with unit auxiliaries is stationary: the score is -u_last and the probability-flow ODE is
-  du/dB = -K u, a rotation, so x = [expm(K (B(T) - B(eps))) u_T]_0 for the prior draws u_T."""
+  du/dB = -K u, a rotation, so x = [expm(K (B(T) - B(eps))) u_T]_0 for the prior draws u_T. (In the flow
+  coordinates float32 round-off in y, amplified by forming u = Q y, leaves the adaptive solve 2.5e-4 off.)"""
   sde = make_process(3, init_aux_var=1.0)
   score_fn = lambda params, u, t: -u[:, -1]
   ids = jnp.array([3, 17, 4])
@@ -379,8 +383,9 @@ def test_ode_samplers_are_deterministic_maps_of_the_prior_draws():
   skew = -(np.asarray(sde_lib.drift_matrix(sde, np.float64)) + np.diag([0.0, 0.0, sde.friction]))  # K
   rotation = scipy.linalg.expm(skew * (sde.integrated_beta_at_T - sde.beta_0 * sde.eps))
   expected = np.einsum("j,bjd->bd", rotation[0], prior)
-  for method, num_steps, tolerance in (("ode_heun", 2000, 3e-4), ("ode_adaptive", 1, 3e-5)):
-    config = sampling_config(method, num_steps, denoise=False, ode_rtol=1e-7, ode_atol=1e-7)
+  for method, num_steps, tolerance, variable in (("ode_heun", 2000, 3e-4, "state"), ("ode_adaptive", 1, 3e-5, "state"),
+                                                 ("ode_adaptive", 1, 5e-4, "flow")):
+    config = sampling_config(method, num_steps, denoise=False, ode_rtol=1e-7, ode_atol=1e-7, ode_variable=variable)
     sampler = compile_fast(sampling.make_sampler(sde, score_fn, (2,), config, dtype=jnp.float32), None,
                            jax.random.PRNGKey(5), ids)
     np.testing.assert_allclose(sampler(None, jax.random.PRNGKey(5), ids), expected, atol=tolerance)
