@@ -11,7 +11,8 @@ divides by N chained evaluations in one lax.scan (`network_scan`): that ratio is
 work (linear step, noise, schedule) adds. The network
 call and the sampler are timed in alternating rounds and compared by medians, so a noisy, shared machine
 moves both alike. Compile time is `jit(...).lower(...).compile()` of the whole sampler at N = 10 and N = 1000
-(target: the ratio <= 1.5; every fixed-step sampler is one lax.scan whose schedule enters as constants).
+(target: the ratio <= 1.5; every fixed-step sampler is one lax.scan whose schedule enters as constants),
+and gddim's float64 schedule build for 1000 steps (target < 1 s).
 Writes benchmarks/results/sampler_cost.json (or --output).
 
   python benchmarks/sampler_cost.py [--configs toy2d digits] [--methods lie_trotter strang ...] [--steps 100]
@@ -28,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hold_jax import input_pipeline, models, sampling, sde as sde_lib, train  # noqa: E402
+from hold_jax import flow_schedule, input_pipeline, models, sampling, sde as sde_lib, train  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -89,6 +90,18 @@ def network_scan(score_fn, num_evaluations):
   return chained
 
 
+def schedule_build_seconds(sde, num_steps, grid):
+  """(first, second) wall time of gddim's float64 schedule (hold_jax/flow_schedule.py) for num_steps steps at
+  the default multistep order and time variable: the first includes compiling the kernel for its shapes."""
+  times = np.asarray(sampling.time_grid(sde, num_steps, grid), np.float64)
+  seconds = []
+  for _ in range(2):
+    start = time.perf_counter()
+    flow_schedule.build(sde, times, 3, "b")
+    seconds.append(time.perf_counter() - start)
+  return tuple(seconds)
+
+
 def measure(config_name, methods, num_steps, grid, rounds, seconds, compile_steps, compile_repeats):
   config = common.load_config(config_name)
   sde, score_fn, params, shape, batch = setup(config)
@@ -116,7 +129,9 @@ def measure(config_name, methods, num_steps, grid, rounds, seconds, compile_step
                                    rng, ids, repeats=compile_repeats)
                 for n in compile_steps}
     low, high = min(compile_steps), max(compile_steps)
+    build = schedule_build_seconds(sde, high, grid) if method == "gddim" else None
     row = dict(config=config_name, order=sde.order, batch=batch, method=method, num_steps=num_steps, nfe=nfe,
+               schedule_build_s=build,
                network_ms=1e3 * network_s, network_in_scan_ms=1e3 * chained_s, sampler_ms=1e3 * sampler_s,
                overhead=sampler_s / (nfe * network_s), overhead_vs_scan=sampler_s / (nfe * chained_s),
                compile_s={str(n): s for n, s in compiles.items()}, compile_ratio=compiles[high] / compiles[low])
@@ -153,6 +168,11 @@ def main():
           f"{r['network_in_scan_ms']:.3f} | {r['sampler_ms']:.1f} | {r['overhead']:.3f} | "
           f"{r['overhead_vs_scan']:.3f} | {r['compile_s'][str(low)]:.2f} | "
           f"{r['compile_s'][str(high)]:.2f} | {r['compile_ratio']:.2f} |")
+  for r in rows:
+    if r["schedule_build_s"]:
+      first, second = r["schedule_build_s"]
+      print(f"gddim schedule for {high} steps ({r['config']}): {first:.2f} s first (kernel compiled), "
+            f"{second:.2f} s again")
   common.write_results(args.output, rows, num_steps=args.steps, grid=args.grid)
 
 

@@ -94,7 +94,8 @@ def sample_to_disk(config, workdir: str) -> str:
   settings = config.sampling
   adaptive = settings.method == "ode_adaptive"
   if adaptive:
-    name = f"{settings.method}_{settings.ode_solver}_rtol{settings.ode_rtol:g}_atol{settings.ode_atol:g}"
+    name = (f"{settings.method}_{settings.ode_solver}_rtol{settings.ode_rtol:g}_atol{settings.ode_atol:g}_"
+            f"{settings.get('ode_variable', 'flow')}")
   else:
     name = f"{settings.method}_{settings.grid}_{settings.num_steps}steps"
   bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
@@ -108,7 +109,10 @@ def sample_to_disk(config, workdir: str) -> str:
   if jax.process_index() != 0:  # every process sampled its share; process 0 writes
     return str(path)
   images = {"pixels": image_data.to_pixels(samples)} if len(data_shape) == 3 else {}  # uint8, for FID
-  ode = {field: settings[field] for field in ("ode_solver", "ode_rtol", "ode_atol")} if adaptive else {}
+  ode = {field: settings[field] for field in ("ode_solver", "ode_rtol", "ode_atol", "ode_variable")
+         if field in settings} if adaptive else {}
+  if settings.method == "gddim":
+    ode = {field: settings[field] for field in ("multistep_order", "time_variable") if field in settings}
   buffer = io.BytesIO()
   np.savez(buffer, x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid,
            denoise=settings.denoise, nfe=nfe, seed=config.seed, checkpoint_step=step, **ode, **images)
