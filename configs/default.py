@@ -109,7 +109,6 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.solver = "tsit5"  # adaptive diffrax solver: 'tsit5', 'dopri5' or 'bosh3'
   evaluation.ode_rtol = 1e-5  # the solver's tolerances (score_sde's RK45 uses 1e-5 for both)
   evaluation.ode_atol = 1e-5
-  evaluation.ode_variable = "state"  # or 'flow', as sampling.ode_variable
   evaluation.max_steps = 4096  # solver steps per example; an example that needs more fails the run loudly
 
   # Multi-process jobs (--distributed): jax.distributed's coordination-service timeouts, in seconds. A process

@@ -200,8 +200,6 @@ def rounds_folder(config, step: int, name: str) -> epath.Path:
   """workdir-relative folder of a bound's round files, named after the report and a hash of everything that
   decides the per-example results (not the batch size, which changes none of them)."""
   settings = {field: config.eval[field] for field in ROUND_FIELDS}
-  if config.eval.get("ode_variable", "state") != "state":  # rounds solved in the state keep their names
-    settings["ode_variable"] = config.eval.ode_variable
   settings.update(step=step, dataset=config.data.dataset)
   tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
   return epath.Path(f"{name}_rounds_{tag}")

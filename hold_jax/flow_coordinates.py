@@ -12,25 +12,27 @@ Q = P^{-1} = Psi(B, B_ref), y = P u obeys
 
     dy/dB = P(B) q(Q(B) y, B),   i.e.   dy/ds = -xi B (s + r . u) P(B) e_n  in s = log B,
 
-whose Jacobian in y is P (dq/du) Q: zero for a point mass, small for data concentrated below the noise level.
-An adaptive solver then takes the steps the data needs, not those F_hat's fastest mode needs (the samples
-that the solve in u threw far off, and the NFE of the likelihood).
-
-Densities. div_y (dy/ds) = B tr(dq/du) = -xi B (tr ds/du_n + D r_n) for D data coordinates, and the change of
-variables contributes D log|det Psi(B_T, B_eps)| = D (log det R_T - log det R_eps) = (D/2) log(det Sigma_T /
-det Sigma_eps), which does not depend on B_ref:
-
-    log p_eps(u_eps) = log p_T(u_T) + int_{log B_eps}^{log B_T} div_y ds + D log det Psi(B_T, B_eps).
+whose Jacobian in y is P (dq/du) Q: zero for a point mass, small for data concentrated below the noise level
+(for data broad against the noise, dq/du nearly cancels F_hat instead, and y is as stiff as u).
+An adaptive solver then takes the steps the data needs, not those F_hat's fastest mode needs: on data far
+below the noise level (a point mass in the limit) the solve in u takes ~10 times the evaluations. And the
+field is written with x0_hat, so x0_hat can be clipped to the data's range (sampling.clip_x0), which removes
+the samples that a trained model's unclipped ODE throws far off (benchmarks/RESULTS.md).
 
 Tables. P e_n, Q and r are tabulated in float64 on nodes uniform in log B (fourth-order Magnus on sub-steps
 of flow_schedule's length, every `stride`-th node kept) with their exact s-derivatives
 (dP/ds = -B P F_hat, dQ/ds = B F_hat Q, dr/ds = -B [S F + F^T S + S G G^T S]_n with S = Sigma^{-1}), and
 interpolated by cubic Hermite polynomials in s at run time (in the sampler's precision).
 
-B_ref. Q = Psi(B, B_ref) maps y back to the state the network sees, and P squeezes directions by the ratio of
-the two times' noise levels, so float32 round-off in y is amplified by the condition number of Q(B) when u is
-formed. B_ref = B(eps) keeps Q well conditioned where the score is sharp (near eps, where u = y); the
-choice is measured in tests/test_flow_coordinates.py (float32 solves against a float64 reference).
+B_ref and segments. Forming u = Q(B) y in float32 amplifies round-off in y by Q's condition number, which
+for order 3 reaches 3e8 over [B(eps), B(T)] with B_ref = B(eps) and 6e4 with B_ref = B(T) (Sigma(T) is near
+the identity, Sigma(eps) is not). So log B is cut into NUM_SEGMENTS equal segments, each solved with B_ref at
+its top, where u = y: the solve from T starts with y = u, and each segment hands u = Q(B_low) y to the next.
+Measured on Gaussian data with the exact score (float32 against float64 at tolerance 1e-10, order 3, rtol =
+atol = 1e-5): one segment 1.5e-3 off, two 1.3e-4, four 2.4e-4, eight 1.0e-4, at about the NFE of the solve in
+u; on data far below the noise level (variance 1e-8) the NFE drops from ~3000 in u to ~280. The float32 floor
+on broad data (1e-4 to 1e-3, against 1e-5 in u) is the price; tests/test_flow_coordinates.py and
+tests/test_sampling.py state it.
 """
 from __future__ import annotations
 
@@ -45,8 +47,9 @@ import numpy as np
 from hold_jax import flow_schedule
 from hold_jax import sde as sde_lib
 
-NUM_SEGMENTS = 2  # float32 conditioning of Q within a segment (module docstring, tests)
-_STRIDE = 1  # table nodes every 4 Magnus sub-steps (0.01 in log B): Hermite error ~1e-9 relative (tests)
+NUM_SEGMENTS = 2  # float32 conditioning of Q within a segment (module docstring)
+_STRIDE = 1  # a table node at every Magnus sub-step: with every 4th, the interpolated r left s + r . u (a
+# cancellation of large terms near eps) 1e-4 off in log-densities of Gaussian data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +57,8 @@ class FlowTable:
   """One segment [B_low, B_high] of the coordinates, B_ref = B_high, on nodes uniform in s = log B (increasing).
 
   log_b: (M,); column, column_slope: (M, n) P e_n and its s-derivative; expand, expand_slope: (M, n, n)
-  Q = Psi(B, B_high) and its s-derivative; row, row_slope: (M, n) r and its s-derivative. squeeze_low: (n, n)
-  P(B_low) = Psi(B_high, B_low). log_det: log det Psi(B_high, B_low) per data coordinate.
+  Q = Psi(B, B_high) and its s-derivative; row, row_slope: (M, n) r and its s-derivative; scale, scale_slope:
+  (M,) c = r . m (Tweedie's x0_hat = (s + r . u) / c) and its s-derivative.
   """
 
   log_b: np.ndarray
@@ -67,8 +70,6 @@ class FlowTable:
   row_slope: np.ndarray
   scale: np.ndarray
   scale_slope: np.ndarray
-  squeeze_low: np.ndarray
-  log_det: float
 
 
 @functools.lru_cache(maxsize=32)
@@ -111,13 +112,11 @@ def table(sde: sde_lib.LangevinSDE, segment: int = 0, num_segments: int = 1, str
   row_slope = -b[:, None] * ((precision @ drift)[:, -1] + (drift.T @ precision)[:, -1]
                              + sde_lib.noise_variance(sde) * precision[:, -1, -1:] * precision[:, -1])
   mean_slope = b[:, None] * (means @ drift.T)  # dm/ds = B F m
-  log_det_sigma = 2.0 * np.sum(np.log(np.diagonal(factor, axis1=-2, axis2=-1)), axis=-1)
   return FlowTable(
       log_b=np.log(b), column=squeeze[:, :, -1], column_slope=-b[:, None] * (squeeze @ flow)[:, :, -1],
       expand=expand, expand_slope=b[:, None, None] * (flow @ expand), row=row, row_slope=row_slope,
       scale=np.sum(row * means, axis=-1),
-      scale_slope=np.sum(row_slope * means, axis=-1) + np.sum(row * mean_slope, axis=-1),
-      squeeze_low=squeeze[0], log_det=0.5 * float(log_det_sigma[-1] - log_det_sigma[0]))
+      scale_slope=np.sum(row_slope * means, axis=-1) + np.sum(row * mean_slope, axis=-1))
 
 
 def hermite(log_b: jax.Array, values: jax.Array, slopes: jax.Array, s: jax.Array) -> jax.Array:
@@ -148,8 +147,7 @@ class Coordinates:
     self._expand = (as_array(flow_table.expand), as_array(flow_table.expand_slope))
     self._row = (as_array(flow_table.row), as_array(flow_table.row_slope))
     self._scale = (as_array(flow_table.scale), as_array(flow_table.scale_slope))
-    self.squeeze_low, self.expand_low = as_array(flow_table.squeeze_low), as_array(flow_table.expand[0])
-    self.log_det = flow_table.log_det
+    self.expand_low = as_array(flow_table.expand[0])
 
   def _at(self, pair, s):
     return hermite(self.log_b, pair[0], pair[1], s)
@@ -175,7 +173,3 @@ class Coordinates:
       forcing = scale * jnp.clip(forcing / scale, low, high)
     column = self._at(self._column, s)
     return (-self.sde.friction * jnp.exp(s)) * column.reshape((-1,) + (1,) * score.ndim) * forcing[None]
-
-  def divergence_rate(self, s: jax.Array, trace: jax.Array, num_coords: int) -> jax.Array:
-    """div_y (dy/ds) = -xi B (tr ds/du_n + D r_n) at s, from the trace of the score's last-block Jacobian."""
-    return -self.sde.friction * jnp.exp(s) * (trace + num_coords * self._at(self._row, s)[-1])

@@ -21,11 +21,6 @@ or several per example, unbiased) or the scaled basis {sqrt(D) e_k} (the exact t
 products, for low-dimensional data). One code path serves both. An example's probes stay fixed along its whole
 ODE path, so that the adaptive solver integrates one smooth vector field.
 
-How it is solved. The linear part of f, with the Sigma^{-1} u part of the score, is stiff near eps, so the
-solve runs in the coordinates y = Psi(B_ref, B) u of hold_jax/flow_coordinates.py, in s = log B, where only
-what the data adds to a point mass is left to integrate; div_y differs from div f by D tr F_hat, whose integral
-is the analytic D log det Psi(B_T, B_eps) = (D/2) log(det Sigma_T / det Sigma_eps).
-
 Where the ODE starts. As score_sde (VP with eps) and CLD-SGM do, the augmented data point u = (x_0, aux_0)
 itself is placed at t = eps. The number we compute is then exact for the generative model that runs the
 probability-flow ODE from N(0, I) at T down to eps and outputs that state: p_model(x) is the x-marginal of the
@@ -69,13 +64,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hold_jax import flow_coordinates
 from hold_jax import sde as sde_lib
 
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # score_fn(params, u, t) -> (batch, *data_shape)
 
 DIVERGENCES = ("exact", "hutchinson")
-VARIABLES = ("state", "flow")
 # Adaptive explicit Runge-Kutta solvers with an embedded error estimate, all first-same-as-last.
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "bosh3": diffrax.Bosh3}
 
@@ -90,7 +83,6 @@ class ODESettings:
     solver: a key of SOLVERS.
     rtol, atol: the adaptive step-size controller's tolerances, on the state and the accumulated divergence.
     max_steps: per example; an example that needs more is reported as not solved (NaN), never cut short.
-    variable: 'state' (u in t) or 'flow' (y = Psi(B_ref, B) u in log B, hold_jax/flow_coordinates.py).
   """
 
   divergence: str = "exact"
@@ -99,11 +91,8 @@ class ODESettings:
   rtol: float = 1e-5
   atol: float = 1e-5
   max_steps: int = 4096
-  variable: str = "state"
 
   def __post_init__(self):
-    if self.variable not in VARIABLES:
-      raise ValueError(f"eval.ode_variable = {self.variable!r} is not allowed: it must be one of {VARIABLES}.")
     if self.divergence not in DIVERGENCES:
       raise ValueError(f"eval.divergence = {self.divergence!r} is not allowed: it must be one of "
                        f"{DIVERGENCES + ('auto',)}.")
@@ -129,7 +118,7 @@ def settings_from_config(eval_config, data_shape: tuple[int, ...]) -> ODESetting
     divergence = "exact" if len(data_shape) == 1 else "hutchinson"
   return ODESettings(divergence=divergence, num_probes=eval_config.num_probes, solver=eval_config.solver,
                      rtol=float(eval_config.ode_rtol), atol=float(eval_config.ode_atol),
-                     max_steps=eval_config.max_steps, variable=eval_config.get("ode_variable", "state"))
+                     max_steps=eval_config.max_steps)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,34 +151,6 @@ def drift_and_divergence(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: An
   return drift, -sde_lib.beta(sde, t) * sde.friction * (num_coords + trace)
 
 
-def flow_and_divergence(coordinates: flow_coordinates.Coordinates, score_fn: ScoreFn, params: Any, s: jax.Array,
-                        y: jax.Array, probes: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """dy/ds of the probability-flow ODE in one segment's coordinates y = Psi(B_ref, B) u, s = log B, and its
-  divergence, for ONE example (hold_jax/flow_coordinates.py).
-
-  Args:
-    s: () log integrated beta; y: (n, *data_shape).
-    probes: (num_probes, *data_shape) on the last block, with mean z z^T = I (exactly, for `exact_probes`,
-      or in expectation, for `rademacher_probes`).
-
-  Returns:
-    dy/ds (n, *data_shape) and div_y = -xi B (tr(ds_last/du_last) + D r_n) (), the trace being
-    mean_z z^T (ds_last/du_last) z.
-  """
-  u = coordinates.state(s, y)
-  t = coordinates.time(s)
-
-  def score_of_last_block(last_block):
-    return score_fn(params, u.at[-1].set(last_block)[None], t[None])[0]
-
-  # One linearisation serves the field (its primal) and every probe (its tangents).
-  score_last, jvp_of_score = jax.linearize(score_of_last_block, u[-1])
-  products = jax.vmap(jvp_of_score)(probes)  # (num_probes, *data_shape): J z
-  trace = jnp.mean(jnp.sum((probes * products).reshape(probes.shape[0], -1), axis=-1))
-  return (coordinates.field(s, u, score_last),
-          coordinates.divergence_rate(s, trace, math.prod(u.shape[1:])))
-
-
 def exact_probes(data_shape: tuple[int, ...], dtype) -> jax.Array:
   """(D, *data_shape) probes sqrt(D) e_k: mean_k z_k^T J z_k = tr J exactly, from D Jacobian-vector products."""
   num_coords = math.prod(data_shape)
@@ -218,10 +179,9 @@ class LogDensity(NamedTuple):
   """Per-example results of `ode_log_density`, each (batch,).
 
   log_density: log p_eps(u_eps) of the model (NaN where not solved).
-  prior_log_density: log prior(u_T), N(0, I) by default; divergence_integral: int_eps^T div f dt (computed as
-    the integral of div_y plus D log det Psi(B_T, B_eps), `ode_log_density`); their sum is log_density.
-  nfe: vector-field evaluations (each one network evaluation plus its divergence): per segment 1 + stages x
-    steps. diffrax
+  prior_log_density: log prior(u_T), N(0, I) by default; divergence_integral: int_eps^T div f dt; their sum
+    is log_density.
+  nfe: vector-field evaluations (each one network evaluation plus its divergence): 1 + stages x steps. diffrax
     re-evaluates the first stage when the very first step is rejected, so this may undercount by a few.
   solved: False where the solver failed (e.g. more than max_steps steps).
   """
@@ -237,8 +197,7 @@ class LogDensity(NamedTuple):
 def ode_log_density(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, u: jax.Array, probes: jax.Array,
                     settings: ODESettings,
                     prior_log_density: Callable[[jax.Array], jax.Array] = sde_lib.prior_logp) -> LogDensity:
-  """log p_eps(u) of the model by the probability-flow ODE, integrated forward from t = eps to T, in the variable
-  settings.variable: 'state' (u in t) or 'flow' (the flow coordinates of hold_jax/flow_coordinates.py).
+  """log p_eps(u) of the model by the probability-flow ODE, integrated forward from t = eps to T.
 
   Args:
     u: (batch, n, *data_shape) states at t = eps.
@@ -250,12 +209,6 @@ def ode_log_density(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, u:
   Each example is its own adaptive solve (vmapped): its step sizes, and so its result, do not depend on the
   other examples of the batch. A batch costs the steps of its slowest example.
   """
-  solve = _log_density_in_flow_coordinates if settings.variable == "flow" else _log_density_in_state
-  return solve(sde, score_fn, params, u, probes, settings, prior_log_density)
-
-
-def _log_density_in_state(sde, score_fn, params, u, probes, settings, prior_log_density):
-  """`ode_log_density` with the ODE solved in u and t."""
   dtype = u.dtype
   solver = SOLVERS[settings.solver]()
   controller = diffrax.PIDController(rtol=settings.rtol, atol=settings.atol)
@@ -272,46 +225,6 @@ def _log_density_in_state(sde, score_fn, params, u, probes, settings, prior_log_
     solved = solution.result == diffrax.RESULTS.successful
     nfe = 1 + settings.evaluations_per_step * solution.stats["num_steps"]
     return solution.ys[0][-1], solution.ys[1][-1], nfe, solved
-
-  u_end, integral, nfe, solved = jax.vmap(solve_one)(u, probes)
-  prior = prior_log_density(u_end)
-  log_density = jnp.where(solved, prior + integral, jnp.nan)
-  return LogDensity(log_density, prior, integral, nfe, solved, u_end)
-
-
-
-
-def _log_density_in_flow_coordinates(sde, score_fn, params, u, probes, settings, prior_log_density,
-                                     num_segments=flow_coordinates.NUM_SEGMENTS):
-  """`ode_log_density` with the ODE solved in the coordinates of hold_jax/flow_coordinates.py (y = Psi(B_ref,
-  B) u in s = log B, one solve per segment, B_ref at its top), where its stiff linear part is gone; the change
-  of variables adds the analytic D log det Psi(B_T, B_eps) to the divergence integral."""
-  dtype = u.dtype
-  with jax.ensure_compile_time_eval():
-    segments = [flow_coordinates.Coordinates(sde, dtype, k, num_segments) for k in range(num_segments)]
-  solver = SOLVERS[settings.solver]()
-  controller = diffrax.PIDController(rtol=settings.rtol, atol=settings.atol)
-  num_coords = math.prod(u.shape[2:])
-  log_det = num_coords * sum(coordinates.log_det for coordinates in segments)
-
-  def solve_one(state, example_probes):
-    integral = jnp.zeros((), dtype)
-    nfe = jnp.zeros((), jnp.int32)
-    solved = jnp.ones((), bool)
-    for coordinates in segments:  # upward from B(eps); at each segment's top (B_ref) y = u
-
-      def vector_field(s, carry, example_probes, coordinates=coordinates):
-        return flow_and_divergence(coordinates, score_fn, params, s, carry[0], example_probes)
-
-      solution = diffrax.diffeqsolve(
-          diffrax.ODETerm(vector_field), solver, coordinates.low, coordinates.high, None,
-          (sde_lib.apply_blocks(coordinates.squeeze_low, state[None])[0], jnp.zeros((), dtype)), example_probes,
-          saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller, max_steps=settings.max_steps,
-          throw=False)
-      solved = solved & (solution.result == diffrax.RESULTS.successful)
-      nfe = nfe + 1 + settings.evaluations_per_step * solution.stats["num_steps"]
-      state, integral = solution.ys[0][-1], integral + solution.ys[1][-1]
-    return state, integral + log_det, nfe, solved
 
   u_end, integral, nfe, solved = jax.vmap(solve_one)(u, probes)
   prior = prior_log_density(u_end)
