@@ -39,6 +39,7 @@ from hold_jax import sde as sde_lib
 
 TIME_VARIABLES = ("b", "log_b", "log_snr")
 MAX_MULTISTEP_ORDER = 3
+_CHUNK = 2048  # kernel evaluations per compiled call
 _MAX_LOG_STEP = 0.0025  # sub-step length in log B: R R^T = Sigma to 1e-9 relative for orders 1-3 (tests)
 
 
@@ -69,21 +70,20 @@ def kernel_moments(sde: sde_lib.LangevinSDE, b: np.ndarray) -> tuple[np.ndarray,
   with jax.enable_x64(True):
     flat = np.clip(np.asarray(sde_lib.time_at_integrated_beta(sde, jnp.asarray(b, jnp.float64))), 0.0,
                    sde.T).reshape(-1)
-  padded = np.concatenate([flat, np.full(_bucket(len(flat)) - len(flat), sde.T)])  # few shapes, few compiles
+  # Chunks of one shape: the kernel is compiled once per process whatever the number of times.
+  padded = np.concatenate([flat, np.full(-len(flat) % _CHUNK, sde.T)]).reshape(-1, _CHUNK)
   with jax.enable_x64(True):
-    phi, factor = _jitted_marginal_factor(sde)(jnp.asarray(padded, jnp.float64))
-    phi = np.asarray(phi, np.float64)[:len(flat)].reshape(b.shape + phi.shape[1:])
-    factor = np.asarray(factor, np.float64)[:len(flat)].reshape(b.shape + factor.shape[1:])
+    kernel = _jitted_marginal_factor(sde)
+    chunks = [kernel(jnp.asarray(chunk, jnp.float64)) for chunk in padded]
+    phi = np.concatenate([np.asarray(chunk[0], np.float64) for chunk in chunks])[:len(flat)]
+    factor = np.concatenate([np.asarray(chunk[1], np.float64) for chunk in chunks])[:len(flat)]
+    phi = phi.reshape(b.shape + phi.shape[1:])
+    factor = factor.reshape(b.shape + factor.shape[1:])
   last = np.zeros(b.shape + (sde.order,))
   last[..., -1] = 1.0
   whitened = np.linalg.solve(factor, last[..., None])  # L^{-1} e_n
   row = np.linalg.solve(np.swapaxes(factor, -1, -2), whitened)[..., 0]  # L^{-T} L^{-1} e_n
   return phi[..., 0], row, factor
-
-
-def _bucket(size: int) -> int:
-  """The padded length of `size` kernel evaluations: a power of two, at least 64."""
-  return max(64, 1 << (size - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=16)
