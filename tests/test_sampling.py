@@ -303,7 +303,8 @@ def ode_path_sampler(order, method, num_steps=1, variable="state"):
 @functools.lru_cache(maxsize=None)
 def ode_paths(order, method, num_steps=1, tolerance=1e-5, first_id=0, variable="state"):
   """x (PATH_SAMPLES, 2) of ids first_id, ... and the NFE: every call maps the same prior draws per id."""
-  result = ode_path_sampler(order, method, num_steps, variable)(jnp.arange(first_id, first_id + PATH_SAMPLES), tolerance)
+  ids = jnp.arange(first_id, first_id + PATH_SAMPLES)
+  result = ode_path_sampler(order, method, num_steps, variable)(ids, tolerance)
   return np.asarray(result.x, np.float64), int(result.nfe)
 
 
