@@ -530,3 +530,26 @@ def test_every_posterior_mean_sampler_clips_x0_hat(method):
   np.testing.assert_allclose(draw("0:0.2").mean(0), [0.2, 0.0], atol=0.01)
   np.testing.assert_allclose(draw("auto", (0.0, 0.2)).mean(0), [0.2, 0.0], atol=0.01)
   np.testing.assert_allclose(draw("auto").mean(0), DATA_MEAN, atol=0.01)
+
+
+def test_gddim_reproduces_a_two_component_mixture_better_than_the_cholesky_and_ancestral_steps():
+  """Order 3, data 0.3 N((0.8, 0.6), 0.02) + 0.7 N((-0.6, -0.2), 0.02) with its exact score, 20 steps on the
+  'edm' grid, 4000 samples: gddim's error in the mean and covariance (0.04, of which ~0.015 is Monte Carlo) is
+  under half of 'ddim''s (0.13) and 'ancestral''s (0.17). (At 10 steps Lie-Trotter is better than every gddim
+  setting on this mixture: 0.07 against 0.19-0.36.)"""
+  sde = make_process(3)
+  means, weights, component_var = jnp.asarray([[0.8, 0.6], [-0.6, -0.2]]), jnp.asarray([0.3, 0.7]), 0.02
+  score_fn = lambda params, u, t: exact_scores.mixture_score(sde, u, t, means.astype(u.dtype), component_var,
+                                                             weights.astype(u.dtype))
+  mean = np.asarray(weights) @ np.asarray(means)
+  centered = np.asarray(means) - mean
+  cov = component_var * np.eye(2) + (np.asarray(weights)[:, None] * centered).T @ centered
+
+  def moment_error(method):
+    sampler = sampling.make_sampler(sde, score_fn, (2,), sampling_config(method, 20, "edm", clip_x0="none"),
+                                    dtype=jnp.float32)
+    x = np.asarray(sampler(None, jax.random.PRNGKey(0), jnp.arange(4000)), np.float64)
+    return np.linalg.norm(x.mean(0) - mean) + np.linalg.norm(np.cov(x.T) - cov)
+
+  gddim = moment_error("gddim")
+  assert gddim < 0.5 * moment_error("ddim") and gddim < 0.5 * moment_error("ancestral"), gddim
