@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   # grid was the best gddim setting on the swiss roll for orders 1-3 (benchmarks/RESULTS.md).
   sampling.multistep_order = 3
   sampling.time_variable = "b"
+  sampling.stochasticity = 0.0  # 'gddim': gDDIM's lambda, 0 the probability-flow ODE, 1 the reverse SDE
   # The posterior-mean samplers ('ancestral', 'ddim', 'gddim', and 'ode_adaptive' in 'flow') clip x0_hat to 'auto': the data's range ([-1, 1]
   # for images, the training points' range per coordinate for point data), 'none', or 'LOW:HIGH'.
   sampling.clip_x0 = "auto"

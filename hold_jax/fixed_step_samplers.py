@@ -122,10 +122,10 @@ def posterior_step(context, u, inputs, k, stochastic):
 
 def _gddim_schedule(sde, times, settings, dtype):
   flow = flow_schedule.build(sde, np.asarray(times, np.float64), settings["multistep_order"],
-                             settings["time_variable"])
-  as_array = lambda x: jnp.asarray(np.asarray(x), dtype)
+                             settings["time_variable"], stochasticity=settings["stochasticity"])
+  as_array = lambda x: None if x is None else jnp.asarray(np.asarray(x), dtype)
   inputs = (as_array(flow.transitions), as_array(flow.weights), as_array(flow.tweedie_row),
-            as_array(flow.tweedie_scale), times[:-1])
+            as_array(flow.tweedie_scale), times[:-1], as_array(flow.noise_factors))
   return inputs, flow.weights.shape[1]
 
 
@@ -136,13 +136,16 @@ def _gddim_start(context, u, order):
 
 def gddim_step(context, carry, inputs, k):
   """The multistep exponential integrator of the probability-flow ODE (hold_jax/flow_schedule.py):
-  u_{k+1} = Psi_k u_k + sum_j w_{k,j} x0_hat_{k-j}, x0_hat_k = (s + r_k . u_k) / c_k clipped to clip_x0."""
+  u_{k+1} = Psi_k u_k + sum_j w_{k,j} x0_hat_{k-j} (+ N(0, C_k) for stochasticity > 0), x0_hat_k =
+  (s + r_k . u_k) / c_k clipped to clip_x0."""
   u, history = carry
-  transition, weights, row, scale, t = inputs
+  transition, weights, row, scale, t, noise_factor = inputs
   x0_hat = sampler_parts.posterior_mean(context.score(u, t), u, row, scale, context.clip_x0)
   u = sampler_parts.combine_blocks(transition, u) + context.coefficient(weights[0]) * x0_hat[:, None]
   for j in range(1, weights.shape[0]):
     u = u + context.coefficient(weights[j]) * history[j - 1][:, None]
+  if noise_factor is not None:  # static: the schedule has noise factors only when stochastic
+    u = u + sampler_parts.combine_blocks(noise_factor, context.noise(k, context.state_shape))
   if history.shape[0]:
     history = jnp.concatenate([x0_hat[None], history[:-1]])
   return u, history

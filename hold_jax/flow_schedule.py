@@ -19,6 +19,12 @@ for a point mass. Higher orders extrapolate the last x0_hat values by a polynomi
 integrate its Lagrange basis against Psi(B', tau) g(tau) by quadrature (DPM-Solver++'s multistep scheme, here
 for any order of the process).
 
+The stochastic family (gDDIM's lambda): for lambda >= 0 the reverse-time SDEs du = [F u - (1 + lambda^2)/2 G G^T
+grad log p] dB + lambda G dW (dB < 0) all have the marginals p_B; lambda = 0 is the probability-flow ODE and
+lambda = 1 the reverse SDE. In posterior-mean form F_hat becomes F + (1 + lambda^2) xi e_n r^T, the identity
+Psi g = d/dtau [Psi m] still holds (so the first-order step keeps its form and is exact in law for a point
+mass), and step k adds Gaussian noise with covariance int Psi(b', tau) lambda^2 G G^T Psi(b', tau)^T dtau.
+
 Numerics, all in float64 on the host when a sampler is traced. Psi is stiff near eps (Sigma^{-1} grows like a
 negative power of B), so each step [B', B] is cut into sub-steps uniform in log B, at most `max_log_step`
 long; on each, fourth-order Magnus (two Gauss points, one commutator) with a [3/3] Pade exponential. The
@@ -53,6 +59,7 @@ class FlowSchedule:
   tweedie_row, tweedie_scale: (N, n) and (N,): r_k (row n of Sigma^{-1}) and c_k = r_k . m_k at b_k, so that
     x0_hat = (s + r_k . u) / c_k for the last-block score s at (u, b_k).
   means: (N + 1, n) m(b_k).
+  noise_factors: (N, n, n) a square root of step k's noise covariance, or None when deterministic.
   """
 
   b: np.ndarray
@@ -61,6 +68,7 @@ class FlowSchedule:
   tweedie_row: np.ndarray
   tweedie_scale: np.ndarray
   means: np.ndarray
+  noise_factors: np.ndarray | None = None
 
 
 def kernel_moments(sde: sde_lib.LangevinSDE, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,11 +99,12 @@ def _jitted_marginal_factor(sde: sde_lib.LangevinSDE):
   return jax.jit(lambda t: sde_lib.marginal_factor(sde, t))
 
 
-def flow_matrix(sde: sde_lib.LangevinSDE, row: np.ndarray) -> np.ndarray:
-  """F_hat = F + xi e_n r^T (..., n, n) for rows r (..., n) of Sigma^{-1} (G G^T = 2 xi e_n e_n^T)."""
+def flow_matrix(sde: sde_lib.LangevinSDE, row: np.ndarray, scale: float = 1.0) -> np.ndarray:
+  """F_hat = F + scale xi e_n r^T (..., n, n) for rows r (..., n) of Sigma^{-1} (G G^T = 2 xi e_n e_n^T);
+  scale = 1 + lambda^2 for the stochastic family (module docstring)."""
   drift = np.asarray(sde_lib.drift_matrix(sde, np.float64), np.float64)
   result = np.broadcast_to(drift, row.shape + (sde.order,)).copy()
-  result[..., -1, :] += sde.friction * row
+  result[..., -1, :] += scale * sde.friction * row
   return result
 
 
@@ -117,21 +126,21 @@ def _sub_nodes(b: np.ndarray, max_log_step: float) -> list[np.ndarray]:
   return nodes
 
 
-def magnus_exponents(sde: sde_lib.LangevinSDE, nodes: np.ndarray) -> np.ndarray:
+def magnus_exponents(sde: sde_lib.LangevinSDE, nodes: np.ndarray, scale: float = 1.0) -> np.ndarray:
   """Omega_i (M, n, n) with Psi(nodes[i + 1], nodes[i]) = expm(Omega_i) to fourth order (Magnus, two Gauss
   points, one commutator), for consecutive nodes (M + 1,); expm(-Omega_i) is the step back."""
   h = np.diff(nodes)
   middle = 0.5 * (nodes[1:] + nodes[:-1])
   offset = h * math.sqrt(3.0) / 6.0
   _, rows, _ = kernel_moments(sde, np.concatenate([middle - offset, middle + offset]))
-  first, second = np.split(flow_matrix(sde, rows), 2)
+  first, second = np.split(flow_matrix(sde, rows, scale), 2)
   return (0.5 * h)[:, None, None] * (first + second) + (math.sqrt(3.0) / 12.0 * h**2)[:, None, None] * (
       second @ first - first @ second)
 
 
-def _sub_step_transitions(sde: sde_lib.LangevinSDE, nodes: np.ndarray) -> np.ndarray:
+def _sub_step_transitions(sde: sde_lib.LangevinSDE, nodes: np.ndarray, scale: float = 1.0) -> np.ndarray:
   """Psi(nodes[i + 1], nodes[i]) (M, n, n) for consecutive nodes (M + 1,)."""
-  return pade_expm(magnus_exponents(sde, nodes))
+  return pade_expm(magnus_exponents(sde, nodes, scale))
 
 
 def time_variable(sde: sde_lib.LangevinSDE, b: np.ndarray, kind: str) -> np.ndarray:
@@ -167,12 +176,15 @@ def _simpson(values: np.ndarray, step: float) -> np.ndarray:
 
 
 def build(sde: sde_lib.LangevinSDE, times: np.ndarray, multistep_order: int = 1, variable: str = "log_snr",
-          max_log_step: float = _MAX_LOG_STEP) -> FlowSchedule:
+          max_log_step: float = _MAX_LOG_STEP, stochasticity: float = 0.0) -> FlowSchedule:
   """The FlowSchedule of the decreasing times t_0 = T > ... > t_N = eps (N + 1,).
 
   Step k uses min(multistep_order, k + 1) values of x0_hat (lower orders in the first steps, where there is no
-  history yet).
+  history yet). stochasticity = lambda >= 0 (module docstring): 0 the probability-flow ODE, 1 the reverse SDE.
   """
+  if not (stochasticity >= 0 and math.isfinite(stochasticity)):
+    raise ValueError(f"sampling.stochasticity = {stochasticity!r} is not allowed: it must be a finite number >= 0.")
+  scale = 1.0 + stochasticity**2
   if multistep_order not in range(1, MAX_MULTISTEP_ORDER + 1):
     raise ValueError(f"sampling.multistep_order = {multistep_order!r} is not allowed: it must be 1, 2 or 3.")
   times = np.asarray(times, np.float64)
@@ -182,13 +194,14 @@ def build(sde: sde_lib.LangevinSDE, times: np.ndarray, multistep_order: int = 1,
   means, rows, _ = kernel_moments(sde, b)
   nodes_per_step = _sub_nodes(b, max_log_step)
   all_nodes = np.concatenate([nodes[:-1] for nodes in nodes_per_step] + [b[-1:]])
-  sub_transitions = _sub_step_transitions(sde, all_nodes)
+  sub_transitions = _sub_step_transitions(sde, all_nodes, scale)
   node_means, node_rows, _ = kernel_moments(sde, all_nodes)
   node_v = time_variable(sde, all_nodes, variable) if multistep_order > 1 else None
   grid_v = time_variable(sde, b, variable) if multistep_order > 1 else None
 
   transitions = np.zeros((num_steps, n, n))
   weights = np.zeros((num_steps, multistep_order, n))
+  noise_covariances = np.zeros((num_steps, n, n))
   start = 0
   for k, nodes in enumerate(nodes_per_step):
     count = len(nodes) - 1
@@ -200,18 +213,27 @@ def build(sde: sde_lib.LangevinSDE, times: np.ndarray, multistep_order: int = 1,
     transitions[k] = to_end[0]
     # The first-order weight from the exact identity; it is also the quadrature's sum over the basis.
     weights[k, 0] = means[k + 1] - to_end[0] @ means[k]
+    step = math.log(nodes[-1] / nodes[0]) / count  # negative: ds from b_k down to b_{k+1}
+    if stochasticity > 0:  # int Psi(b', tau) lambda^2 G G^T Psi(b', tau)^T dtau, in s = log tau
+      column = to_end[:, :, -1]
+      integrand = (column[:, :, None] * column[:, None, :]) * nodes[:, None, None]
+      noise_covariances[k] = 2.0 * sde.friction * stochasticity**2 * _simpson(integrand, -step)
     used = min(multistep_order, k + 1)
     if used > 1:
       span = slice(start, start + count + 1)
       # d/dtau [Psi(b', tau) m(tau)] = Psi(b', tau) g(tau), g = -xi (r . m) e_n; integrated in s = log tau.
-      source = -sde.friction * np.sum(node_rows[span] * node_means[span], axis=-1)  # (count + 1,)
+      source = -scale * sde.friction * np.sum(node_rows[span] * node_means[span], axis=-1)  # (count + 1,)
       integrand = to_end[:, :, -1] * (source * nodes)[:, None]  # (count + 1, n), times dtau/ds = tau
       basis = _lagrange_basis(grid_v[k + 1 - used:k + 1][::-1], node_v[span])  # (used, count + 1)
-      step = math.log(nodes[-1] / nodes[0]) / count  # negative: ds from b_k down to b_{k+1}
       quadrature = np.stack([_simpson(integrand * basis[j][:, None], step) for j in range(used)])
       weights[k, :used] = quadrature
     start += count
   tweedie_scale = np.sum(rows * means, axis=-1)
+  noise_factors = None
+  if stochasticity > 0:
+    symmetric = 0.5 * (noise_covariances + np.swapaxes(noise_covariances, -1, -2))
+    values, vectors = np.linalg.eigh(symmetric)  # a square root that tolerates round-off negative eigenvalues
+    noise_factors = vectors * np.sqrt(np.maximum(values, 0.0))[:, None, :]
   return FlowSchedule(b=b, transitions=transitions, weights=weights, tweedie_row=rows[:-1],
-                      tweedie_scale=tweedie_scale[:-1], means=means)
+                      tweedie_scale=tweedie_scale[:-1], means=means, noise_factors=noise_factors)
 

@@ -32,7 +32,9 @@ config.sampling.method, with its network evaluations (NFE) for N = sampling.num_
   'gddim'         the exponential integrator of the probability-flow ODE in posterior-mean form (gDDIM; the
                   transition R_{k+1} R_k^{-1} of a square root of Sigma moved by the flow, and sampling.multistep_order
                   past x0_hat values extrapolated in sampling.time_variable; hold_jax/flow_schedule.py). Exact for
-                  a point mass; converges to the ODE at the multistep order. NFE N.
+                  a point mass; converges to the ODE at the multistep order. NFE N. sampling.stochasticity =
+                  lambda > 0 integrates gDDIM's stochastic family instead (1: the reverse SDE), exact in law
+                  for a point mass.
   'euler_maruyama' u <- u + dB [-F u + 2 xi s e_last] + sqrt(dB) G z, score at (u_k, t_k). NFE N.
   'ode_heun'      Heun (explicit trapezoid) on the probability-flow ODE, the score at both ends of every step:
                   NFE 2N. (EDM makes its last step Euler because its grid ends at sigma = 0, where the score
@@ -181,6 +183,10 @@ def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
     raise ValueError(f"sampling.time_variable = {variable!r} is not allowed: it must be one of "
                      f"{flow_schedule.TIME_VARIABLES}.")
   clip_range(sampling_config.get("clip_x0", "none"), None)
+  stochasticity = sampling_config.get("stochasticity", 0.0)
+  if not (isinstance(stochasticity, (int, float)) and stochasticity >= 0 and math.isfinite(stochasticity)):
+    raise ValueError(f"sampling.stochasticity = {stochasticity!r} is not allowed: it must be a finite number >= 0 "
+                     "(0: the probability-flow ODE, 1: the reverse SDE).")
   variable = sampling_config.get("ode_variable", "flow")
   if variable not in ODE_VARIABLES:
     raise ValueError(f"sampling.ode_variable = {variable!r} is not allowed: it must be one of {ODE_VARIABLES}.")
@@ -234,7 +240,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
                     method: str = "lie_trotter", grid: str = "uniform", rho: float = 7.0, denoise: bool = True,
                     ode_solver: str = "tsit5", ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
                     ode_max_steps: int = 4096, ode_variable: str = "flow", multistep_order: int = 3,
-                    time_variable: str = "b", clip_x0: tuple[Any, Any] | None = None, dtype=None) -> Samples:
+                    time_variable: str = "b", stochasticity: float = 0.0, clip_x0: tuple[Any, Any] | None = None,
+                    dtype=None) -> Samples:
   """Draws x_0 for each id in sample_ids (num_samples,); returns Samples(x (num_samples, *data_shape), nfe).
 
   score_fn(params, u (b, n, *data_shape), t (b,)) -> last-block score (b, *data_shape). num_steps, grid and
@@ -256,7 +263,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
     with jax.ensure_compile_time_eval():
       times = time_grid(sde, num_steps, grid, rho).astype(dtype)
     u = fixed_step_samplers.run(method, context, u, times,
-                                dict(multistep_order=multistep_order, time_variable=time_variable))
+                                dict(multistep_order=multistep_order, time_variable=time_variable,
+                                     stochasticity=stochasticity))
     nfe = jnp.asarray(network_evaluations(method, num_steps, sde.order, denoise), jnp.int32)
   return Samples(x=sampler_parts.denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
 
@@ -269,7 +277,7 @@ def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.A
 
 
 _SETTINGS = ("num_steps", "method", "grid", "rho", "denoise", "ode_solver", "ode_rtol", "ode_atol", "ode_max_steps",
-             "ode_variable", "multistep_order", "time_variable")
+             "ode_variable", "multistep_order", "time_variable", "stochasticity")
 
 
 def make_sampler(sde: sde_lib.LangevinSDE, score_fn: Callable, data_shape: tuple[int, ...], sampling_config,
