@@ -6,8 +6,10 @@ Every process must save the same step. In a multi-process job that step is agree
 point, the library's mechanism that orbax's CheckpointManager.reached_preemption reads: jax.distributed
 installs its own SIGTERM notifier, which tells the coordination service, which picks the step after the
 furthest any process has reached. SIGINT and SIGUSR1 are turned into SIGTERM to this process so they take
-the same path. A single process without jax.distributed has no coordination service; there the signal
-handler's flag is the request. A second SIGINT in a single process stops at once (KeyboardInterrupt), after
+the same path. A single process has no one to agree with, with or without jax.distributed; there the signal
+handler's flag is the request. (Through the library a single fast-stepping process could miss the sync step:
+it is set in the background to the furthest step reported plus one, which the training loop may already
+have passed.) A second SIGINT in a single process stops at once (KeyboardInterrupt), after
 the saves already started have finished.
 """
 from __future__ import annotations
@@ -22,12 +24,15 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def library_sync_available() -> bool:
-  """True when jax.distributed runs a preemption sync manager (the coordination service's agreement)."""
+  """True when several processes run jax.distributed with a preemption sync manager (the coordination
+  service's agreement)."""
   try:
+    import jax  # pylint: disable=g-import-not-at-top
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
   except ImportError:
     return False
-  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+  return (getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+          and jax.process_count() > 1)
 
 
 class StopRequests:
