@@ -4,10 +4,11 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/toy2d
 
-$(STAMP): requirements.txt requirements-test.txt
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 .PHONY: env demo exact-demo test bench

@@ -11,7 +11,7 @@ import jax
 def load_config(name):
   """configs/<module>.py's get_config(variant) for a name 'module' or 'module:variant'."""
   module, _, variant = name.partition(":")
-  return importlib.import_module(f"configs.{module}").get_config(variant)
+  return importlib.import_module(f"hold_jax.configs.{module}").get_config(variant)
 
 
 def write_results(path, rows, **extra):

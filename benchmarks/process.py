@@ -22,7 +22,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import default  # noqa: E402
+from hold_jax.configs import default  # noqa: E402
 from hold_jax import sde as sde_lib  # noqa: E402
 
 KL_TARGET = 1e-5

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from configs import toy2d  # noqa: E402
+from hold_jax.configs import toy2d  # noqa: E402
 from hold_jax import evaluate as evaluate_lib, input_pipeline, sample, train  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)

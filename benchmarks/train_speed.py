@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from configs import toy2d  # noqa: E402
+from hold_jax.configs import toy2d  # noqa: E402
 from hold_jax import input_pipeline, losses, models, sde as sde_lib, train  # noqa: E402
 
 CLD_SGM_MS = 3.7

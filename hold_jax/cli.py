@@ -21,6 +21,8 @@ from ml_collections.config_flags import config_flags  # the module: is_config_fl
 from ml_collections.config_flags import config_path
 
 PROGRAM = "hold_jax"
+# The stock configs ship inside the package, so `--config configs/toy2d.py` works from any directory.
+PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 USAGE_ERROR_STATUS = 2  # the shell's convention for a bad command line; absl's own flag errors exit with 1
 _LOOKUP_METHODS = ("__getitem__", "__getattr__", "__setitem__", "__setattr__")
 
@@ -169,6 +171,37 @@ def _config_flags(flag_values: flags.FlagValues) -> dict[str, flags.Flag]:
           if config_flags.is_config_flag(flag)}
 
 
+def stock_config_path(path: str) -> str:
+  """`path` itself when it is a file; else, for `configs/NAME.py` (the repository's layout), the packaged
+  copy hold_jax/configs/NAME.py when there is one, so an installed package runs its stock configs from any
+  directory. A file of that name in the working directory always wins."""
+  folder, name = os.path.split(path)
+  packaged = os.path.join(PACKAGED_CONFIGS, name)
+  if os.path.isfile(path) or os.path.normpath(folder) != "configs" or not os.path.isfile(packaged):
+    return path
+  return packaged
+
+
+def with_stock_configs(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
+  """argv with every config-file argument (`--config PATH[:VARIANT]` or `--config=PATH[:VARIANT]`) passed
+  through stock_config_path."""
+  argv = list(argv)
+  names = [name for name, flag in _config_flags(flag_values).items()
+           if isinstance(flag.parser, config_flags.ConfigFileFlagParser)]
+  for index in range(1, len(argv)):
+    for name in names:
+      for flag in (f"--{name}", f"-{name}"):
+        if argv[index].startswith(f"{flag}="):
+          position, prefix = index, f"{flag}="
+        elif argv[index] == flag and index + 1 < len(argv):
+          position, prefix = index + 1, ""
+        else:
+          continue
+        path, colon, variant = argv[position][len(prefix):].partition(":")
+        argv[position] = prefix + stock_config_path(path) + colon + variant
+  return argv
+
+
 def missing_config_file(argv: list[str], flag_values: flags.FlagValues) -> str | None:
   """The message for a --config file that does not exist, which ml_collections reports only when the config is
   first read, as an OSError traceback from inside main; None when every config file given exists."""
@@ -220,7 +253,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   """absl.app.run's flags_parser: flag_values(argv), with a bad --config.a.b=value override reported as
   `hold_jax: --config.a.b=value: <what is wrong and the fix>` on stderr and exit status 2, no traceback.
   A missing --config file is reported the same way. Returns the arguments left after the flags, as absl's
-  own parser does."""
+  own parser does. `configs/NAME.py` falls back to the packaged stock config (stock_config_path)."""
+  argv = with_stock_configs(argv, flag_values)
   message = missing_config_file(argv, flag_values)
   if message is None:
     try:

@@ -100,5 +100,10 @@ def main(argv):
 USER_ERRORS = (ValueError, FloatingPointError, checkpoints.CheckpointError, AttributeError, KeyError)
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+  """The `hold-jax` console command (pyproject.toml): the same as `python -m hold_jax.main`."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  entry_point()

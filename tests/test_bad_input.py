@@ -14,8 +14,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import digits
-from configs import toy2d
+from hold_jax.configs import digits
+from hold_jax.configs import toy2d
 from hold_jax import cli
 from hold_jax import config_checks
 from hold_jax import input_pipeline

@@ -14,7 +14,7 @@ import pytest
 from etils import epath
 
 from benchmarks import damage
-from configs import toy2d
+from hold_jax.configs import toy2d
 from hold_jax import checkpoints
 from hold_jax import run_record
 from hold_jax import train

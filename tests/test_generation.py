@@ -16,7 +16,7 @@ import sys
 import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
-from configs import toy2d
+from hold_jax.configs import toy2d
 from hold_jax import models, sample, sde as sde_lib, train
 config = toy2d.get_config("local")
 config.sampling.num_steps = 8

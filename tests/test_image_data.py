@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from configs import cifar10
-from configs import celebahq256
-from configs import digits
+from hold_jax.configs import cifar10
+from hold_jax.configs import celebahq256
+from hold_jax.configs import digits
 from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax import input_pipeline

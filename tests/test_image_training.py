@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 
-from configs import cifar10
+from hold_jax.configs import cifar10
 from hold_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 
-from configs import toy2d
+from hold_jax.configs import toy2d
 from hold_jax import train
 
 import run_helpers  # tests/run_helpers.py

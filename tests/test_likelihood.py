@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from hold_jax.configs import default
 from hold_jax import config_checks
 from hold_jax import exact_scores
 from hold_jax import image_data

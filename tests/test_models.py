@@ -32,7 +32,7 @@ EXPECTED_PARAMS = {
 
 def get_config(name):
   module, _, variant = name.partition(":")
-  return importlib.import_module(f"configs.{module}").get_config(variant)
+  return importlib.import_module(f"hold_jax.configs.{module}").get_config(variant)
 
 
 def data_shape(config):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import toy2d
+from hold_jax.configs import toy2d
 from hold_jax import evaluate
 from hold_jax import round_files
 from hold_jax import train

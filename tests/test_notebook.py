@@ -9,7 +9,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from configs import digits
+from hold_jax.configs import digits
 from hold_jax import quality
 from hold_jax import run_record
 from hold_jax import train

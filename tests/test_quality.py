@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import damage
-from configs import digits
+from hold_jax.configs import digits
 from hold_jax import checkpoints
 from hold_jax import evaluate
 from hold_jax import quality

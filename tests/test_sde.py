@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 import references
-from configs import default
+from hold_jax.configs import default
 from hold_jax import sde as sde_lib
 
 TIMES = np.array([1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.4, 1.0])

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import toy2d
+from hold_jax.configs import toy2d
 from hold_jax import input_pipeline
 from hold_jax import train
 
@@ -147,7 +147,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_same_losses_and_parameters_on_one_and_four_devices(tmp_path):
   code = """
     import json, sys, jax, numpy as np
-    from configs import toy2d
+    from hold_jax.configs import toy2d
     from hold_jax import train
     config = toy2d.get_config("local")
     config.training.num_steps = 20

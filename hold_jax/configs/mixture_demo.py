@@ -1,7 +1,7 @@
 """Sampler demo on a 2-D ring of Gaussians with its exact score: no download, no training (`make demo`)."""
 import ml_collections
 
-from configs import default
+from hold_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

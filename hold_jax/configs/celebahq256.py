@@ -6,7 +6,7 @@
 """
 import ml_collections
 
-from configs import images
+from hold_jax.configs import images
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

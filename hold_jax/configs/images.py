@@ -3,7 +3,7 @@ and digits.py start from `get_config()` here and override what they need."""
 import ml_collections
 from ml_collections import config_dict
 
-from configs import default
+from hold_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

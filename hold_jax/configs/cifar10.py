@@ -6,7 +6,7 @@ attention at 16x16, dropout 0.1), Adam 2e-4 with warm-up, clipping 1, EMA 0.9999
 """
 import ml_collections
 
-from configs import images
+from hold_jax.configs import images
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ with a small DDPM++: recognisable digits after <= 30 minutes on 2 CPU cores (10k
 """
 import ml_collections
 
-from configs import images
+from hold_jax.configs import images
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@
 """
 import ml_collections
 
-from configs import default
+from hold_jax.configs import default
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
