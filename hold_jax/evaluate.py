@@ -34,6 +34,8 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hold_jax import checkpoints
+from hold_jax import field_checks
+from hold_jax import console
 from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax import input_pipeline
@@ -66,6 +68,21 @@ class Examples:
   num_total: int
   num_levels: int | None
   description: str
+
+
+def check_settings(eval_config) -> None:
+  """Raises ValueError naming the first bad field of `config.eval` that the bound reads, before any work: the
+  likelihood's settings (likelihood.check_settings) and the examples' batching and rounds, which the quality
+  metrics share. What needs the data or the devices (a generated set's count, the batch against the device
+  count) is checked in `evaluate`."""
+  likelihood.check_settings(eval_config)
+  field_checks.require_int("eval.batch_size", eval_config.batch_size, 1)
+  field_checks.require_int("eval.round_size", eval_config.round_size, 1)
+  num_examples = eval_config.num_examples
+  field_checks.require(field_checks.is_int(num_examples) and (num_examples >= 1 or num_examples == -1),
+                       "eval.num_examples", num_examples, "an integer >= 1, or -1 for a whole split")
+  # -1 is the newest readable checkpoint; whether a chosen step exists is known only once the workdir is read.
+  field_checks.require_int("eval.checkpoint_step", eval_config.get("checkpoint_step", -1), -1)
 
 
 def process_share(num_examples: int) -> np.ndarray:
@@ -244,10 +261,10 @@ def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, round
     if jax.process_index() == 0:
       elapsed = time.time() - started
       eta = elapsed / computed_rounds * (num_rounds - round_index - 1) if computed_rounds else float("nan")
-      logging.info("eval: round %d/%d (%d/%d examples), mean bound %.4f nats/dim, mean NFE %.0f, %.0f s elapsed, "
-                   "ETA %.0f s", round_index + 1, num_rounds, last, examples.num_total,
-                   np.nanmean(np.concatenate(parts["nll_bound"])) / num_coords,
-                   np.mean(np.concatenate(parts["nfe"])), elapsed, eta)
+      console.say(f"eval: round {round_index + 1}/{num_rounds} ({last}/{examples.num_total} examples), mean bound "
+                  f"{np.nanmean(np.concatenate(parts['nll_bound'])) / num_coords:.4f} nats/dim, mean NFE "
+                  f"{np.mean(np.concatenate(parts['nfe'])):.0f}, {console.duration(elapsed)} elapsed, ETA "
+                  f"{console.duration(eta) if np.isfinite(eta) else '?'}")
   return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -320,7 +337,7 @@ def evaluate(config, workdir: str) -> str:
     path.write_text(json.dumps(report, indent=2, default=json_default))
     logging.info("eval: %s = %.4f +- %.4f nats per example%s", name, report["nll_bound_nats"],
                  report["nll_bound_nats_stderr"], f", {report['bits_per_dim']:.4f} bits/dim"
-                 if "bits_per_dim" in report else "")
+                 if "bits_per_dim" in report else "")  # main prints the report's path and summary
   return str(path)
 
 

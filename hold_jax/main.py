@@ -1,9 +1,16 @@
 """Entry point: python -m hold_jax.main --config configs/NAME.py --workdir DIR [--mode=...] [--config.a.b=value].
 
 Thin on purpose: it parses flags, checks the config, and hands it to train, sample, evaluate or the demo;
-everything else is importable from a notebook.
+everything else is importable from a notebook. The console shows the run's progress; the config and the
+libraries' log lines go to <workdir>/log.txt (hold_jax/console.py).
 """
+import importlib
 import sys
+
+from hold_jax import console
+
+with console.native_stderr_captured() as _IMPORT_NOTICES:
+  importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
 
 import jax
 from absl import app
@@ -72,6 +79,7 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.hold_library_logs()
   config = _CONFIG.value
   if _DISTRIBUTED.value:
     initialize_distributed(config)
@@ -81,6 +89,9 @@ def main(argv):
     print(f"hold_jax: error: {error}", file=sys.stderr)
     sys.exit(2)
   checkpoints.shorten_library_tracebacks()
+  log_file = console.log_to_file(_WORKDIR.value, jax.process_index())
+  console.say(f"hold_jax {_MODE.value}: workdir {_WORKDIR.value}" + (f", log {log_file}" if log_file else ""))
+  logging.info("TensorFlow's notices on import:\n%s", "".join(_IMPORT_NOTICES))
   logging.info("Config:\n%s", config)
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   try:

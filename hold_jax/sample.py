@@ -10,6 +10,7 @@ import numpy as np
 from absl import logging
 
 from hold_jax import checkpoints
+from hold_jax import console
 from hold_jax import generation
 from hold_jax import image_data
 from hold_jax import input_pipeline
@@ -102,7 +103,7 @@ def sample_to_disk(config, workdir: str) -> str:
   if bad.any():
     raise FloatingPointError(f"{bad.sum()} of {len(samples)} samples are not finite ({name}, NFE {nfe}); nothing "
                              f"was written. {sampling.non_finite_advice(settings)}")
-  logging.info("%d samples (%s): %d network evaluations per batch.", len(samples), name, nfe)
+  console.say(f"{len(samples)} samples ({name}): {nfe} network evaluations per batch")
   name = f"{name}_ckpt{step}"
   directory = train.workdir_path(workdir) / "samples"
   path = directory / f"{name}.npz"

@@ -22,9 +22,10 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from hold_jax import checkpoints
+from hold_jax import console
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
@@ -53,8 +54,10 @@ class TrainState:
 
 
 def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes, axis 'data'."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+  """A 1-D mesh over all devices of all processes, axis 'data'. jax.make_mesh orders the devices by the
+  physical topology (on TPU slices, neighbours on the interconnect) rather than by id; the axis is 'Auto',
+  the sharding-in-types mode's default before explicit axes: jit propagates the batch sharding itself."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
 SCHEDULES = ("constant", "cosine")
@@ -65,12 +68,10 @@ def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
   'constant', or 'cosine' decay to 0 at num_steps (the training length)."""
   warmup = max(int(optim_config.warmup_steps), 1)
   if optim_config.schedule == "constant":
-    after = optax.constant_schedule(optim_config.learning_rate)
-  elif optim_config.schedule == "cosine":
-    after = optax.cosine_decay_schedule(optim_config.learning_rate, max(num_steps - warmup, 1))
-  else:
-    raise ValueError(f"optim.schedule = {optim_config.schedule!r} is not allowed: it must be one of {SCHEDULES}.")
-  return optax.join_schedules([optax.linear_schedule(0.0, optim_config.learning_rate, warmup), after], [warmup])
+    return optax.warmup_constant_schedule(0.0, optim_config.learning_rate, warmup)
+  if optim_config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, optim_config.learning_rate, warmup, max(num_steps, warmup + 1))
+  raise ValueError(f"optim.schedule = {optim_config.schedule!r} is not allowed: it must be one of {SCHEDULES}.")
 
 
 def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
@@ -192,9 +193,26 @@ def restore_or_init(manager: ocp.CheckpointManager, make_fresh_state: Callable[[
     if damaged.exists() and any(damaged.iterdir()):
       logging.warning("No usable checkpoint in %s (damaged ones are in %s): starting from step 0.",
                       manager.directory, damaged)
+    console.say(f"Starting at step 0: no checkpoint in {manager.directory} yet")
     return jax.device_put(make_fresh_state(), sharding)
-  logging.info("Resuming from the checkpoint of step %d in %s", restored.step, manager.directory)
+  console.say(f"Resuming from the checkpoint of step {restored.step} in {manager.directory}")
   return restored.tree
+
+
+def hparams(config) -> dict[str, bool | int | float | str]:
+  """The whole config flattened to dotted names ('sde.order': 3, 'model.ch_mult': '(1, 2, 2, 2)'), for
+  TensorBoard's hparams dashboard, which takes scalars and strings only; unset fields are 'None'."""
+  flat = {}
+
+  def visit(prefix: str, node) -> None:
+    for key, value in node.items():
+      if isinstance(value, dict):
+        visit(f"{prefix}{key}.", value)
+      else:
+        flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+  visit("", config.to_dict())
+  return flat
 
 
 def nonfinite_error(state: TrainState, last_saved: int | None) -> FloatingPointError:
@@ -261,7 +279,7 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
           f"{training.num_steps}: raise training.num_steps to continue, or sample/evaluate it as it is.")
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start == 0:
-      writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+      writer.write_hparams(hparams(config))
     with preemption.StopRequests(manager.reached_preemption) as stop:
       state = _train_loop(config, state, start, train_step, stream, batch_sharding, manager, writer, callbacks,
                           stop)
@@ -275,8 +293,10 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
                 callbacks, stop: preemption.StopRequests) -> TrainState:
   """Steps start..training.num_steps (or until a stop request), logging and saving on the way."""
   training = config.training
+  main_process = jax.process_index() == 0
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
-                                           every_steps=training.log_every)] if jax.process_index() == 0 else []
+                                           every_steps=training.log_every)] if main_process else []
+  progress = console.Progress(start, training.num_steps)
   schedule = learning_rate_schedule(config.optim, training.num_steps)
   global_shape = (training.batch_size,) + stream.data_shape
   pending = []
@@ -299,9 +319,13 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
         summary["learning_rate"] = float(schedule(step))
         writer.write_scalars(step + 1, summary)
         pending = []
+        if main_process:
+          console.say(progress.line(step + 1, summary))
       if save:
         checkpoints.save(manager, step + 1, state)
         last_saved = step + 1
+        if main_process:
+          console.say(f"saving the checkpoint of step {step + 1}")
       if stopping:
         checkpoints.wait(manager, step + 1)
         logging.warning("%s: saved the checkpoint of step %d in %s and stopped; the same command resumes.",
