@@ -112,6 +112,35 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.ode_atol = 1e-5
   evaluation.max_steps = 4096  # solver steps per example; an example that needs more fails the run loudly
 
+  # Training (hold_jax/train.py). The image recipe's values; toy2d.py and images.py override what differs.
+  # Adam with linear warm-up from 0, then 'constant' or 'cosine' (decay to 0 at training.num_steps); the global
+  # gradient norm is clipped to grad_clip (<= 0: no clipping).
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 2e-4
+  optim.warmup_steps = 5000
+  optim.schedule = "constant"
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+  optim.grad_clip = 1.0
+
+  # EMA of the parameters, used for sampling and evaluation; with warm-up the decay at step k is
+  # min(decay, (1 + k) / (10 + k)), so early averages forget the initialisation.
+  config.ema = ema = ml_collections.ConfigDict()
+  ema.decay = 0.9999
+  ema.warmup = True
+
+  config.training = training = ml_collections.ConfigDict()
+  training.num_steps = 1_300_000
+  training.batch_size = 128  # global: split over every device of every host
+  training.log_every = 100  # a progress line and TensorBoard scalars every this many steps
+  training.checkpoint_every = 10_000
+
+  # Orbax checkpoints in workdir/checkpoints: the newest `keep`, written in the background when asynchronous.
+  config.checkpoint = checkpoint = ml_collections.ConfigDict()
+  checkpoint.keep = 3
+  checkpoint.asynchronous = True
+
   # Multi-process jobs (--distributed): jax.distributed's coordination-service timeouts, in seconds. A process
   # that stops sending heartbeats for heartbeat_timeout is declared dead and the others stop with a message
   # instead of hanging in a collective until the scheduler kills them; shutdown_timeout bounds the wait for

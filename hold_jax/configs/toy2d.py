@@ -24,28 +24,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.embedding_dim = 64
   config.model.fourier_scale = 1.0
 
-  config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 1000
-  config.optim.schedule = "constant"  # or 'cosine' (decays to 0 at training.num_steps; measured no better here)
-  config.optim.beta1 = 0.9
-  config.optim.beta2 = 0.999
-  config.optim.eps = 1e-8
-  config.optim.grad_clip = 1.0
-
-  config.ema = ml_collections.ConfigDict()
   config.ema.decay = 0.999
-  config.ema.warmup = True
-
-  config.training = ml_collections.ConfigDict()
   config.training.num_steps = 40000
   config.training.batch_size = 512
   config.training.log_every = 500
   config.training.checkpoint_every = 5000
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.keep = 3
-  config.checkpoint.asynchronous = True
 
   # The arms (noise 0.002) are resolved only by the score at t < 1e-2: uniform t puts 1% of the examples
   # there and gives blobs (0.28 of samples within 0.01 of the arms); log-uniform t gives 0.70.
