@@ -285,7 +285,7 @@ def evaluate(config, workdir: str) -> str:
   entropy = float(likelihood.auxiliary_entropy(sde, num_coords, eval_config.aux_distribution))  # checks q
   if jax.process_index() == 0:  # an unwritable workdir is found before the bound is computed, not after
     checkpoints.check_workdir(train.workdir_path(workdir) / "eval", 1 << 20, "the report")
-  mesh = Mesh(np.asarray(jax.local_devices()), (train.DATA_AXIS,))
+  mesh = train.make_mesh(jax.local_devices())
   if eval_config.batch_size % mesh.size:
     raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be divisible by this host's {mesh.size} "
                      "devices.")

@@ -53,11 +53,12 @@ class TrainState:
   first_bad_step: jax.Array
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes, axis 'data'. jax.make_mesh orders the devices by the
-  physical topology (on TPU slices, neighbours on the interconnect) rather than by id; the axis is 'Auto',
-  the sharding-in-types mode's default before explicit axes: jit propagates the batch sharding itself."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh, axis 'data', over `devices` (default: every device of every process). jax.make_mesh orders
+  the devices by the physical topology (on TPU slices, neighbours on the interconnect) rather than by id; the
+  axis is 'Auto', so jit propagates the batch sharding itself."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 SCHEDULES = ("constant", "cosine")
