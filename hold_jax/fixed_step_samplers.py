@@ -86,8 +86,8 @@ def _splitting_schedule(sde, times, settings, dtype, variant):
 
 def _linear_step(context, u, propagator, noise_factor, k):
   """(A), exact: u <- expm(dB F_A) u + N(0, Q_A(dB))."""
-  return (sampler_parts.combine_blocks(propagator, u)
-          + sampler_parts.combine_blocks(noise_factor, context.noise(k, context.state_shape)))
+  return (sde_lib.apply_blocks(propagator, u)
+          + sde_lib.apply_blocks(noise_factor, context.noise(k, context.state_shape)))
 
 
 def splitting_step(context, u, inputs, k):
@@ -114,9 +114,9 @@ def _posterior_schedule(sde, times, settings, dtype, variant):
 def posterior_step(context, u, inputs, k, stochastic):
   gain, x0_weight, noise_factor, row, scale, t = inputs
   x0_hat = sampler_parts.posterior_mean(context.score(u, t), u, row, scale, context.clip_x0)
-  u = sampler_parts.combine_blocks(gain, u) + context.coefficient(x0_weight) * x0_hat[:, None]
+  u = sde_lib.apply_blocks(gain, u) + context.coefficient(x0_weight) * x0_hat[:, None]
   if stochastic:
-    u = u + sampler_parts.combine_blocks(noise_factor, context.noise(k, context.state_shape))
+    u = u + sde_lib.apply_blocks(noise_factor, context.noise(k, context.state_shape))
   return u
 
 
@@ -141,11 +141,11 @@ def gddim_step(context, carry, inputs, k):
   u, history = carry
   transition, weights, row, scale, t, noise_factor = inputs
   x0_hat = sampler_parts.posterior_mean(context.score(u, t), u, row, scale, context.clip_x0)
-  u = sampler_parts.combine_blocks(transition, u) + context.coefficient(weights[0]) * x0_hat[:, None]
+  u = sde_lib.apply_blocks(transition, u) + context.coefficient(weights[0]) * x0_hat[:, None]
   for j in range(1, weights.shape[0]):
     u = u + context.coefficient(weights[j]) * history[j - 1][:, None]
   if noise_factor is not None:  # static: the schedule has noise factors only when stochastic
-    u = u + sampler_parts.combine_blocks(noise_factor, context.noise(k, context.state_shape))
+    u = u + sde_lib.apply_blocks(noise_factor, context.noise(k, context.state_shape))
   if history.shape[0]:
     history = jnp.concatenate([x0_hat[None], history[:-1]])
   return u, history
@@ -164,7 +164,7 @@ def _step_schedule(sde, times, settings, dtype):
 def euler_maruyama_step(context, u, inputs, k):
   """u <- u + dB [-F u + 2 xi s e_last] + sqrt(2 xi dB) z e_last, score at (u_k, t_k)."""
   t, _, db = inputs
-  drift = sampler_parts.reverse_drift_per_beta(context.sde, u, context.score(u, t), score_weight=2.0)
+  drift = sde_lib.reverse_drift_per_beta(context.sde, u, context.score(u, t), score_weight=2.0)
   u = u + db * drift
   return u.at[:, -1].add(jnp.sqrt(2.0 * context.sde.friction * db) * context.noise(k, context.state_shape[1:]))
 

@@ -1,5 +1,6 @@
-"""The pieces every sampler shares: per-sample randomness, block products, the reverse drifts per unit of
-integrated beta, Tweedie's posterior mean, and the final denoising step (hold_jax/sampling.py explains them).
+"""The pieces every sampler shares: per-sample randomness, the probability-flow field of a score function,
+Tweedie's posterior mean, and the final denoising step (hold_jax/sampling.py explains them). The process math
+they use (block products, the reverse drifts per unit of integrated beta) lives in hold_jax/sde.py.
 
 Shapes: u (batch, n, *data_shape); scores and x0_hat (batch, *data_shape).
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hold_jax import sde as sde_lib
 
@@ -23,32 +23,10 @@ def per_sample_normal(keys: jax.Array, step: int | jax.Array, shape: tuple[int, 
   return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, step), shape, dtype))(keys)
 
 
-def combine_blocks(matrix: jax.Array | np.ndarray, u: jax.Array) -> jax.Array:
-  """matrix @ u over the block axis, as sde.apply_blocks: matrix (n, n), u (batch, n, *data_shape).
-
-  Unrolled into n^2 scaled adds that XLA fuses into one elementwise pass; the einsum of apply_blocks lowers
-  to a dot with an n-long contraction that is 10-30x slower on CPU (0.9 ms against 0.07 ms for a 10^4 x 3 x 2
-  state), which made the linear step cost a tenth of the toy network. Zero entries of a static (numpy)
-  matrix, e.g. the tridiagonal F, are skipped.
-  """
-  n = u.shape[1]
-  rows = []
-  for i in range(n):
-    terms = [matrix[i, j] * u[:, j] for j in range(n) if not (isinstance(matrix, np.ndarray) and matrix[i, j] == 0)]
-    rows.append(sum(terms[1:], terms[0]) if terms else jnp.zeros_like(u[:, 0]))
-  return jnp.stack(rows, axis=1)
-
-
-def reverse_drift_per_beta(sde, u, score_last, score_weight):
-  """sde.reverse_drift_per_beta, -F u + score_weight xi s_last e_last, with the block product unrolled."""
-  linear = -combine_blocks(sde_lib.drift_matrix(sde, np.float64).astype(u.dtype), u)
-  return linear.at[:, -1].add(score_weight * sde.friction * score_last)
-
-
 def probability_flow(sde, score_fn, params, u, t):
   """du/dB = F u - xi s_last e_last, the probability-flow ODE per unit of integrated beta, at known times t
   (batch,)."""
-  return -reverse_drift_per_beta(sde, u, score_fn(params, u, t), score_weight=1.0)
+  return -sde_lib.reverse_drift_per_beta(sde, u, score_fn(params, u, t), score_weight=1.0)
 
 
 def posterior_mean(score: jax.Array, u: jax.Array, row: jax.Array, scale: jax.Array, clip_x0=None) -> jax.Array:
@@ -75,4 +53,4 @@ def denoise(sde, score_fn, params, u, dtype):
     score = score_fn(params, u, jnp.full(u.shape[:1], sde.eps, dtype))
   else:
     score = jnp.zeros_like(u[:, -1])
-  return (u + last_db * reverse_drift_per_beta(sde, u, score, score_weight=2.0))[:, 0]
+  return (u + last_db * sde_lib.reverse_drift_per_beta(sde, u, score, score_weight=2.0))[:, 0]

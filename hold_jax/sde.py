@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -412,19 +412,30 @@ def check_times(sde: LangevinSDE, t: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# States, the prior and the reverse-time drifts.
+# States, the prior density and the reverse-time drifts.
 
 
-def apply_blocks(matrix: jax.Array, u: jax.Array) -> jax.Array:
-  """matrix @ u over the block axis: matrix (n, n) or (batch, n, n), u (batch, n, *data_shape)."""
-  flat = u.reshape(u.shape[:2] + (-1,))
-  return jnp.einsum("...ij,...jd->...id", matrix, flat).reshape(u.shape)
+def apply_blocks(matrix: jax.Array | np.ndarray, u: jax.Array) -> jax.Array:
+  """matrix @ u over the block axis: matrix (m, n) or (batch, m, n), u (batch, n, *data_shape) -> (batch, m, ...).
 
+  Unrolled into m n scaled adds, which XLA fuses into one elementwise pass: an einsum lowers to a dot with an
+  n-long contraction, far slower on CPU for these few blocks, and on GPUs its float32 default may round
+  through TF32. A static (numpy) matrix is cast to u's dtype (a numpy float64 entry would promote a float32
+  state), and its zero entries, e.g. most of the tridiagonal F, are skipped.
+  """
+  static = isinstance(matrix, np.ndarray)
+  if static:
+    matrix = matrix.astype(u.dtype)
 
-def prior_sample(sde: LangevinSDE, rng: jax.Array, shape: Sequence[int], dtype=None) -> jax.Array:
-  """u_T ~ N(0, I): the stationary law of every order. shape = (batch, *data_shape); returns (batch, n, ...)."""
-  batch, *data_shape = shape
-  return jax.random.normal(rng, (batch, sde.order, *data_shape), dtype=dtype or jnp.result_type(float))
+  def entry(i, j):
+    value = matrix[..., i, j]
+    return per_example(value, u.ndim - 1) if jnp.ndim(value) else value
+
+  rows = []
+  for i in range(matrix.shape[-2]):
+    terms = [entry(i, j) * u[:, j] for j in range(u.shape[1]) if not (static and not np.any(matrix[..., i, j]))]
+    rows.append(sum(terms[1:], terms[0]) if terms else jnp.zeros_like(u[:, 0]))
+  return jnp.stack(rows, axis=1)
 
 
 def prior_logp(u: jax.Array) -> jax.Array:
@@ -453,7 +464,7 @@ def reverse_drift_per_beta(sde: LangevinSDE, u: jax.Array, score_last: jax.Array
 
   score_weight is 2 for the reverse SDE and 1 for the probability-flow ODE.
   """
-  linear = -apply_blocks(drift_matrix(sde, u.dtype), u)
+  linear = -apply_blocks(drift_matrix(sde, np.float64), u)  # static: the zeros of F are skipped
   return linear.at[:, -1].add(score_weight * sde.friction * score_last)
 
 

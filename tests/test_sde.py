@@ -10,6 +10,7 @@ import scipy.stats
 
 import references
 from hold_jax.configs import default
+from hold_jax import sampling
 from hold_jax import sde as sde_lib
 
 TIMES = np.array([1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.4, 1.0])
@@ -189,9 +190,8 @@ def test_kernel_is_jittable_vmappable_and_differentiable():
   assert jax.grad(entry)(0.3) == pytest.approx(float(finite_difference), rel=1e-6)
 
 
-def test_prior_sample_and_log_density():
-  sde = make_sde(3)
-  u = sde_lib.prior_sample(sde, jax.random.PRNGKey(0), (4000, 2))
+def test_prior_draws_and_log_density():
+  u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(4000), 3, (2,))
   assert u.shape == (4000, 3, 2)
   assert abs(float(u.mean())) < 0.02 and abs(float(u.var()) - 1) < 0.03
   expected = scipy.stats.norm.logpdf(np.asarray(u)).reshape(4000, -1).sum(-1)
@@ -211,6 +211,21 @@ def test_reverse_drifts_at_the_stationary_law():
   expected_flow = 6.5 * np.einsum("ij,bjd->bid", skew, u)
   np.testing.assert_allclose(sde_lib.probability_flow_drift(sde, u, t, score), expected_flow, rtol=1e-12,
                              atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "traced", "batched"])
+def test_apply_blocks_is_the_block_matrix_product(kind):
+  """The unrolled product against einsum, for a static numpy matrix with zeros, a jax one and one per example."""
+  rng = np.random.default_rng(0)
+  u = rng.standard_normal((5, 3, 4, 2))
+  matrix = rng.standard_normal((5, 3, 3) if kind == "batched" else (3, 3))
+  matrix[..., 0, 2] = 0.0
+  expected = np.einsum("bij,bj...->bi..." if kind == "batched" else "ij,bj...->bi...", matrix, u)
+  given = matrix if kind == "numpy" else jnp.asarray(matrix)
+  np.testing.assert_allclose(sde_lib.apply_blocks(given, jnp.asarray(u)), expected, rtol=1e-12, atol=1e-12)
+  rectangular = rng.standard_normal((2, 3))  # fewer output blocks than input blocks
+  np.testing.assert_allclose(sde_lib.apply_blocks(rectangular, jnp.asarray(u)),
+                             np.einsum("ij,bj...->bi...", rectangular, u), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("field, value, message", [
