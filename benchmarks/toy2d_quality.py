@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from hold_jax.configs import toy2d  # noqa: E402
 from hold_jax import evaluate as evaluate_lib, input_pipeline, sample, train  # noqa: E402
+from hold_jax.metrics import point_clouds  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -76,8 +77,8 @@ def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000, **se
   seconds = time.perf_counter() - start
   data = input_pipeline.multimodal_swiss_roll(np.random.default_rng(12345), num_samples)
   finite = np.isfinite(samples).all(axis=1)
-  within = float(np.mean(finite & (input_pipeline.spiral_distance(np.nan_to_num(samples, nan=1e3)) < 0.01)))
-  sw1 = input_pipeline.sliced_wasserstein(samples, data) if finite.all() else float("inf")
+  within = float(np.mean(finite & (point_clouds.spiral_distance(np.nan_to_num(samples, nan=1e3)) < 0.01)))
+  sw1 = point_clouds.sliced_wasserstein(samples, data) if finite.all() else float("inf")
   row = dict(workdir=workdir, order=order, method=method, grid="adaptive" if tolerance else grid,
              tolerance=tolerance, num_steps=None if tolerance else config.sampling.num_steps, nfe=int(used_nfe),
              checkpoint_step=step, **settings, within_0_01=within, sliced_w1=sw1, finite_fraction=float(finite.mean()),

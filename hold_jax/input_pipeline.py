@@ -7,7 +7,6 @@ an uninterrupted one would have, and each process draws only its own share of th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Callable
 
@@ -50,30 +49,6 @@ GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "gaussian_mixture": gaussian_mixture,
     "checkerboard": checkerboard,
 }
-
-
-def spiral_distance(points: np.ndarray, num_curve_points: int = 20000) -> np.ndarray:
-  """Distance of each 2-D point (N, 2) to the nearest noiseless spiral arm of the multimodal swiss roll
-  (to the nearest of num_curve_points points per arm, found with a k-d tree)."""
-  return _spiral_tree(num_curve_points).query(np.asarray(points, np.float64), k=1)[0][:, 0]
-
-
-@functools.lru_cache(maxsize=2)
-def _spiral_tree(num_curve_points: int):
-  from sklearn import neighbors  # pylint: disable=g-import-not-at-top  (only the quality metrics need it)
-  angle = np.linspace(*SWISS_ROLL_ANGLES, num_curve_points)
-  arm = SWISS_ROLL_SCALE * np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=-1)
-  return neighbors.KDTree((SWISS_ROLL_CENTRES[:, None, :] + arm[None]).reshape(-1, 2))
-
-
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_directions: int = 256, seed: int = 0) -> float:
-  """Sliced Wasserstein-1 distance between equal-size point clouds (N, D), over random unit directions."""
-  if a.shape != b.shape:
-    raise ValueError(f"sliced_wasserstein needs equal shapes, got {a.shape} and {b.shape}.")
-  directions = np.random.default_rng(seed).standard_normal((a.shape[1], num_directions))
-  directions /= np.linalg.norm(directions, axis=0, keepdims=True)
-  projected_a, projected_b = np.sort(a @ directions, axis=0), np.sort(b @ directions, axis=0)
-  return float(np.mean(np.abs(projected_a - projected_b)))
 
 
 NPY_FIX = "Save an (N, D) numeric array with numpy.save(PATH, array)."

@@ -1,6 +1,7 @@
-"""FID, KID, IS and their statistics (hold_jax/metrics/statistics.py, reference_stats.py) and the FID command
-(hold_jax/fid.py), against closed forms, scipy and brute-force oracles; the command runs with a stand-in feature
-network (a fixed random projection of the pixels), so no Inception weights are needed."""
+"""FID, KID, IS and their statistics (hold_jax/metrics/statistics.py, reference_stats.py), the FID command
+(hold_jax/fid.py) and the point-cloud metrics (metrics/point_clouds.py), against closed forms, scipy and
+brute-force oracles; the command runs with a stand-in feature network (a fixed random projection of the
+pixels), so no Inception weights are needed."""
 import dataclasses
 import json
 import os
@@ -16,6 +17,8 @@ import scipy.stats
 from PIL import Image
 
 from hold_jax import fid
+from hold_jax import input_pipeline
+from hold_jax.metrics import point_clouds
 from hold_jax.metrics import reference_stats
 from hold_jax.metrics import statistics
 
@@ -449,3 +452,29 @@ def test_only_the_writing_process_caches_reference_statistics(tmp_path):
   first_process = reference_stats.load_or_compute(tmp_path, key, compute)
   np.testing.assert_array_equal(other_process["sigma"], first_process["sigma"])
   assert os.listdir(tmp_path) == [f"{key}.npz"] and len(calls) == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Point clouds (hold_jax/metrics/point_clouds.py).
+
+
+def test_sliced_wasserstein_in_one_dimension_is_scipys_w1():
+  """In 1-D every direction is +-1, so the sliced distance is W1 itself."""
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(500, 1)), rng.gamma(2.0, size=(500, 1))
+  expected = scipy.stats.wasserstein_distance(a[:, 0], b[:, 0])
+  assert point_clouds.sliced_wasserstein(a, b, num_directions=4) == pytest.approx(expected, rel=1e-12)
+  assert point_clouds.sliced_wasserstein(a, a + 0.3) == pytest.approx(0.3, rel=1e-12)
+  with pytest.raises(ValueError, match="equal shapes"):
+    point_clouds.sliced_wasserstein(a, b[:10])
+
+
+def test_spiral_distance_is_zero_on_the_arms_and_the_offset_beside_them():
+  """Points on a noiseless arm are at distance ~0; a centre, which no arm passes through, at its nearest arm."""
+  angle = np.array([6.0, 9.0, 12.0])
+  arm = input_pipeline.SWISS_ROLL_SCALE * np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=-1)
+  on_arm = input_pipeline.SWISS_ROLL_CENTRES[1] + arm
+  assert point_clouds.spiral_distance(on_arm).max() < 1e-4
+  centre = point_clouds.spiral_distance(input_pipeline.SWISS_ROLL_CENTRES[:1])[0]
+  start = input_pipeline.SWISS_ROLL_SCALE * input_pipeline.SWISS_ROLL_ANGLES[0]  # |arm| = scale * angle grows
+  assert centre == pytest.approx(start, rel=1e-9)

@@ -14,6 +14,7 @@ import pytest
 from hold_jax.configs import toy2d
 from hold_jax import input_pipeline
 from hold_jax import train
+from hold_jax.metrics import point_clouds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +40,7 @@ def run_python(code, env_overrides=None, timeout=600):
 
 def test_swiss_roll_is_the_specified_distribution():
   points = input_pipeline.multimodal_swiss_roll(np.random.default_rng(0), 20000)
-  distance = input_pipeline.spiral_distance(points)
+  distance = point_clouds.spiral_distance(points)
   assert np.mean(distance < 0.008) > 0.99  # noise N(0, 0.002^2 I) around the arms
   nearest = np.argmin(np.linalg.norm(points[:, None] - input_pipeline.SWISS_ROLL_CENTRES[None], axis=-1), 1)
   np.testing.assert_allclose(np.bincount(nearest) / len(points), 0.2, atol=0.02)
