@@ -1,9 +1,9 @@
 """Checks a whole config before any work starts, so a bad value fails in seconds with its field named."""
 from __future__ import annotations
 
+from hold_jax import evaluate
 from hold_jax import field_checks
 from hold_jax import input_pipeline
-from hold_jax import likelihood
 from hold_jax import losses
 from hold_jax import models
 from hold_jax import quality
@@ -24,29 +24,27 @@ def check(config) -> None:
     raise ValueError(f"job = {config.get('job')!r} is not allowed: it must be one of {JOBS}.")
   sde = sde_lib.from_config(config.sde)
   sampling.check_settings(sde, config.sampling)
-  for field in ("num_samples", "batch_size"):
-    if not config.sampling[field] >= 1:
-      raise ValueError(f"sampling.{field} = {config.sampling[field]} must be >= 1.")
   if "eval" in config:
     check_eval(config.eval)
     if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS) and "data" in config:
-      field_checks.require(len(input_pipeline.data_shape(config.data)) == 3, "eval.metrics", config.eval.metrics,
-                           f"('nll',) for data.dataset = {config.data.dataset!r}: FID, KID and IS need images")
+      quality.image_shape(config.eval.metrics, config.data)
   if config.job != "train":
     return
-  losses.make_loss_fn(sde, lambda params, u, t: u[:, -1], config.loss)
-  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
-    if not config.training[field] >= 1:
-      raise ValueError(f"training.{field} = {config.training[field]} must be >= 1.")
-  if not (field_checks.is_finite(config.ema.decay) and 0 <= config.ema.decay < 1):
-    raise ValueError(f"ema.decay = {config.ema.decay} must lie in [0, 1).")
-  if not config.checkpoint.keep >= 1:
-    raise ValueError(f"checkpoint.keep = {config.checkpoint.keep} must be >= 1.")
+  losses.check_settings(config.loss)
+  check_training(config)
   input_pipeline.check_global_batch(config.training.batch_size)
   # create_model runs models.check_config; the data itself loads in train.
   models.create_model(config.model, input_pipeline.data_shape(config.data))
   check_optim(config.optim)
   train.make_optimizer(config.optim, config.training.num_steps)
+
+
+def check_training(config) -> None:
+  """The loop's own fields (hold_jax/train.py reads them): config.training's counts, ema.decay, checkpoint.keep."""
+  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
+    field_checks.require_int(f"training.{field}", config.training[field], 1)
+  field_checks.require_unit_interval("ema.decay", config.ema.decay)
+  field_checks.require_int("checkpoint.keep", config.checkpoint.keep, 1)
 
 
 def check_optim(optim_config) -> None:
@@ -63,38 +61,8 @@ def check_optim(optim_config) -> None:
 
 
 def check_eval(eval_config) -> None:
-  """The fields of `config.eval` (configs/default.py); the data-dependent ones are checked by evaluate."""
-  if eval_config.divergence != "auto":
-    likelihood.ODESettings(divergence=eval_config.divergence)
-  likelihood.ODESettings(num_probes=eval_config.num_probes, solver=eval_config.solver,
-                         rtol=eval_config.ode_rtol, atol=eval_config.ode_atol, max_steps=eval_config.max_steps)
-  if eval_config.aux_distribution not in likelihood.AUX_DISTRIBUTIONS:
-    raise ValueError(f"eval.aux_distribution = {eval_config.aux_distribution!r} is not allowed: it must be one "
-                     f"of {likelihood.AUX_DISTRIBUTIONS}.")
-  if not eval_config.batch_size >= 1:
-    raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be >= 1.")
-  if not (eval_config.num_examples >= 1 or eval_config.num_examples == -1):
-    raise ValueError(f"eval.num_examples = {eval_config.num_examples} must be >= 1, or -1 for a whole split.")
+  """The fields of `config.eval` (configs/default.py), each by the module that reads it; the data-dependent
+  ones are checked by evaluate."""
+  evaluate.check_settings(eval_config)
   if "metrics" in eval_config:
-    check_quality(eval_config)
-
-
-METRICS = ("nll",) + quality.IMAGE_METRICS
-
-
-def check_quality(eval_config) -> None:
-  """The sample-quality fields of `config.eval` (hold_jax/quality.py), and the checkpoint every metric reads."""
-  metrics = eval_config.metrics
-  field_checks.require(isinstance(metrics, (tuple, list)) and len(metrics) > 0 and
-                       all(name in METRICS for name in metrics), "eval.metrics", metrics,
-                       f"a non-empty tuple of names from {METRICS}, e.g. --config.eval.metrics=\"('fid', 'kid')\"")
-  field_checks.require(eval_config.feature_network in quality.FEATURE_NETWORKS, "eval.feature_network",
-                       eval_config.feature_network, f"one of {quality.FEATURE_NETWORKS}")
-  field_checks.require(eval_config.resize in quality.RESIZE_MODES, "eval.resize", eval_config.resize,
-                       f"one of {quality.RESIZE_MODES}")
-  for field, minimum in (("num_samples", 1), ("round_size", 1), ("num_repeats", 1), ("feature_batch_size", 1),
-                         ("kid_subset_size", 2), ("is_splits", 1)):
-    field_checks.require_int(f"eval.{field}", eval_config[field], minimum)
-  # -1 is the newest readable checkpoint; whether a chosen step exists is known only once the workdir is read.
-  field_checks.require_int("eval.checkpoint_step", eval_config.get("checkpoint_step", -1), -1)
-  quality.parse_sampler_sweep(eval_config.get("sampler_sweep", ()))
+    quality.check_settings(eval_config)

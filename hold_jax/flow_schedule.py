@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hold_jax import field_checks
 from hold_jax import sde as sde_lib
 
 TIME_VARIABLES = ("b", "log_b", "log_snr")
@@ -175,6 +176,16 @@ def _simpson(values: np.ndarray, step: float) -> np.ndarray:
   return step / 3.0 * np.tensordot(weights, values, axes=(0, 0))
 
 
+def check_settings(multistep_order: int, variable: str, stochasticity: float) -> None:
+  """Raises ValueError naming sampling.multistep_order, sampling.time_variable or sampling.stochasticity."""
+  field_checks.require(field_checks.is_int(multistep_order) and 1 <= multistep_order <= MAX_MULTISTEP_ORDER,
+                       "sampling.multistep_order", multistep_order,
+                       f"an integer from 1 to {MAX_MULTISTEP_ORDER}")
+  field_checks.require(variable in TIME_VARIABLES, "sampling.time_variable", variable, f"one of {TIME_VARIABLES}")
+  field_checks.require(field_checks.is_finite(stochasticity) and stochasticity >= 0, "sampling.stochasticity",
+                       stochasticity, "a finite number >= 0 (0: the probability-flow ODE, 1: the reverse SDE)")
+
+
 def build(sde: sde_lib.LangevinSDE, times: np.ndarray, multistep_order: int = 1, variable: str = "log_snr",
           max_log_step: float = _MAX_LOG_STEP, stochasticity: float = 0.0) -> FlowSchedule:
   """The FlowSchedule of the decreasing times t_0 = T > ... > t_N = eps (N + 1,).
@@ -182,11 +193,8 @@ def build(sde: sde_lib.LangevinSDE, times: np.ndarray, multistep_order: int = 1,
   Step k uses min(multistep_order, k + 1) values of x0_hat (lower orders in the first steps, where there is no
   history yet). stochasticity = lambda >= 0 (module docstring): 0 the probability-flow ODE, 1 the reverse SDE.
   """
-  if not (stochasticity >= 0 and math.isfinite(stochasticity)):
-    raise ValueError(f"sampling.stochasticity = {stochasticity!r} is not allowed: it must be a finite number >= 0.")
+  check_settings(multistep_order, variable, stochasticity)
   scale = 1.0 + stochasticity**2
-  if multistep_order not in range(1, MAX_MULTISTEP_ORDER + 1):
-    raise ValueError(f"sampling.multistep_order = {multistep_order!r} is not allowed: it must be 1, 2 or 3.")
   times = np.asarray(times, np.float64)
   with jax.enable_x64(True):
     b = np.asarray(sde_lib.integrated_beta(sde, jnp.asarray(times, jnp.float64)), np.float64)

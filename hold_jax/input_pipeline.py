@@ -120,8 +120,7 @@ def load_point_cloud(path: str) -> np.ndarray:
   points = points.astype(np.float32)
   bad = ~np.isfinite(points).all(axis=1)
   if bad.any():
-    raise ValueError(f"data.dataset = 'npy:{path}': {bad.sum()} rows hold NaN or inf (first at row "
-                     f"{np.argmax(bad)}); remove them.")
+    raise ValueError(f"{name}: {bad.sum()} rows hold NaN or inf (first at row {np.argmax(bad)}); remove them.")
   return points
 
 
@@ -168,10 +167,15 @@ def data_shape(data_config) -> tuple[int, ...]:
     return image_data.image_shape(data_config)
   if dataset.startswith("npy:"):
     return load_point_cloud(dataset[len("npy:"):]).shape[1:]
+  _check_generated(dataset)
+  return (2,)
+
+
+def _check_generated(dataset: str) -> None:
+  """Raises the ValueError of an unknown data.dataset, given one that is neither images nor 'npy:PATH'."""
   if dataset not in GENERATORS:
     raise ValueError(f"data.dataset = {dataset!r} is not allowed: it must be one of "
                      f"{sorted(GENERATORS) + sorted(image_sources.SOURCES)} or 'npy:PATH' for an (N, D) array.")
-  return (2,)
 
 
 RANGE_DRAWS = 100_000  # points drawn (seed 0) to find the range of a generated data set
@@ -187,7 +191,7 @@ def data_range(data_config) -> tuple[np.ndarray | float, np.ndarray | float]:
   if dataset.startswith("npy:"):
     points = load_point_cloud(dataset[len("npy:"):])
   else:
-    data_shape(data_config)  # names the field of an unknown dataset
+    _check_generated(dataset)
     points = GENERATORS[dataset](np.random.default_rng(0), RANGE_DRAWS)
   points = np.asarray(points, np.float32)
   return points.min(axis=0), points.max(axis=0)
@@ -203,7 +207,6 @@ def create_stream(data_config, global_batch: int, seed: int) -> PointStream | im
   points = None
   if dataset.startswith("npy:"):
     points = load_point_cloud(dataset[len("npy:"):])
-  elif dataset not in GENERATORS:
-    raise ValueError(f"data.dataset = {dataset!r} is not allowed: it must be one of "
-                     f"{sorted(GENERATORS) + sorted(image_sources.SOURCES)} or 'npy:PATH' for an (N, D) array.")
+  else:
+    _check_generated(dataset)
   return PointStream(dataset, global_batch, seed, jax.process_index(), process_count, points)

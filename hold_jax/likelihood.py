@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hold_jax import field_checks
 from hold_jax import sde as sde_lib
 
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # score_fn(params, u, t) -> (batch, *data_shape)
@@ -93,17 +94,13 @@ class ODESettings:
   max_steps: int = 4096
 
   def __post_init__(self):
-    if self.divergence not in DIVERGENCES:
-      raise ValueError(f"eval.divergence = {self.divergence!r} is not allowed: it must be one of "
-                       f"{DIVERGENCES + ('auto',)}.")
-    if self.solver not in SOLVERS:
-      raise ValueError(f"eval.solver = {self.solver!r} is not allowed: it must be one of {sorted(SOLVERS)}.")
-    for field, value, minimum in (("num_probes", self.num_probes, 1), ("max_steps", self.max_steps, 1)):
-      if not isinstance(value, int) or value < minimum:
-        raise ValueError(f"eval.{field} = {value!r} is not allowed: it must be an integer >= {minimum}.")
-    for field, value in (("ode_rtol", self.rtol), ("ode_atol", self.atol)):
-      if not (value > 0 and math.isfinite(value)):  # positive test: NaN fails it; inf would never step
-        raise ValueError(f"eval.{field} = {value!r} is not allowed: it must be a finite number > 0.")
+    field_checks.require(self.divergence in DIVERGENCES, "eval.divergence", self.divergence,
+                         f"one of {DIVERGENCES + ('auto',)}")
+    field_checks.require(self.solver in SOLVERS, "eval.solver", self.solver, f"one of {sorted(SOLVERS)}")
+    field_checks.require_int("eval.num_probes", self.num_probes, 1)
+    field_checks.require_int("eval.max_steps", self.max_steps, 1)
+    field_checks.require_positive("eval.ode_rtol", self.rtol)  # inf would never step
+    field_checks.require_positive("eval.ode_atol", self.atol)
 
   @property
   def evaluations_per_step(self) -> int:
@@ -112,13 +109,21 @@ class ODESettings:
 
 
 def settings_from_config(eval_config, data_shape: tuple[int, ...]) -> ODESettings:
-  """ODESettings of `config.eval`; divergence 'auto' is exact for point data (D,) and Hutchinson for images."""
+  """ODESettings of `config.eval`, checked; divergence 'auto' is exact for point data (D,) and Hutchinson for
+  images."""
   divergence = eval_config.divergence
   if divergence == "auto":
     divergence = "exact" if len(data_shape) == 1 else "hutchinson"
-  return ODESettings(divergence=divergence, num_probes=eval_config.num_probes, solver=eval_config.solver,
-                     rtol=float(eval_config.ode_rtol), atol=float(eval_config.ode_atol),
-                     max_steps=eval_config.max_steps)
+  settings = ODESettings(divergence=divergence, num_probes=eval_config.num_probes, solver=eval_config.solver,
+                         rtol=eval_config.ode_rtol, atol=eval_config.ode_atol, max_steps=eval_config.max_steps)
+  return dataclasses.replace(settings, rtol=float(settings.rtol), atol=float(settings.atol))
+
+
+def check_settings(eval_config) -> None:
+  """Raises ValueError naming the first bad field of `config.eval` that the bound reads (the data-dependent
+  ones, such as eval.batch_size against the device count, are checked by evaluate once the data is known)."""
+  settings_from_config(eval_config, data_shape=(1,))
+  check_aux_distribution(eval_config.aux_distribution)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -239,6 +244,11 @@ def ode_log_density(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, u:
 AUX_DISTRIBUTIONS = ("initial", "kernel")
 
 
+def check_aux_distribution(aux_distribution: str) -> None:
+  field_checks.require(aux_distribution in AUX_DISTRIBUTIONS, "eval.aux_distribution", aux_distribution,
+                       f"one of {AUX_DISTRIBUTIONS}")
+
+
 def auxiliary_law(sde: sde_lib.LangevinSDE, aux_distribution: str, dtype) -> tuple[jax.Array, jax.Array]:
   """q(aux | x_0) per data coordinate: aux = mean_coefficients x_0 + factor z, z ~ N(0, I_{n-1}).
 
@@ -251,9 +261,7 @@ def auxiliary_law(sde: sde_lib.LangevinSDE, aux_distribution: str, dtype) -> tup
   Returns mean_coefficients (n - 1,) and the lower-triangular factor (n - 1, n - 1).
   """
   num_aux = sde.order - 1
-  if aux_distribution not in AUX_DISTRIBUTIONS:
-    raise ValueError(f"eval.aux_distribution = {aux_distribution!r} is not allowed: it must be one of "
-                     f"{AUX_DISTRIBUTIONS}.")
+  check_aux_distribution(aux_distribution)
   if num_aux == 0:  # order 1 (VP): nothing to augment, H[q] = 0
     return jnp.zeros((0,), dtype), jnp.zeros((0, 0), dtype)
   if aux_distribution == "initial":

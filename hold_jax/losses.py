@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from hold_jax import exact_scores
+from hold_jax import field_checks
 from hold_jax import kernel_table
 from hold_jax import sde as sde_lib
 
@@ -135,15 +136,19 @@ def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x
   return weighting_over_scale_squared(sde, weighting, t, scale) * squared
 
 
+def check_settings(loss_config) -> None:
+  """Raises ValueError naming the first bad field of `config.loss` (an absent time_sampling is 'uniform')."""
+  for field, allowed in (("objective", OBJECTIVES), ("weighting", WEIGHTINGS),
+                         ("parametrization", PARAMETRIZATIONS), ("time_sampling", TIME_SAMPLINGS)):
+    value = loss_config.get(field, "uniform") if field == "time_sampling" else loss_config[field]
+    field_checks.require(value in allowed, f"loss.{field}", value, f"one of {allowed}")
+
+
 def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Callable:
-  """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss, from `config.loss`."""
+  """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss, from `config.loss`, checked."""
+  check_settings(loss_config)
   objective, weighting = loss_config.objective, loss_config.weighting
   time_sampling = loss_config.get("time_sampling", "uniform")
-  for field, value, allowed in (("objective", objective, OBJECTIVES), ("weighting", weighting, WEIGHTINGS),
-                                ("parametrization", loss_config.parametrization, PARAMETRIZATIONS),
-                                ("time_sampling", time_sampling, TIME_SAMPLINGS)):
-    if value not in allowed:
-      raise ValueError(f"loss.{field} = {value!r} is not allowed: it must be one of {allowed}.")
 
   def loss_fn(params, x0, rng):
     return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting, time_sampling))

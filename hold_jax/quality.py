@@ -43,6 +43,7 @@ from etils import epath
 
 from hold_jax import checkpoints
 from hold_jax import evaluate
+from hold_jax import field_checks
 from hold_jax import generation
 from hold_jax import image_data
 from hold_jax import image_sources
@@ -55,7 +56,34 @@ from hold_jax import train
 
 FEATURE_NETWORKS = ("inception", "digits")
 IMAGE_METRICS = ("fid", "kid", "is")
+METRICS = ("nll",) + IMAGE_METRICS  # what eval.metrics may name: the NLL bound (evaluate.py) and these
 RESIZE_MODES = ("tf1", "half_pixel")  # hold_jax/metrics/inception.py's PREPROCESS_MODES
+
+
+def check_settings(eval_config) -> None:
+  """Raises ValueError naming the first bad sample-quality field of `config.eval` (the fields it shares with
+  the NLL bound, eval.round_size and eval.checkpoint_step, are evaluate.check_settings'); every entry of
+  eval.sampler_sweep is parsed too."""
+  metrics = eval_config.metrics
+  field_checks.require(isinstance(metrics, (tuple, list)) and len(metrics) > 0 and
+                       all(name in METRICS for name in metrics), "eval.metrics", metrics,
+                       f"a non-empty tuple of names from {METRICS}, e.g. --config.eval.metrics=\"('fid', 'kid')\"")
+  field_checks.require(eval_config.feature_network in FEATURE_NETWORKS, "eval.feature_network",
+                       eval_config.feature_network, f"one of {FEATURE_NETWORKS}")
+  field_checks.require(eval_config.resize in RESIZE_MODES, "eval.resize", eval_config.resize,
+                       f"one of {RESIZE_MODES}")
+  for field, minimum in (("num_samples", 1), ("num_repeats", 1), ("feature_batch_size", 1),
+                         ("kid_subset_size", 2), ("is_splits", 1)):
+    field_checks.require_int(f"eval.{field}", eval_config[field], minimum)
+  parse_sampler_sweep(eval_config.get("sampler_sweep", ()))
+
+
+def image_shape(metrics, data_config) -> tuple[int, int, int]:
+  """The shape of one image of `config.data`; a ValueError naming eval.metrics when the data are not images."""
+  data_shape = input_pipeline.data_shape(data_config)
+  field_checks.require(len(data_shape) == 3, "eval.metrics", tuple(metrics),
+                       f"('nll',) for data.dataset = {data_config.dataset!r}: FID, KID and IS need images")
+  return data_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +116,7 @@ def load_network(eval_config) -> Network:
     network = digits_features.load_digits_features()
     return Network(network.name, network.weights_sha256, network.resize,
                    lambda images: _two(network.apply(images), "features"), "_digits")
-  raise ValueError(f"eval.feature_network = {kind!r} is not allowed: it must be one of {FEATURE_NETWORKS}.")
+  field_checks.require(False, "eval.feature_network", kind, f"one of {FEATURE_NETWORKS}")
 
 
 def _two(outputs: dict, feature_key: str, logits_key: str = "logits") -> tuple[np.ndarray, np.ndarray]:
@@ -301,10 +329,7 @@ def load(config, workdir: str) -> Loaded:
   """The shared pieces of config's evaluation. The parameters are read before the reference statistics are
   computed, so an absent or damaged checkpoint fails in seconds rather than after the reference features."""
   settings = config.eval
-  data_shape = input_pipeline.data_shape(config.data)
-  if len(data_shape) != 3:
-    raise ValueError(f"eval.metrics = {tuple(settings.metrics)} needs image data; data.dataset = "
-                     f"{config.data.dataset!r} is not (use eval.metrics = ('nll',)).")
+  data_shape = image_shape(settings.metrics, config.data)
   network = load_network(settings)
   params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(settings))
   reference = reference_statistics(config, network)

@@ -105,6 +105,7 @@ import jax
 import jax.numpy as jnp
 
 from hold_jax import adaptive_ode
+from hold_jax import field_checks
 from hold_jax import fixed_step_samplers
 from hold_jax import flow_schedule
 from hold_jax import sampler_parts
@@ -172,27 +173,17 @@ def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
   if solver not in ODE_SOLVERS:
     raise ValueError(f"sampling.ode_solver = {solver!r} is not allowed: it must be one of {tuple(ODE_SOLVERS)}.")
   for field in ("ode_rtol", "ode_atol"):
-    value = sampling_config.get(field, 1e-5)
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-      raise ValueError(f"sampling.{field} = {value!r} is not allowed: it must be a finite number > 0.")
-  multistep_order = sampling_config.get("multistep_order", 3)
-  if multistep_order not in range(1, flow_schedule.MAX_MULTISTEP_ORDER + 1) or isinstance(multistep_order, bool):
-    raise ValueError(f"sampling.multistep_order = {multistep_order!r} is not allowed: it must be 1, 2 or 3.")
-  variable = sampling_config.get("time_variable", "b")
-  if variable not in flow_schedule.TIME_VARIABLES:
-    raise ValueError(f"sampling.time_variable = {variable!r} is not allowed: it must be one of "
-                     f"{flow_schedule.TIME_VARIABLES}.")
+    field_checks.require_positive(f"sampling.{field}", sampling_config.get(field, 1e-5))
+  flow_schedule.check_settings(sampling_config.get("multistep_order", 3), sampling_config.get("time_variable", "b"),
+                               sampling_config.get("stochasticity", 0.0))
   clip_range(sampling_config.get("clip_x0", "none"), None)
-  stochasticity = sampling_config.get("stochasticity", 0.0)
-  if not (isinstance(stochasticity, (int, float)) and stochasticity >= 0 and math.isfinite(stochasticity)):
-    raise ValueError(f"sampling.stochasticity = {stochasticity!r} is not allowed: it must be a finite number >= 0 "
-                     "(0: the probability-flow ODE, 1: the reverse SDE).")
   variable = sampling_config.get("ode_variable", "flow")
   if variable not in ODE_VARIABLES:
     raise ValueError(f"sampling.ode_variable = {variable!r} is not allowed: it must be one of {ODE_VARIABLES}.")
-  max_steps = sampling_config.get("ode_max_steps", 4096)
-  if not isinstance(max_steps, int) or max_steps < 1:
-    raise ValueError(f"sampling.ode_max_steps = {max_steps!r} is not allowed: it must be an integer >= 1.")
+  field_checks.require_int("sampling.ode_max_steps", sampling_config.get("ode_max_steps", 4096), 1)
+  for field in ("num_samples", "batch_size"):  # read by the jobs that draw samples (sample.py, quality.py)
+    if field in sampling_config:
+      field_checks.require_int(f"sampling.{field}", sampling_config[field], 1)
 
 
 def network_evaluations(method: str, num_steps: int, order: int, denoise: bool) -> int:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hold_jax import field_checks
 
 BETA_SCHEDULES = ("constant", "linear")
 
@@ -108,21 +109,21 @@ class LangevinSDE:
   init_aux_var: tuple[float, ...] = ()
 
   def __post_init__(self):
+    # Positive tests (NaN fails them) of finite numbers: an inf beta or T passes `> 0` and gives a NaN kernel.
     for k, w in enumerate(self.couplings):
-      _require(w > 0 and math.isfinite(w), f"sde.couplings[{k}]", w, "a finite number > 0")
-    _require(self.friction > 0 and math.isfinite(self.friction), "sde.friction", self.friction,
-             "a finite number > 0")
-    _require(self.beta_schedule in BETA_SCHEDULES, "sde.beta_schedule", self.beta_schedule,
-             f"one of {BETA_SCHEDULES}")
-    # Positive tests (NaN fails them) with isfinite: an inf beta or T passes `> 0` and gives a NaN kernel.
-    _require(self.beta_0 > 0 and math.isfinite(self.beta_0), "sde.beta_0", self.beta_0, "a finite number > 0")
-    _require(self.beta_1 > 0 and math.isfinite(self.beta_1), "sde.beta_1", self.beta_1, "a finite number > 0")
-    _require(self.T > 0 and math.isfinite(self.T), "sde.T", self.T, "a finite number > 0")
-    _require(0 < self.eps < self.T, "sde.eps", self.eps, f"a number in (0, sde.T = {self.T})")
-    _require(len(self.init_aux_var) == self.order - 1, "sde.init_aux_var", self.init_aux_var,
-             f"one variance per auxiliary block ({self.order - 1} for order {self.order}) or a single float")
+      field_checks.require_positive(f"sde.couplings[{k}]", w)
+    field_checks.require_positive("sde.friction", self.friction)
+    field_checks.require(self.beta_schedule in BETA_SCHEDULES, "sde.beta_schedule", self.beta_schedule,
+                         f"one of {BETA_SCHEDULES}")
+    for field in ("beta_0", "beta_1", "T"):
+      field_checks.require_positive(f"sde.{field}", getattr(self, field))
+    field_checks.require(0 < self.eps < self.T, "sde.eps", self.eps, f"a number in (0, sde.T = {self.T})")
+    field_checks.require(len(self.init_aux_var) == self.order - 1, "sde.init_aux_var", self.init_aux_var,
+                         f"one variance per auxiliary block ({self.order - 1} for order {self.order}) or a single "
+                         "float")
     for k, var in enumerate(self.init_aux_var):
-      _require(var >= 0 and math.isfinite(var), f"sde.init_aux_var[{k}]", var, "a finite number >= 0")
+      field_checks.require(field_checks.is_finite(var) and var >= 0, f"sde.init_aux_var[{k}]", var,
+                           "a finite number >= 0")
 
   @property
   def order(self) -> int:
@@ -152,16 +153,6 @@ def required_doublings(drift: np.ndarray, max_integrated_beta: float) -> int:
   return max(0, int(math.ceil(math.log2(max(max_integrated_beta, 1.0) * norm / _TAYLOR_STEP_NORM))))
 
 
-def _is_number(value: Any) -> bool:
-  """A real number, so that float() below cannot fail on a string from a config file with no field named."""
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
-  if not ok:
-    raise ValueError(f"{field} = {value!r} is not allowed: it must be {allowed}.")
-
-
 def from_config(config) -> LangevinSDE:
   """Builds the process from `config.sde` (see configs/default.py).
 
@@ -169,16 +160,18 @@ def from_config(config) -> LangevinSDE:
   `coupling_scale`; any positive values are accepted instead.
   """
   order = config.order
-  _require(isinstance(order, int) and order >= 1, "sde.order", order, "an integer >= 1")
-  scale = config.coupling_scale
-  _require(scale > 0 and math.isfinite(scale), "sde.coupling_scale", scale, "a finite number > 0")
+  field_checks.require_int("sde.order", order, 1)
+  field_checks.require_positive("sde.coupling_scale", config.coupling_scale)
   critical_couplings, critical_friction, _ = critical_parameters(order, float(config.coupling_scale))
   couplings = config.get("couplings") or critical_couplings
-  _require(len(couplings) == order - 1 and all(_is_number(w) for w in couplings), "sde.couplings", couplings,
-           f"{order - 1} numbers for order {order} (or empty for critical damping)")
+  # Numbers, so that float() below cannot fail on a string from a config file with no field named.
+  field_checks.require(len(couplings) == order - 1 and all(field_checks.is_number(w) for w in couplings),
+                       "sde.couplings", couplings, f"{order - 1} numbers for order {order} (or empty for critical "
+                       "damping)")
   friction = config.get("friction")
   friction = critical_friction if friction is None else friction
-  _require(_is_number(friction), "sde.friction", friction, "a finite number > 0 (or unset for critical damping)")
+  field_checks.require(field_checks.is_number(friction), "sde.friction", friction,
+                       "a finite number > 0 (or unset for critical damping)")
   aux_var = config.init_aux_var
   if isinstance(aux_var, (int, float)):
     aux_var = (float(aux_var),) * (order - 1)
