@@ -11,25 +11,25 @@ from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
-JOBS = ("train", "exact_score_demo")
+TRAINING_GROUPS = ("data", "model", "training")
 
 
 def check(config) -> None:
-  """Raises ValueError naming the first bad field of `config`.
+  """Raises ValueError naming the first bad field of `config`, a config that trains a network.
 
   Every numeric test is written so that NaN fails it (`not (x >= 1)`, not `x < 1`): NaN compares False with
   everything, so a negative test would let it through to fail steps later without a field named.
   """
-  if config.get("job") not in JOBS:
-    raise ValueError(f"job = {config.get('job')!r} is not allowed: it must be one of {JOBS}.")
-  sde = sde_lib.from_config(config.sde)
-  sampling.check_settings(sde, config.sampling)
+  missing = [group for group in TRAINING_GROUPS if group not in config]
+  if missing:
+    raise ValueError(f"the config has no {', '.join(missing)}: it does not train a network. The exact-score demo "
+                     "(configs/mixture_demo.py) runs with `python -m hold_jax.demo --config configs/mixture_demo.py "
+                     "--workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
+  sampling.check_settings(sde_lib.from_config(config.sde), config.sampling)
   if "eval" in config:
     check_eval(config.eval)
-    if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS) and "data" in config:
+    if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS):
       quality.image_shape(config.eval.metrics, config.data)
-  if config.job != "train":
-    return
   losses.check_settings(config.loss)
   check_training(config)
   input_pipeline.check_global_batch(config.training.batch_size)

@@ -1,5 +1,7 @@
 """Sampling demo that needs no data and no training: a 2-D Gaussian mixture with its exact score.
 
+  python -m hold_jax.demo --config configs/mixture_demo.py --workdir runs/exact_demo [--config.a.b=value]
+
 The mixture's score under the forward process is known in closed form (`exact_scores.mixture_score`), so
 the sampler can be run and judged before any network is trained: the share of samples within three
 component standard deviations of a mode measures the sampler alone.
@@ -8,11 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
+from hold_jax import cli
 from hold_jax import exact_scores
 from hold_jax import plots
 from hold_jax import sampling
@@ -64,3 +71,27 @@ def run(config, workdir: str) -> dict[str, float]:
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)
   return metrics
+
+
+def main(argv, config, workdir: str) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    sampling.check_settings(sde_lib.from_config(config.sde), config.sampling)
+  except ValueError as error:
+    print(f"{cli.PROGRAM}: error: {error}", file=sys.stderr)
+    sys.exit(cli.USAGE_ERROR_STATUS)
+  print(f"exact-score demo finished; outputs in {workdir}: {run(config, workdir)}")
+
+
+def entry_point() -> None:
+  """Its own flags, defined here rather than at import so that hold_jax.main's never meet them."""
+  config = config_flags.DEFINE_config_file("config", None, "configs/mixture_demo.py or a config like it.",
+                                           lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for samples.npz, samples.png and metrics.json.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: main(argv, config.value, workdir.value), flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  entry_point()

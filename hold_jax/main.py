@@ -1,6 +1,6 @@
 """Entry point: python -m hold_jax.main --config configs/NAME.py --workdir DIR [--mode=...] [--config.a.b=value].
 
-Thin on purpose: it parses flags, checks the config, and hands it to train, sample, evaluate or the demo;
+Thin on purpose: it parses flags, checks the config, and hands it to train, sample or evaluate;
 everything else is importable from a notebook. The console shows the run's progress; the config and the
 libraries' log lines go to <workdir>/log.txt (hold_jax/console.py).
 """
@@ -21,7 +21,6 @@ from ml_collections import config_flags
 from hold_jax import checkpoints
 from hold_jax import cli
 from hold_jax import config_checks
-from hold_jax import demo
 from hold_jax import evaluate
 from hold_jax import input_pipeline
 from hold_jax import quality
@@ -56,8 +55,6 @@ def initialize_distributed(config) -> None:
 
 def run(config, workdir: str, mode: str, overrides: dict) -> str:
   """Runs the job and returns the line to print."""
-  if config.job == "exact_score_demo":
-    return f"exact_score_demo finished; outputs in {workdir}: {demo.run(config, workdir)}"
   if mode == "train":
     grids = sample.grid_callback(config, workdir, input_pipeline.data_shape(config.data))
     state = train.train(config, workdir, callbacks=[grids] if grids else [])

@@ -20,15 +20,16 @@ def load_config(path):
   return module.get_config()
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                                         if not p.endswith("__init__.py")))
 def test_every_config_builds_its_process(path):
   config = load_config(path)
   sde = sde_lib.from_config(config.sde)
   assert sde.order == config.sde.order
 
 
-def test_demo_job_from_the_command_line(tmp_path):
-  command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/mixture_demo.py",
+def test_exact_score_demo_from_the_command_line(tmp_path):
+  command = [sys.executable, "-m", "hold_jax.demo", "--config", "configs/mixture_demo.py",
              "--workdir", str(tmp_path), "--config.sampling.num_samples=400", "--config.sampling.num_steps=50",
              "--config.sde.order=2"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -40,8 +41,15 @@ def test_demo_job_from_the_command_line(tmp_path):
 
 
 def test_bad_override_names_the_field(tmp_path):
-  command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/mixture_demo.py",
-             "--workdir", str(tmp_path), "--config.sde.eps=2.0"]
+  for entry in ("hold_jax.main", "hold_jax.demo"):
+    config = "configs/toy2d.py" if entry == "hold_jax.main" else "configs/mixture_demo.py"
+    command = [sys.executable, "-m", entry, "--config", config, "--workdir", str(tmp_path), "--config.sde.eps=2.0"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.startswith("hold_jax: error: sde.eps = 2.0 is not allowed"), result.stderr[-3000:]
+
+
+def test_training_entry_points_the_demo_config_to_its_own_entry(tmp_path):
+  command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/mixture_demo.py", "--workdir", str(tmp_path)]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert result.returncode != 0
-  assert "sde.eps = 2.0 is not allowed" in result.stderr
+  assert result.returncode == 2 and "python -m hold_jax.demo --config configs/mixture_demo.py" in result.stderr

@@ -8,7 +8,6 @@ from hold_jax.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.job = "train"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "cifar10"  # 'cifar10' or 'celebahq256' (tfds), or 'digits' (ships with scikit-learn)

@@ -1,4 +1,7 @@
-"""Sampler demo on a 2-D ring of Gaussians with its exact score: no download, no training (`make demo`)."""
+"""Sampler demo on a 2-D ring of Gaussians with its exact score: no download, no training.
+
+  python -m hold_jax.demo --config configs/mixture_demo.py --workdir runs/exact_demo      # make exact-demo
+"""
 import ml_collections
 
 from hold_jax.configs import default
@@ -6,7 +9,6 @@ from hold_jax.configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.job = "exact_score_demo"
   config.data = ml_collections.ConfigDict()
   config.data.num_components = 8
   config.data.radius = 2.0

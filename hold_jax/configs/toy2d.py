@@ -11,7 +11,6 @@ from hold_jax.configs import default
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.job = "train"
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "multimodal_swiss_roll"  # or 'gaussian_mixture', 'checkerboard', 'npy:PATH'
