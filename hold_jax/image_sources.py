@@ -74,12 +74,12 @@ def not_prepared_message(dataset: str, data_dir: str | None, searched: str) -> s
         "https://github.com/tkarras/progressive_growing_of_gans, put it in MANUAL_DIR, and on any machine run "
         f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR')"
         ".download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir='MANUAL_DIR'))\"`; "
-        "then copy DIR to this machine and pass --config.data.data_dir=DIR.")
+        "then copy DIR to the machine that trains and pass --config.data.data_dir=DIR.")
   return message + (
       "On a machine with internet run "
       f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR')"
-      f".download_and_prepare()\"` (or `tfds build {name} --data_dir DIR`), then copy DIR to this machine "
-      "and pass --config.data.data_dir=DIR.")
+      f".download_and_prepare()\"` (or `tfds build {name} --data_dir DIR`), then copy DIR to the machine "
+      "that trains and pass --config.data.data_dir=DIR.")
 
 
 def import_tfds_without_gpus():
