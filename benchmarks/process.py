@@ -23,6 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hold_jax.configs import default  # noqa: E402
+from hold_jax import perturbation_kernel  # noqa: E402
 from hold_jax import sde as sde_lib  # noqa: E402
 
 KL_TARGET = 1e-5
@@ -41,9 +42,9 @@ MAX_INTEGRATED_BETA = 200.0
 def kl_to_prior(sde, integrated_beta):
   """KL(N(mu, Sigma) || N(0, I)) of the state at B(t) = integrated_beta, started at x_0 = DATA_POINT."""
   drift = sde_lib.drift_matrix(sde, jnp.float64)
-  phi, _, noise_factor = sde_lib.propagator_and_noise(
+  phi, _, noise_factor = perturbation_kernel.propagator_and_noise(
       drift, sde_lib.noise_variance(sde), jnp.asarray(integrated_beta),
-      sde_lib.required_doublings(np.asarray(drift), MAX_INTEGRATED_BETA), sde.decay_rate)
+      perturbation_kernel.required_doublings(np.asarray(drift), MAX_INTEGRATED_BETA), sde.decay_rate)
   phi, noise_factor = np.asarray(phi), np.asarray(noise_factor)
   init = np.diag(np.asarray(sde_lib.initial_var(sde)))
   sigma = phi @ init @ phi.T + noise_factor @ noise_factor.T
@@ -62,16 +63,17 @@ def required_integrated_beta(sde):
 
 def float32_errors(sde):
   times = np.geomspace(1e-5, sde.T, 60)
-  phi64, sigma64 = sde_lib.marginal(sde, jnp.asarray(times), sde_lib.initial_cov(sde))
-  phi32, sigma32 = sde_lib.marginal(sde, jnp.asarray(times, jnp.float32), sde_lib.initial_cov(sde, dtype=jnp.float32))
+  phi64, sigma64 = perturbation_kernel.marginal(sde, jnp.asarray(times), sde_lib.initial_cov(sde))
+  phi32, sigma32 = perturbation_kernel.marginal(sde, jnp.asarray(times, jnp.float32),
+                                                sde_lib.initial_cov(sde, dtype=jnp.float32))
   phi64, sigma64 = np.asarray(phi64), np.asarray(sigma64)
   phi32, sigma32 = np.asarray(phi32, np.float64), np.asarray(sigma32, np.float64)
   scale = np.sqrt(np.diagonal(sigma64, axis1=1, axis2=2))
   sigma_error = np.max(np.abs(sigma32 - sigma64) / (scale[:, :, None] * scale[:, None, :]))
   phi_error = np.max(np.max(np.abs(phi32 - phi64), axis=(1, 2)) / np.max(np.abs(phi64), axis=(1, 2)))
   factor_times = times[times >= sde.eps]
-  _, factor64 = sde_lib.marginal_factor(sde, jnp.asarray(factor_times))
-  _, factor32 = sde_lib.marginal_factor(sde, jnp.asarray(factor_times, jnp.float32))
+  _, factor64 = perturbation_kernel.marginal_factor(sde, jnp.asarray(factor_times))
+  _, factor32 = perturbation_kernel.marginal_factor(sde, jnp.asarray(factor_times, jnp.float32))
   factor64, factor32 = np.asarray(factor64), np.asarray(factor32, np.float64)
   row_norm = np.linalg.norm(factor64, axis=2, keepdims=True)
   factor_error = np.max(np.abs(factor32 - factor64) / row_norm)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 
 
@@ -22,7 +23,7 @@ def _whiten(sde: sde_lib.LangevinSDE, u: jax.Array, t: jax.Array, data_mean: jax
 
   data_mean broadcasts against data_shape. Returns y (batch, n, D) and L (batch, n, n).
   """
-  phi, factor = sde_lib.marginal_factor(sde, t, sde_lib.initial_var(sde, data_var, u.dtype))
+  phi, factor = perturbation_kernel.marginal_factor(sde, t, sde_lib.initial_var(sde, data_var, u.dtype))
   data_mean = jnp.broadcast_to(jnp.asarray(data_mean, u.dtype), u.shape[2:])
   mean = phi[:, :, 0, None] * data_mean.reshape(1, 1, -1)  # (batch, n, D)
   centered = u.reshape(u.shape[:2] + (-1,)) - mean

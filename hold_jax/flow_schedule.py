@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hold_jax import field_checks
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 
 TIME_VARIABLES = ("b", "log_b", "log_snr")
@@ -97,7 +98,7 @@ def kernel_moments(sde: sde_lib.LangevinSDE, b: np.ndarray) -> tuple[np.ndarray,
 
 @functools.lru_cache(maxsize=16)
 def _jitted_marginal_factor(sde: sde_lib.LangevinSDE):
-  return jax.jit(lambda t: sde_lib.marginal_factor(sde, t))
+  return jax.jit(lambda t: perturbation_kernel.marginal_factor(sde, t))
 
 
 def flow_matrix(sde: sde_lib.LangevinSDE, row: np.ndarray, scale: float = 1.0) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The BCSM kernel tabulated on a log-time grid, for the training and sampling hot path.
 
-Every train step needs Phi[:, 0] and L_t (sde.marginal_factor) at a fresh time per example: a batched
-Taylor series, doublings and a QR of (n, 2n) matrices, which cost as much as a small score network's
+Every train step needs Phi[:, 0] and L_t (perturbation_kernel.marginal_factor) at a fresh time per example: a
+batched Taylor series, doublings and a QR of (n, 2n) matrices, which cost as much as a small score network's
 forward and backward pass on a CPU. They depend on t alone, so they are computed once, on a grid
 geometric in t over [eps, T], and read back by linear interpolation in log t.
 
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 
 NUM_POINTS = 16384
@@ -33,7 +34,7 @@ def _table(sde: sde_lib.LangevinSDE, num_points: int, dtype_name: str) -> tuple[
   # ensure_compile_time_eval: concrete constants even when first called inside a jit trace.
   with jax.ensure_compile_time_eval(), jax.enable_x64(True):
     t = jnp.geomspace(sde.eps, sde.T, num_points, dtype=jnp.float64)
-    phi, factor = sde_lib.marginal_factor(sde, t)
+    phi, factor = perturbation_kernel.marginal_factor(sde, t)
     return np.asarray(phi[:, :, 0], dtype_name), np.asarray(factor, dtype_name)
 
 
@@ -46,7 +47,7 @@ def bcsm_kernel(sde: sde_lib.LangevinSDE, t: jax.Array, num_points: int = NUM_PO
 
   Returns:
     mean_coefficients (..., n): E[u_t | x_0] = mean_coefficients * x_0 blockwise;
-    factor (..., n, n): lower Cholesky factor of Cov[u_t | x_0], as sde.marginal_factor(sde, t).
+    factor (..., n, n): lower Cholesky factor of Cov[u_t | x_0], as perturbation_kernel.marginal_factor(sde, t).
   """
   mean_table, factor_table = _table(sde, num_points, jnp.dtype(t.dtype).name)
   log_eps = float(np.log(sde.eps))  # python floats: weakly typed, so t keeps its dtype

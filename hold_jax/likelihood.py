@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hold_jax import field_checks
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # score_fn(params, u, t) -> (batch, *data_shape)
@@ -277,7 +278,7 @@ def auxiliary_law(sde: sde_lib.LangevinSDE, aux_distribution: str, dtype) -> tup
 
 # One compile of the kernel for every use of the 'kernel' law, instead of a few hundred op-by-op dispatches
 # or a copy inlined into every jitted caller.
-_compiled_marginal = jax.jit(sde_lib.marginal, static_argnums=0)
+_compiled_marginal = jax.jit(perturbation_kernel.marginal, static_argnums=0)
 
 
 def augment_with_auxiliaries(sde: sde_lib.LangevinSDE, x: jax.Array, aux_keys: jax.Array,

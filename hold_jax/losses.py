@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from hold_jax import exact_scores
 from hold_jax import field_checks
 from hold_jax import kernel_table
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 
 # score_fn(params, u (batch, n, *data_shape), t (batch,)) -> last-block score (batch, *data_shape).
@@ -83,7 +84,7 @@ def perturb(sde: sde_lib.LangevinSDE, objective: str, x0: jax.Array, t: jax.Arra
     mean_coefficients, factor = kernel_table.bcsm_kernel(sde, t)
     mean = mean_coefficients.reshape((batch, n) + (1,) * (x0.ndim - 1)) * x0[:, None]
   elif objective == "dsm":
-    phi, factor = sde_lib.marginal_factor(sde, t, jnp.zeros((n,), x0.dtype))
+    phi, factor = perturbation_kernel.marginal_factor(sde, t, jnp.zeros((n,), x0.dtype))
     aux_std = jnp.sqrt(jnp.asarray(sde.init_aux_var, x0.dtype)).reshape((n - 1,) + (1,) * (x0.ndim - 1))
     aux = aux_std * jax.random.normal(aux_rng, (batch, n - 1) + x0.shape[1:], x0.dtype)
     mean = sde_lib.apply_blocks(phi, jnp.concatenate([x0[:, None], aux], axis=1))

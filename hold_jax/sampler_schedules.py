@@ -14,10 +14,10 @@ import numpy as np
 
 from hold_jax import flow_schedule
 from hold_jax import losses
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 
 GRIDS = ("uniform", "quadratic", "edm")
-time_at_integrated_beta = sde_lib.time_at_integrated_beta  # B^{-1}; lives with B in sde.py
 
 
 def time_grid(sde: sde_lib.LangevinSDE, num_steps: int, kind: str = "uniform", rho: float = 7.0
@@ -57,7 +57,7 @@ def splitting(sde, method, times, dtype):
   if method.startswith("strang"):
     half = 0.5 * dB
     linear_dBs = jnp.concatenate([half[:1], half[:-1] + half[1:], half[-1:]])
-    score_times = time_at_integrated_beta(sde, 0.5 * (b_now + b_next)).astype(dtype)
+    score_times = sde_lib.time_at_integrated_beta(sde, 0.5 * (b_now + b_next)).astype(dtype)
   else:
     linear_dBs = jnp.concatenate([dB, jnp.zeros((1,), dtype)])
     # Euler: the step's start (see the module docstring); exponential: t_{k+1}, where (A) left the state.
@@ -69,8 +69,8 @@ def splitting(sde, method, times, dtype):
     stiff = rate * dB > 1e-6  # elsewhere h = dB to round-off, and (1 - e^{-c dB}) / c would cancel
     safe_rate = jnp.where(stiff, rate, 1.0)
     score_dBs = jnp.where(stiff, -jnp.expm1(-safe_rate * dB) / safe_rate, dB)
-  propagators, _, noise_factors = sde_lib.propagator_and_noise(
-      sde_lib.reverse_linear_matrix(sde, dtype), 2.0 * sde.friction, linear_dBs, sde.num_doublings,
+  propagators, _, noise_factors = perturbation_kernel.propagator_and_noise(
+      sde_lib.reverse_linear_matrix(sde, dtype), 2.0 * sde.friction, linear_dBs, perturbation_kernel.num_doublings(sde),
       sde.decay_rate)
   return propagators, noise_factors, score_times, score_dBs
 
@@ -85,9 +85,9 @@ def posterior(sde, method, times, dtype):
   """
   with jax.enable_x64(True):
     integrated = np.asarray(sde_lib.integrated_beta(sde, jnp.asarray(np.asarray(times, np.float64))))
-    transition, _, _ = sde_lib.propagator_and_noise(
+    transition, _, _ = perturbation_kernel.propagator_and_noise(
         sde_lib.drift_matrix(sde, jnp.float64), sde_lib.noise_variance(sde), integrated[:-1] - integrated[1:],
-        sde.num_doublings, sde.decay_rate)
+        perturbation_kernel.num_doublings(sde), sde.decay_rate)
     transition = np.asarray(transition, np.float64)
   # x_0 known, auxiliaries integrated out: the means phi_t = Phi[:, 0], row n of Sigma_t^{-1} and its factor.
   phi, rows, factor = flow_schedule.kernel_moments(sde, integrated)

@@ -1,6 +1,6 @@
 """The posterior-mean form of the probability-flow ODE (hold_jax/flow_schedule.py), against float64 references
 that share none of its numerics: scipy's implicit Radau solves of the same ODEs, and Sigma from the kernel's
-covariance (sde.marginal), not from its square-root factor."""
+covariance (perturbation_kernel.marginal), not from its square-root factor."""
 import functools
 
 import jax
@@ -10,6 +10,7 @@ import pytest
 import scipy.integrate
 
 from hold_jax import flow_schedule
+from hold_jax import perturbation_kernel
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from test_sde import make_sde
@@ -27,11 +28,11 @@ def grid(sde, num_steps):
 
 @functools.lru_cache(maxsize=None)
 def jitted_marginal(sde):
-  return jax.jit(lambda t: sde_lib.marginal(sde, t, sde_lib.initial_cov(sde, dtype=jnp.float64))[1])
+  return jax.jit(lambda t: perturbation_kernel.marginal(sde, t, sde_lib.initial_cov(sde, dtype=jnp.float64))[1])
 
 
 def covariance(sde, b):
-  """Sigma at integrated beta b from sde.marginal (x_0 known, auxiliaries integrated out), float64."""
+  """Sigma at integrated beta b from perturbation_kernel.marginal (x_0 known, auxiliaries integrated out), float64."""
   return np.asarray(jitted_marginal(sde)(jnp.asarray(b / sde.beta_0, jnp.float64)), np.float64)
 
 

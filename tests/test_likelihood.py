@@ -21,6 +21,7 @@ from hold_jax import config_checks
 from hold_jax import exact_scores
 from hold_jax import image_data
 from hold_jax import likelihood
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 from test_sde import make_sde
 
@@ -39,7 +40,7 @@ def rotated_gaussian_score(sde, u, t):
   Per y coordinate Sigma_t = Sigma_t(x_0 known) + v_k Phi e_0 e_0^T Phi^T from one kernel evaluation (a third
   of the compile time of two exact_scores calls; test_reference_score_is_exact_scores checks it against them).
   """
-  phi, known_x0_cov = sde_lib.marginal(sde, t, sde_lib.initial_cov(sde, 0.0, u.dtype))
+  phi, known_x0_cov = perturbation_kernel.marginal(sde, t, sde_lib.initial_cov(sde, 0.0, u.dtype))
   first_column = phi[:, :, 0]
   u_y = jnp.einsum("bnd,de->bne", u, jnp.asarray(ROTATION, u.dtype))
   scores = []
@@ -58,13 +59,14 @@ def rotated_score_by_exact_scores(sde, u, t):
 
 
 # Compiled once per process: op-by-op, the kernel's few hundred small operations cost seconds per order.
-marginal = jax.jit(sde_lib.marginal, static_argnums=0)
+marginal = jax.jit(perturbation_kernel.marginal, static_argnums=0)
 augment = jax.jit(likelihood.augment_with_auxiliaries, static_argnums=(0, 3))
 
 
 @functools.lru_cache(maxsize=None)
 def marginal_constants(sde, t):
-  """Per y coordinate: mean (n,) and lower Cholesky factor (n, n) of u_t, from sde.marginal, in float64."""
+  """Per y coordinate: mean (n,) and lower Cholesky factor (n, n) of u_t, from perturbation_kernel.marginal, in
+  float64."""
   constants = []
   for k in range(2):
     phi, sigma = map(np.asarray, marginal(sde, jnp.asarray(t), sde_lib.initial_cov(sde, VAR_Y[k])))

@@ -10,6 +10,7 @@ import pytest
 import references
 from hold_jax import exact_scores
 from hold_jax import losses
+from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
 from test_sde import PARAMETER_SETS, make_sde
 
@@ -37,7 +38,7 @@ def factor_errors(factor, reference):
 def test_factor_float64_matches_mpmath_down_to_1e_5(name):
   sde = make_sde(**PARAMETER_SETS[name])
   times = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
-  _, factor = sde_lib.marginal_factor(sde, jnp.asarray(times))
+  _, factor = perturbation_kernel.marginal_factor(sde, jnp.asarray(times))
   for k, t in enumerate(times):
     scale_error, row_error = factor_errors(factor[k], mpmath_factor(name, t))
     assert scale_error <= 1e-9 and row_error <= 1e-9, t
@@ -52,7 +53,7 @@ def test_factor_float32_matches_mpmath_over_eps_to_T(name):
   """
   sde = make_sde(**PARAMETER_SETS[name])
   times = (sde.eps, 3e-3, 1e-2, 0.1, 0.5, 1.0)
-  _, factor = sde_lib.marginal_factor(sde, jnp.asarray(times, jnp.float32))
+  _, factor = perturbation_kernel.marginal_factor(sde, jnp.asarray(times, jnp.float32))
   assert factor.dtype == jnp.float32
   for k, t in enumerate(times):
     scale_error, row_error = factor_errors(factor[k], mpmath_factor(name, t))
@@ -63,9 +64,9 @@ def test_plain_cholesky_of_sigma_fails_in_float32_where_the_factor_does_not():
   """Why the square-root form: the assembled Sigma_t is too ill-conditioned at t = 1e-4 (DESIGN section 4)."""
   sde = make_sde(3)
   t = jnp.asarray([1e-4], jnp.float32)
-  _, sigma = sde_lib.marginal(sde, t, sde_lib.initial_cov(sde, dtype=jnp.float32))
+  _, sigma = perturbation_kernel.marginal(sde, t, sde_lib.initial_cov(sde, dtype=jnp.float32))
   plain = np.asarray(jnp.linalg.cholesky(sigma)[0], np.float64)
-  _, factor = sde_lib.marginal_factor(sde, t)
+  _, factor = perturbation_kernel.marginal_factor(sde, t)
   reference = mpmath_factor("n3_critical", 1e-4)
   assert not (factor_errors(plain, reference)[0] <= 1e-2)  # NaN or far off
   assert factor_errors(factor[0], reference)[0] <= 1e-5
@@ -91,9 +92,9 @@ def analytic_minimum(sde, objective, weighting, time_sampling="uniform"):
   w = np.concatenate([(b - a) / 2 * weights for a, b in zip(edges[:-1], edges[1:])])
   t = jnp.asarray(t)
   init = None if objective == "bcsm" else jnp.zeros((sde.order,))
-  _, factor = sde_lib.marginal_factor(sde, t, init)
+  _, factor = perturbation_kernel.marginal_factor(sde, t, init)
   scale = factor[:, -1, -1]
-  _, sigma = sde_lib.marginal(sde, t, sde_lib.initial_cov(sde, DATA_VAR))
+  _, sigma = perturbation_kernel.marginal(sde, t, sde_lib.initial_cov(sde, DATA_VAR))
   precision = jnp.linalg.inv(sigma)[:, -1, -1]
   integrand = losses.weighting_over_scale_squared(sde, weighting, t, scale) * (1 - scale**2 * precision)
   density = (np.full_like(np.asarray(t), 1 / (sde.T - sde.eps)) if time_sampling == "uniform"
@@ -145,7 +146,7 @@ def test_perturbed_states_follow_the_kernel():
   num, t_value, x_value = 40000, 0.05, 1.2
   x0 = jnp.full((num, 1), x_value)
   t = jnp.full((num,), t_value)
-  phi, sigma = sde_lib.marginal(sde, jnp.asarray(t_value), sde_lib.initial_cov(sde))
+  phi, sigma = perturbation_kernel.marginal(sde, jnp.asarray(t_value), sde_lib.initial_cov(sde))
   mean = np.asarray(phi)[:, 0] * x_value
   sigma = np.asarray(sigma)
   for objective in ("bcsm", "dsm"):

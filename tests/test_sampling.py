@@ -20,6 +20,7 @@ import scipy.linalg
 from hold_jax import adaptive_ode
 from hold_jax import exact_scores
 from hold_jax import flow_coordinates
+from hold_jax import perturbation_kernel
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from test_sde import make_sde
@@ -59,14 +60,14 @@ def score_table(order, data_var):
   """Log-times (G,) and the coefficients a (G, n), c (G,) of the exact score of N(m, data_var I) data,
   s(u, t) = sum_j a_j(t) u_j + c(t) m, in float64.
 
-  As in exact_scores.gaussian_score: with Sigma_t = L L^T (sde.marginal_factor with the data's variance), the
-  score is -[L^{-T} L^{-1} (u - Phi_0 m)]_last, so a = -(row n of L^{-1}) / l_nn and c = -a . Phi_0. Read back
-  by linear interpolation in log t; checked here on the midpoints of the table, and against gaussian_score by
-  the moment tests, whose targets come from sde.marginal.
+  As in exact_scores.gaussian_score: with Sigma_t = L L^T (perturbation_kernel.marginal_factor with the data's
+  variance), the score is -[L^{-T} L^{-1} (u - Phi_0 m)]_last, so a = -(row n of L^{-1}) / l_nn and
+  c = -a . Phi_0. Read back by linear interpolation in log t; checked here on the midpoints of the table, and
+  against gaussian_score by the moment tests, whose targets come from perturbation_kernel.marginal.
   """
   sde = make_process(order)
   times = sde.eps * (sde.T / sde.eps) ** np.linspace(0.0, 1.0, 2 * TABLE_POINTS - 1)
-  phi, factor = (np.asarray(x) for x in sde_lib.marginal_factor(
+  phi, factor = (np.asarray(x) for x in perturbation_kernel.marginal_factor(
       sde, jnp.asarray(times), sde_lib.initial_var(sde, data_var, jnp.float64)))
   last_row_of_inverse = np.linalg.solve(np.swapaxes(factor, -1, -2), np.eye(order)[-1])  # L^{-T} e_n
   a = -last_row_of_inverse / factor[:, -1, -1, None]
@@ -129,7 +130,7 @@ def target_moments(order, data_var=DATA_VAR, denoise=True):
   if denoise:
     return DATA_MEAN, data_var
   sde = make_process(order)
-  phi, sigma = sde_lib.marginal(sde, jnp.asarray(sde.eps), sde_lib.initial_cov(sde, data_var))
+  phi, sigma = perturbation_kernel.marginal(sde, jnp.asarray(sde.eps), sde_lib.initial_cov(sde, data_var))
   return float(phi[0, 0]) * DATA_MEAN, float(sigma[0, 0])
 
 

@@ -10,6 +10,7 @@ import scipy.stats
 
 import references
 from hold_jax.configs import default
+from hold_jax import perturbation_kernel
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 
@@ -92,15 +93,15 @@ def test_standard_normal_is_stationary(name):
   noise = np.zeros_like(matrix)
   noise[-1, -1] = sde_lib.noise_variance(sde)
   np.testing.assert_allclose(matrix + matrix.T + noise, 0.0, atol=1e-14)
-  _, sigma = sde_lib.marginal(sde, jnp.asarray(TIMES), jnp.eye(sde.order))
+  _, sigma = perturbation_kernel.marginal(sde, jnp.asarray(TIMES), jnp.eye(sde.order))
   np.testing.assert_allclose(sigma, np.broadcast_to(np.eye(sde.order), sigma.shape), atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
 def test_kernel_float64_matches_quadrature(name):
   sde = make_sde(**PARAMETER_SETS[name])
-  phi, noise_cov = sde_lib.marginal(sde, jnp.asarray(TIMES), jnp.zeros((sde.order, sde.order)))
-  _, sigma = sde_lib.marginal(sde, jnp.asarray(TIMES), sde_lib.initial_cov(sde))
+  phi, noise_cov = perturbation_kernel.marginal(sde, jnp.asarray(TIMES), jnp.zeros((sde.order, sde.order)))
+  _, sigma = perturbation_kernel.marginal(sde, jnp.asarray(TIMES), sde_lib.initial_cov(sde))
   assert phi.dtype == jnp.float64
   init = np.diag(np.asarray(sde_lib.initial_cov(sde)))
   for k, (phi_ref, noise_ref) in enumerate(quadrature_reference(name)):
@@ -113,7 +114,8 @@ def test_kernel_float64_matches_quadrature(name):
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
 def test_kernel_float32_matches_float64_reference(name):
   sde = make_sde(**PARAMETER_SETS[name])
-  phi, sigma = sde_lib.marginal(sde, jnp.asarray(TIMES, jnp.float32), sde_lib.initial_cov(sde, dtype=jnp.float32))
+  phi, sigma = perturbation_kernel.marginal(sde, jnp.asarray(TIMES, jnp.float32),
+                                            sde_lib.initial_cov(sde, dtype=jnp.float32))
   assert phi.dtype == jnp.float32 and sigma.dtype == jnp.float32
   init = np.diag(np.asarray(sde_lib.initial_cov(sde)))
   for k, (phi_ref, noise_ref) in enumerate(quadrature_reference(name)):
@@ -127,7 +129,7 @@ def test_order_one_is_the_vp_sde():
   assert sde.friction == 0.5
   t = jnp.linspace(1e-4, 1.0, 9)
   integral = 0.1 * t + 0.5 * (20.0 - 0.1) * t**2  # score_sde's VPSDE with beta_min 0.1, beta_max 20
-  phi, sigma = sde_lib.marginal(sde, t, jnp.zeros((1, 1)))
+  phi, sigma = perturbation_kernel.marginal(sde, t, jnp.zeros((1, 1)))
   np.testing.assert_allclose(phi[:, 0, 0], np.exp(-0.5 * integral), rtol=1e-12)
   np.testing.assert_allclose(sigma[:, 0, 0], -np.expm1(-integral), rtol=1e-12)
 
@@ -149,7 +151,7 @@ def test_order_two_is_cld():
            + b**2 * (var_x0 - 2)) * e
     mean_x = (2 * b / gamma * x0 + 4 * b / gamma**2 * v0 + x0) * math.exp(-2 * b / gamma)
     mean_v = (-b * x0 - 2 * b / gamma * v0 + v0) * math.exp(-2 * b / gamma)
-    phi, sigma = sde_lib.marginal(sde, jnp.asarray(t), jnp.diag(jnp.array([var_x0, 4 * var_v0])))
+    phi, sigma = perturbation_kernel.marginal(sde, jnp.asarray(t), jnp.diag(jnp.array([var_x0, 4 * var_v0])))
     np.testing.assert_allclose(phi @ np.array([x0, 2 * v0]), [mean_x, 2 * mean_v], rtol=1e-11)
     np.testing.assert_allclose(sigma, [[sxx, 2 * sxv], [2 * sxv, 4 * svv]], rtol=1e-10)
 
@@ -167,7 +169,7 @@ def test_monte_carlo_simulation_of_the_forward_sde():
     beta = float(sde_lib.beta(sde, (k + 0.5) * dt))
     u = u + beta * dt * u @ matrix.T
     u[:, -1] += np.sqrt(beta * dt * 2 * sde.friction) * rng.standard_normal(num_paths)
-  phi, sigma = sde_lib.marginal(sde, jnp.asarray(t_end), sde_lib.initial_cov(sde))
+  phi, sigma = perturbation_kernel.marginal(sde, jnp.asarray(t_end), sde_lib.initial_cov(sde))
   mean = np.asarray(phi)[:, 0] * 1.5
   sigma = np.asarray(sigma)
   mean_se = np.sqrt(np.diag(sigma) / num_paths)
@@ -179,12 +181,12 @@ def test_monte_carlo_simulation_of_the_forward_sde():
 def test_kernel_is_jittable_vmappable_and_differentiable():
   sde = make_sde(3)
   init = sde_lib.initial_cov(sde)
-  jitted = jax.jit(sde_lib.marginal, static_argnums=0)
+  jitted = jax.jit(perturbation_kernel.marginal, static_argnums=0)
   t = jnp.array([0.01, 0.5])
-  np.testing.assert_allclose(jitted(sde, t, init)[1], sde_lib.marginal(sde, t, init)[1], rtol=1e-12)
-  vmapped = jax.vmap(lambda s: sde_lib.marginal(sde, s, init)[1])(t)
-  np.testing.assert_allclose(vmapped, sde_lib.marginal(sde, t, init)[1], rtol=1e-12)
-  entry = lambda s: sde_lib.marginal(sde, s, init)[1][0, 1]
+  np.testing.assert_allclose(jitted(sde, t, init)[1], perturbation_kernel.marginal(sde, t, init)[1], rtol=1e-12)
+  vmapped = jax.vmap(lambda s: perturbation_kernel.marginal(sde, s, init)[1])(t)
+  np.testing.assert_allclose(vmapped, perturbation_kernel.marginal(sde, t, init)[1], rtol=1e-12)
+  entry = lambda s: perturbation_kernel.marginal(sde, s, init)[1][0, 1]
   step = 1e-6
   finite_difference = (entry(0.3 + step) - entry(0.3 - step)) / (2 * step)
   assert jax.grad(entry)(0.3) == pytest.approx(float(finite_difference), rel=1e-6)
@@ -250,8 +252,8 @@ def test_bad_parameters_name_the_field(field, value, message):
 def test_bad_kernel_arguments():
   sde = make_sde(3)
   with pytest.raises(ValueError, match=r"t must lie in \[0, sde.T"):
-    sde_lib.marginal(sde, jnp.array([0.5, 1.5]), sde_lib.initial_cov(sde))
+    perturbation_kernel.marginal(sde, jnp.array([0.5, 1.5]), sde_lib.initial_cov(sde))
   with pytest.raises(ValueError, match=r"t must lie in \[0, sde.T"):
-    sde_lib.marginal_factor(sde, -0.1)
+    perturbation_kernel.marginal_factor(sde, -0.1)
   with pytest.raises(ValueError, match=r"init_cov has shape \(2, 2\)"):
-    sde_lib.marginal(sde, 0.5, jnp.eye(2))
+    perturbation_kernel.marginal(sde, 0.5, jnp.eye(2))
