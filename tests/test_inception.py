@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hold_jax.metrics import inception
+from hold_jax.metrics import inception_network
 from hold_jax.metrics import torch_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -45,12 +46,13 @@ def variables(state_dict):
 
 def network_input(reference, mode: str) -> jax.Array:
   """All fixture images pre-processed and stacked: (4, 299, 299, 3) float32."""
-  return jnp.concatenate([inception.preprocess(reference[group], mode) for group in GROUPS])
+  return jnp.concatenate([inception_network.preprocess(reference[group], mode) for group in GROUPS])
 
 
 @pytest.fixture(scope="module")
 def ours(reference, variables):
-  return jax.device_get(inception._forward(inception._FIDInceptionV3(), variables, network_input(reference, "tf1")))
+  return jax.device_get(inception_network.forward(inception_network.FIDInceptionV3(), variables,
+                                                  network_input(reference, "tf1")))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -58,12 +60,12 @@ def ours(reference, variables):
 
 
 def test_parameter_count():
-  shapes = jax.eval_shape(inception._FIDInceptionV3().init, jax.random.PRNGKey(0),
+  shapes = jax.eval_shape(inception_network.FIDInceptionV3().init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32))
   def count(tree):
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
-  assert count(shapes["params"]) == inception.NUM_PARAMS == 23_850_960
-  assert count(shapes["batch_stats"]) == inception.NUM_BATCH_STATS == 34_432
+  assert count(shapes["params"]) == inception_network.NUM_PARAMS == 23_850_960
+  assert count(shapes["batch_stats"]) == inception_network.NUM_BATCH_STATS == 34_432
   assert len(jax.tree_util.tree_leaves(shapes)) == 472
 
 
@@ -77,10 +79,11 @@ def test_matches_torch_fidelity(reference, ours):
 
 @pytest.mark.parametrize("quirk", ["count_include_pad", "avg_pool_in_Mixed_7c", "half_pixel_resize"])
 def test_each_quirk_matters(reference, variables, quirk):
-  network = {"count_include_pad": inception._FIDInceptionV3(exclude_pad=False),
-             "avg_pool_in_Mixed_7c": inception._FIDInceptionV3(last_pool="avg")}.get(quirk, inception._FIDInceptionV3())
+  network = {"count_include_pad": inception_network.FIDInceptionV3(exclude_pad=False),
+             "avg_pool_in_Mixed_7c": inception_network.FIDInceptionV3(last_pool="avg")}.get(
+                 quirk, inception_network.FIDInceptionV3())
   x = network_input(reference, "half_pixel" if quirk == "half_pixel_resize" else "tf1")
-  broken = jax.device_get(inception._forward(network, variables, x))
+  broken = jax.device_get(inception_network.forward(network, variables, x))
   print(quirk, {key: relative_error(broken[key], reference[key]) for key in ("pool3", "logits")})
   assert relative_error(broken["pool3"], reference["pool3"]) > 100 * TOLERANCE
 
@@ -98,12 +101,12 @@ def test_tf1_resize_by_hand():
   row1 = [c, (c + d) / 2, d, d]
   mid = [(p + q) / 2 for p, q in zip(row0, row1)]
   expected = np.array([row0, mid, row1, row1], np.float32)
-  np.testing.assert_array_equal(np.asarray(inception._resize_tf1(x, 4))[0, :, :, 0], expected)
+  np.testing.assert_array_equal(np.asarray(inception_network._resize_tf1(x, 4))[0, :, :, 0], expected)
 
 
 def test_preprocess_modes():
   image = np.array([[[10], [30]], [[50], [130]]], np.uint8)[None]  # (1, 2, 2, 1) grey
-  tf1 = np.asarray(inception.preprocess(image, "tf1"))
+  tf1 = np.asarray(inception_network.preprocess(image, "tf1"))
   assert tf1.shape == (1, 299, 299, 3) and tf1.dtype == np.float32
   np.testing.assert_array_equal(tf1[..., 0], tf1[..., 2])  # grey repeated
   # Closed form of the TF1 resize of a 2 x 2 image at 299: s = 2 j / 299, upper tap clamped at 1.
@@ -111,7 +114,7 @@ def test_preprocess_modes():
   rows = np.array([10 + 20 * s, 50 + 80 * s])
   closed = rows[0][None, :] + (rows[1] - rows[0])[None, :] * s[:, None]
   np.testing.assert_allclose(tf1[0, :, :, 1], (closed - 128) / 128, atol=1e-5)
-  half = np.asarray(inception.preprocess(image, "half_pixel"))
+  half = np.asarray(inception_network.preprocess(image, "half_pixel"))
   assert half.shape == tf1.shape and half.dtype == np.float32
   assert np.abs(half - tf1).max() > 0.1  # up to a quarter of the range apart
   np.testing.assert_allclose(half[0, 0, 0], (10 - 128) / 128, rtol=1e-6)  # corners agree in both
@@ -119,11 +122,11 @@ def test_preprocess_modes():
 
 def test_preprocess_rejects_bad_input():
   with pytest.raises(ValueError, match="uint8"):
-    inception.preprocess(np.zeros((1, 8, 8, 3), np.float32))
+    inception_network.preprocess(np.zeros((1, 8, 8, 3), np.float32))
   with pytest.raises(ValueError, match="C in"):
-    inception.preprocess(np.zeros((1, 8, 8, 2), np.uint8))
+    inception_network.preprocess(np.zeros((1, 8, 8, 2), np.uint8))
   with pytest.raises(ValueError, match="bicubic"):
-    inception.preprocess(np.zeros((1, 8, 8, 3), np.uint8), "bicubic")
+    inception_network.preprocess(np.zeros((1, 8, 8, 3), np.uint8), "bicubic")
 
 
 # ----------------------------------------------------------------------------------------------------------
