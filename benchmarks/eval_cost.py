@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hold_jax import generation  # noqa: E402
 from hold_jax import quality  # noqa: E402
+from hold_jax import quality_features  # noqa: E402
 from hold_jax import run_record  # noqa: E402
 from hold_jax import train  # noqa: E402
 from hold_jax.metrics import inception  # noqa: E402
@@ -70,7 +71,7 @@ class Timers:
 
   def __init__(self):
     self.sampler = self.features = 0.0
-    self._generate, self._load_network = generation.generate, quality.load_network
+    self._generate, self._load_network = generation.generate, quality_features.load_network
 
   def install(self):
     def generate(*args, **kwargs):
@@ -92,10 +93,10 @@ class Timers:
 
       return dataclasses.replace(network, features=features)
 
-    generation.generate, quality.load_network = generate, load_network
+    generation.generate, quality_features.load_network = generate, load_network
 
   def remove(self):
-    generation.generate, quality.load_network = self._generate, self._load_network
+    generation.generate, quality_features.load_network = self._generate, self._load_network
 
 
 def timed_evaluation(config, workdir: str) -> dict:

@@ -4,12 +4,13 @@ What is measured. eval.num_samples images are generated with config.sampling fro
 newest readable checkpoint, or of step eval.checkpoint_step (that step or an error, never another one)
 (sample k of repeat r from the key fold_in(PRNGKey(seed + r), k): EDM's practice of several seeds, each
 reported, with their mean and minimum), quantised to uint8 as an image file would be, and passed through a
-feature network: the FID Inception-v3 (eval.feature_network = 'inception', weights from the local file
-eval.inception_weights, hold_jax/metrics/inception.py) or, for the digits, a small classifier that needs no
-download ('digits', hold_jax/metrics/digits_features.py). FID and KID compare the features with those of the
-reference images (eval.reference_split of the training data, or a user's statistics file
-eval.reference_stats); IS uses the network's logits. With the digits network the report names them fd_digits,
-kid_digits and is_digits: they are comparable only with each other, never with published FIDs.
+feature network (hold_jax/quality_features.py, which also computes and caches the reference statistics): the
+FID Inception-v3 (eval.feature_network = 'inception', weights from the local file eval.inception_weights,
+hold_jax/metrics/inception.py) or, for the digits, a small classifier that needs no download ('digits',
+hold_jax/metrics/digits_features.py). FID and KID compare the features with those of the reference images
+(eval.reference_split of the training data, or a user's statistics file eval.reference_stats); IS uses the
+network's logits. With the digits network the report names them fd_digits, kid_digits and is_digits: they are
+comparable only with each other, never with published FIDs.
 
 Rounds. Generation runs in rounds of eval.round_size samples; after each round process 0 writes the round's
 features and logits atomically (temporary file + rename) with a SHA-256 of their bytes, into
@@ -18,11 +19,11 @@ killed at any moment resumes at the first round without a valid file and ends wi
 uninterrupted one; a round file that fails its checksum or has the wrong shape is regenerated. Images are
 never held beyond one sampling batch; features (a few KB per image) are.
 
-Quality versus NFE. eval.sampler_sweep lists "method:grid:num_steps" entries, all checked before any work;
-each is one evaluation as above with those three sampling fields replaced (its own rounds folder, since <run>
-names the sampler, and its own report), sharing the feature network, the reference statistics and the
-parameters, which are loaded once. workdir/eval/quality_vs_nfe_ckpt<step>_<network>.json then holds one row
-per entry (its NFE and summary metrics), also logged as a text table.
+Quality versus NFE. eval.sampler_sweep lists "method:grid:num_steps" entries, all checked before any work
+(hold_jax/sampler_sweep.py); each is one evaluation as above with those three sampling fields replaced (its
+own rounds folder, since <run> names the sampler, and its own report), sharing the feature network, the
+reference statistics and the parameters, which are loaded once. workdir/eval/quality_vs_nfe_ckpt<step>_<network>
+.json then holds one row per entry (its NFE and summary metrics), also logged as a text table.
 """
 from __future__ import annotations
 
@@ -30,10 +31,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,18 +45,17 @@ from hold_jax import evaluate
 from hold_jax import field_checks
 from hold_jax import generation
 from hold_jax import image_data
-from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import models
+from hold_jax import quality_features
 from hold_jax import round_files
+from hold_jax import sampler_sweep
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
-FEATURE_NETWORKS = ("inception", "digits")
 IMAGE_METRICS = ("fid", "kid", "is")
 METRICS = ("nll",) + IMAGE_METRICS  # what eval.metrics may name: the NLL bound (evaluate.py) and these
-RESIZE_MODES = ("tf1", "half_pixel")  # hold_jax/metrics/inception.py's PREPROCESS_MODES
 
 
 def check_settings(eval_config) -> None:
@@ -68,14 +66,14 @@ def check_settings(eval_config) -> None:
   field_checks.require(isinstance(metrics, (tuple, list)) and len(metrics) > 0 and
                        all(name in METRICS for name in metrics), "eval.metrics", metrics,
                        f"a non-empty tuple of names from {METRICS}, e.g. --config.eval.metrics=\"('fid', 'kid')\"")
-  field_checks.require(eval_config.feature_network in FEATURE_NETWORKS, "eval.feature_network",
-                       eval_config.feature_network, f"one of {FEATURE_NETWORKS}")
-  field_checks.require(eval_config.resize in RESIZE_MODES, "eval.resize", eval_config.resize,
-                       f"one of {RESIZE_MODES}")
+  field_checks.require(eval_config.feature_network in quality_features.FEATURE_NETWORKS, "eval.feature_network",
+                       eval_config.feature_network, f"one of {quality_features.FEATURE_NETWORKS}")
+  field_checks.require(eval_config.resize in quality_features.RESIZE_MODES, "eval.resize", eval_config.resize,
+                       f"one of {quality_features.RESIZE_MODES}")
   for field, minimum in (("num_samples", 1), ("num_repeats", 1), ("feature_batch_size", 1),
                          ("kid_subset_size", 2), ("is_splits", 1)):
     field_checks.require_int(f"eval.{field}", eval_config[field], minimum)
-  parse_sampler_sweep(eval_config.get("sampler_sweep", ()))
+  sampler_sweep.parse_sampler_sweep(eval_config.get("sampler_sweep", ()))
 
 
 def image_shape(metrics, data_config) -> tuple[int, int, int]:
@@ -84,109 +82,6 @@ def image_shape(metrics, data_config) -> tuple[int, int, int]:
   field_checks.require(len(data_shape) == 3, "eval.metrics", tuple(metrics),
                        f"('nll',) for data.dataset = {data_config.dataset!r}: FID, KID and IS need images")
   return data_shape
-
-
-@dataclasses.dataclass(frozen=True)
-class Network:
-  """A feature network as the metrics use it: features(uint8 images) -> (features (N, D), logits (N, K))."""
-
-  name: str
-  weights_sha256: str
-  resize: str
-  features: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-  metric_suffix: str  # '' for Inception (the published metrics), '_digits' otherwise
-
-
-def load_network(eval_config) -> Network:
-  """The feature network of eval.feature_network (loaded from local files only)."""
-  kind = eval_config.feature_network
-  if kind == "inception":
-    from hold_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-    if not eval_config.inception_weights:
-      raise ValueError("eval.inception_weights is not set: FID, KID and IS need the FID Inception weights "
-                       "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's and torch-fidelity's GitHub releases) "
-                       "as a local or gs:// path: --config.eval.inception_weights=PATH.")
-    network = inception.load_inception(eval_config.inception_weights, eval_config.inception_sha256 or None,
-                                       eval_config.resize)
-    # IS from the logits without the fc bias, as the TF graph's softmax input and torch-fidelity use them.
-    return Network(network.name, network.weights_sha256, network.resize,
-                   lambda images: _two(network.apply(images), "pool3", "logits_unbiased"), "")
-  if kind == "digits":
-    from hold_jax.metrics import digits_features  # pylint: disable=g-import-not-at-top
-    network = digits_features.load_digits_features()
-    return Network(network.name, network.weights_sha256, network.resize,
-                   lambda images: _two(network.apply(images), "features"), "_digits")
-  field_checks.require(False, "eval.feature_network", kind, f"one of {FEATURE_NETWORKS}")
-
-
-def _two(outputs: dict, feature_key: str, logits_key: str = "logits") -> tuple[np.ndarray, np.ndarray]:
-  return np.asarray(outputs[feature_key], np.float32), np.asarray(outputs[logits_key], np.float32)
-
-
-def features_in_batches(network: Network, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Features and logits of uint8 images (N, H, W, C), batch_size images at a time; a short last batch is
-  padded with copies of its last image and cut back (one shape, one compile of the network)."""
-  features, logits = [], []
-  for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-    batch_features, batch_logits = network.features(padded)
-    features.append(batch_features[:len(batch)])
-    logits.append(batch_logits[:len(batch)])
-  return np.concatenate(features), np.concatenate(logits)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reference statistics.
-
-
-def reference_images(config) -> np.ndarray:
-  """uint8 pixels (N, H, W, C) of eval.reference_split of the training data, as a sample's pixels are made."""
-  data = config.data
-  size, _, _ = image_data.image_shape(data)
-  source = image_sources.SOURCES[data.dataset]
-
-  def fit(chunk: np.ndarray) -> np.ndarray:
-    return chunk if chunk.shape[1:3] == (size, size) else image_data.resize_levels(chunk, size, source.num_levels)
-
-  levels = image_sources.load_part(data.dataset, config.eval.reference_split, data.data_dir, 0, 1, fit)
-  return image_data.to_pixels(image_data.to_model_space(levels, source.num_levels))
-
-
-def reference_cache_dir(config) -> epath.Path:
-  """eval.stats_cache_dir, else beside the data: <data_dir>/hold_jax_reference_stats (tfds), or
-  ~/.cache/hold_jax/reference_stats for data that has no folder (the digits)."""
-  if config.eval.stats_cache_dir:
-    return epath.Path(config.eval.stats_cache_dir)
-  if config.data.dataset in image_sources.SOURCES and image_sources.SOURCES[config.data.dataset].tfds_name:
-    data_dir = config.data.data_dir or os.path.expanduser("~/tensorflow_datasets")
-    return epath.Path(data_dir) / "hold_jax_reference_stats"
-  return epath.Path(os.path.expanduser("~/.cache/hold_jax/reference_stats"))
-
-
-def reference_statistics(config, network: Network) -> dict[str, Any]:
-  """{'mu', 'sigma', 'features' (may be None), 'key'} of the reference images, cached by reference_stats."""
-  from hold_jax.metrics import reference_stats  # pylint: disable=g-import-not-at-top
-  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
-  if config.eval.reference_stats:
-    stats = reference_stats.load_user_stats(config.eval.reference_stats)
-    reference_stats.check_compatible(stats.get("metadata", {}), network.weights_sha256, network.resize)
-    return {**stats, "key": str(config.eval.reference_stats)}
-  images = reference_images(config)
-  key = reference_stats.reference_key(config.data.dataset, config.eval.reference_split, len(images),
-                                      network.weights_sha256, network.resize)
-
-  def compute():
-    features, _ = features_in_batches(network, images, config.eval.feature_batch_size)
-    accumulator = statistics.FeatureStats(features.shape[1])
-    accumulator.add(features)
-    return {"mu": accumulator.mean(), "sigma": accumulator.covariance(), "features": features,
-            "metadata": {"dataset": config.data.dataset, "split": config.eval.reference_split,
-                         "num_images": len(images), "weights_sha256": network.weights_sha256,
-                         "resize": network.resize, "network": network.name}}
-
-  stats = reference_stats.load_or_compute(reference_cache_dir(config), key, compute, write=jax.process_index() == 0)
-  return {**stats, "key": key}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,7 +99,7 @@ def read_round(path: epath.Path, num_images: int) -> tuple[np.ndarray, np.ndarra
   return None if found is None else (found["features"], found["logits"], int(found["nfe"]))
 
 
-def run_name(config, network: Network, step: int) -> str:
+def run_name(config, network: quality_features.Network, step: int) -> str:
   """The folder of an evaluation's rounds: what decides their contents (sampler, seed, step, network)."""
   settings = {field: config.sampling[field] for field in sorted(config.sampling.keys())
               if field not in ("num_samples", "batch_size")}
@@ -217,79 +112,10 @@ def run_name(config, network: Network, step: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The sampler sweep.
+# The quality-versus-NFE table.
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepEntry:
-  """One "method:grid:num_steps" entry of eval.sampler_sweep (ode_adaptive ignores the grid and num_steps)."""
-
-  method: str
-  grid: str
-  num_steps: int
-
-
-SWEEP_FORMAT = (f"'method:grid:num_steps' with a method from {sampling.METHODS}, a grid from {sampling.GRIDS} "
-                "and num_steps an integer >= 1")
-
-
-def _sweep_entry_problem(entry: Any) -> str | None:
-  """What is wrong with one entry of eval.sampler_sweep, or None."""
-  if not isinstance(entry, str):
-    return f"of type {type(entry).__name__}, not a string"
-  parts = entry.split(":")
-  if len(parts) != 3:
-    return f"{len(parts)} part(s) separated by ':', not 3"
-  method, grid, num_steps = parts
-  if method not in sampling.METHODS:
-    return f"unknown method {method!r}"
-  if grid not in sampling.GRIDS:
-    return f"unknown grid {grid!r}"
-  if not (re.fullmatch(r"[0-9]+", num_steps) and int(num_steps) >= 1):
-    return f"num_steps {num_steps!r} is not an integer >= 1"
-  return None
-
-
-def parse_sampler_sweep(entries: Any) -> tuple[SweepEntry, ...]:
-  """eval.sampler_sweep as SweepEntry's; a ValueError naming the first bad entry (its index, its text, what is
-  wrong and what is allowed), or a repeated one (it would only evaluate the same sampler twice)."""
-  if not isinstance(entries, (tuple, list)):
-    raise ValueError(f"eval.sampler_sweep = {entries!r} is not allowed: it must be a tuple of strings "
-                     f"{SWEEP_FORMAT}, e.g. --config.eval.sampler_sweep=\"('lie_trotter:quadratic:50', "
-                     "'strang:edm:20')\".")
-  parsed = []
-  for index, entry in enumerate(entries):
-    problem = _sweep_entry_problem(entry)
-    if problem is not None:
-      raise ValueError(f"eval.sampler_sweep[{index}] = {entry!r} is not allowed ({problem}): it must be "
-                       f"{SWEEP_FORMAT}, e.g. 'strang:edm:20'.")
-    method, grid, num_steps = entry.split(":")
-    parsed.append(SweepEntry(method, grid, int(num_steps)))
-    if parsed[-1] in parsed[:-1]:
-      raise ValueError(f"eval.sampler_sweep[{index}] = {entry!r} is not allowed: it repeats entry "
-                       f"{parsed.index(parsed[-1])}; list each sampler once.")
-  return tuple(parsed)
-
-
-def entry_config(config, entry: SweepEntry):
-  """A copy of config whose sampling.method, grid and num_steps are the entry's."""
-  result = config.copy_and_resolve_references()
-  result.sampling.method, result.sampling.grid, result.sampling.num_steps = entry.method, entry.grid, entry.num_steps
-  return result
-
-
-def sweep_configs(config) -> list[tuple[SweepEntry, Any]]:
-  """(entry, its config) for every entry of eval.sampler_sweep, each sampler checked against config.sde now,
-  before anything is loaded or generated; empty when the sweep is."""
-  sde = sde_lib.from_config(config.sde)
-  result = []
-  for entry in parse_sampler_sweep(config.eval.get("sampler_sweep", ())):
-    result.append((entry, entry_config(config, entry)))
-    sampling.check_settings(sde, result[-1][1].sampling)
-  return result
-
-
-def table_row(entry: SweepEntry, report: dict[str, Any]) -> dict[str, Any]:
+def table_row(entry: sampler_sweep.SweepEntry, report: dict[str, Any]) -> dict[str, Any]:
   """One row of the quality-versus-NFE table: the sampler, its NFE (the largest of the repeats'; the adaptive
   solver's differs per sample), the report's summary metrics and the report's name."""
   nfe = max(repeat["nfe"] for repeat in report["repeats"])
@@ -318,7 +144,7 @@ class Loaded:
   only) the baselines, which depend on none of the sampler settings."""
 
   data_shape: tuple[int, ...]
-  network: Network
+  network: quality_features.Network
   params: Any
   step: int
   reference: dict[str, Any]
@@ -330,9 +156,9 @@ def load(config, workdir: str) -> Loaded:
   computed, so an absent or damaged checkpoint fails in seconds rather than after the reference features."""
   settings = config.eval
   data_shape = image_shape(settings.metrics, config.data)
-  network = load_network(settings)
+  network = quality_features.load_network(settings)
   params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(settings))
-  reference = reference_statistics(config, network)
+  reference = quality_features.reference_statistics(config, network)
   baselines = digits_baselines(config, network, settings) if settings.feature_network == "digits" else None
   return Loaded(tuple(data_shape), network, params, step, reference, baselines)
 
@@ -341,7 +167,7 @@ def evaluate_quality(config, workdir: str) -> str:
   """Generates, measures and reports (module docstring); returns the report's path (workdir/eval/<run>.json),
   or with eval.sampler_sweep the table's (workdir/eval/quality_vs_nfe_ckpt<step>_<network>.json)."""
   started = time.time()
-  entries = sweep_configs(config)  # a bad entry fails before anything is loaded
+  entries = sampler_sweep.sweep_configs(config)  # a bad entry fails before anything is loaded
   loaded = load(config, workdir)
   writer = metric_writers.create_default_writer(workdir, collection="eval") if jax.process_index() == 0 else None
   if not entries:
@@ -421,7 +247,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   return str(path), report
 
 
-def digits_baselines(config, network: Network, settings) -> dict[str, dict[str, float]]:
+def digits_baselines(config, network: quality_features.Network, settings) -> dict[str, dict[str, float]]:
   """The same metrics for real digits the model never saw against the others, and for uniform noise: the
   classifier's split of the digits (hold_jax/metrics/digits_features.py), its 297 held-out images and as many
   noise images against statistics of its 1,500 training images. They bracket what a model can reach; with
@@ -429,7 +255,7 @@ def digits_baselines(config, network: Network, settings) -> dict[str, dict[str, 
   from hold_jax.metrics import digits_features  # pylint: disable=g-import-not-at-top
   from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
   size = config.data.image_size
-  train_features, _ = features_in_batches(network, digits_features.digits_pixels("train", size),
+  train_features, _ = quality_features.features_in_batches(network, digits_features.digits_pixels("train", size),
                                           settings.feature_batch_size)
   accumulator = statistics.FeatureStats(train_features.shape[1])
   accumulator.add(train_features)
@@ -439,14 +265,14 @@ def digits_baselines(config, network: Network, settings) -> dict[str, dict[str, 
   noise = np.random.default_rng(0).integers(0, 256, heldout.shape, dtype=np.uint8)
   results = {}
   for name, images in (("heldout_digits", heldout), ("uniform_noise", noise)):
-    features, logits = features_in_batches(network, images, settings.feature_batch_size)
+    features, logits = quality_features.features_in_batches(network, images, settings.feature_batch_size)
     results[name] = _metrics(features, logits, reference, settings, network, nfe=0)
   return results
 
 
-def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
+def _generate_round(sampler, params, rng, ids, mesh, network: quality_features.Network, config):
   """(features, logits, nfe) of the samples `ids`, generated in sampling batches (images never all held)."""
-  stream, nfe = FeatureStream(network, config.eval.feature_batch_size), 0
+  stream, nfe = quality_features.FeatureStream(network, config.eval.feature_batch_size), 0
   for batch in generation.id_batches(int(ids[0]), int(ids[-1]) + 1, config.sampling.batch_size):
     samples, batch_nfe = generation.generate(sampler, params, rng, batch, mesh)
     if not np.isfinite(samples).all():
@@ -457,47 +283,13 @@ def _generate_round(sampler, params, rng, ids, mesh, network: Network, config):
   return (*stream.finish(), nfe)
 
 
-class FeatureStream:
-  """Features of images that arrive in batches of any size, computed in full batches of batch_size.
-
-  Images wait until batch_size of them are there (at most batch_size - 1 wait), so sampling batches smaller
-  than or not divisible by the feature batch cost no padded network work; finish() computes the rest, padded
-  once.
-  """
-
-  def __init__(self, network: Network, batch_size: int):
-    self.network, self.batch_size = network, batch_size
-    self.waiting = np.zeros((0,), np.uint8)
-    self.features, self.logits = [], []
-
-  def add(self, images: np.ndarray) -> None:
-    """images: uint8 (N, H, W, C)."""
-    images = np.concatenate([self.waiting, images]) if len(self.waiting) else images
-    full = len(images) - len(images) % self.batch_size
-    if full:
-      self._compute(images[:full])
-    self.waiting = images[full:]
-
-  def finish(self) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D), logits (N, K)) of every image added, in order."""
-    if len(self.waiting):
-      self._compute(self.waiting)
-      self.waiting = self.waiting[:0]
-    return np.concatenate(self.features), np.concatenate(self.logits)
-
-  def _compute(self, images: np.ndarray) -> None:
-    features, logits = features_in_batches(self.network, images, self.batch_size)
-    self.features.append(features)
-    self.logits.append(logits)
-
-
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"hold_jax_eval_{name}")
 
 
-def _metrics(features, logits, reference, settings, network: Network, nfe: int) -> dict[str, float]:
+def _metrics(features, logits, reference, settings, network: quality_features.Network, nfe: int) -> dict[str, float]:
   from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
   results = {"num_samples": int(len(features)), "nfe": int(nfe)}
   suffix = network.metric_suffix
@@ -520,7 +312,7 @@ def _metrics(features, logits, reference, settings, network: Network, nfe: int) 
   return results
 
 
-def _report(config, network: Network, reference, step, repeats, seconds, run: str) -> dict[str, Any]:
+def _report(config, network: quality_features.Network, reference, step, repeats, seconds, run: str) -> dict[str, Any]:
   names = [name for name in repeats[0] if name not in ("num_samples", "nfe") and not name.endswith("_std")]
   summary = {}
   for name in names:

@@ -12,6 +12,7 @@ from hold_jax.configs import digits
 from hold_jax import checkpoints
 from hold_jax import evaluate
 from hold_jax import quality
+from hold_jax import quality_features
 from hold_jax import train
 
 
@@ -165,7 +166,8 @@ def test_a_damaged_chosen_step_is_an_error_not_a_fallback(trained, tmp_path, kin
 def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypatch):
   workdir, config = trained
   calls = {"reference_statistics": 0, "load_network": 0, "load_ema_params": 0}
-  for module, name in ((quality, "reference_statistics"), (quality, "load_network"), (train, "load_ema_params")):
+  for module, name in ((quality_features, "reference_statistics"), (quality_features, "load_network"),
+                       (train, "load_ema_params")):
     original = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *args, name=name, original=original:
                         calls.__setitem__(name, calls[name] + 1) or original(*args))
@@ -192,7 +194,8 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
 
 def test_a_bad_sweep_entry_fails_before_anything_is_loaded(trained, monkeypatch):
   workdir, config = trained
-  monkeypatch.setattr(quality, "load_network", lambda *args: pytest.fail("loaded before the sweep was checked"))
+  monkeypatch.setattr(quality_features, "load_network",
+                      lambda *args: pytest.fail("loaded before the sweep was checked"))
   bad = with_eval(config, sampler_sweep=("strang:edm:20", "strang:cosine:20"))
   with pytest.raises(ValueError, match=r"eval.sampler_sweep\[1\] = 'strang:cosine:20' is not allowed \(unknown "
                      r"grid 'cosine'\).*\('uniform', 'quadratic', 'edm'\)"):
@@ -207,9 +210,9 @@ def test_feature_stream_computes_full_batches_whatever_the_sampling_batches():
     flat = images.reshape(len(images), -1).astype(np.float32)
     return np.stack([flat.mean(axis=1), flat[:, 0]], axis=1), flat[:, :3]
 
-  network = quality.Network("stand-in", "0" * 64, "tf1", features, "")
+  network = quality_features.Network("stand-in", "0" * 64, "tf1", features, "")
   images = np.random.default_rng(0).integers(0, 256, (23, 4, 4, 1), dtype=np.uint8)
-  stream = quality.FeatureStream(network, batch_size=5)
+  stream = quality_features.FeatureStream(network, batch_size=5)
   for start, stop in ((0, 3), (3, 10), (10, 11), (11, 23)):  # sampling batches of 3, 7, 1 and 12
     stream.add(images[start:stop])
   got_features, got_logits = stream.finish()
