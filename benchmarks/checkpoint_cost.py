@@ -24,6 +24,7 @@ from etils import epath  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from hold_jax import checkpoint_integrity  # noqa: E402
 from hold_jax import checkpoints  # noqa: E402
 from hold_jax import input_pipeline  # noqa: E402
 from hold_jax import models  # noqa: E402
@@ -41,7 +42,7 @@ def measure(config_name: str, rounds: int) -> dict:
   make_state = lambda: train.init_state(model, data_shape, order, optimizer, config.seed)
   state = jax.device_put(make_state(), replicated)
   abstract = train.abstract_state(make_state, replicated)
-  checkpoints.checksums(state)  # compile once, outside the timings
+  checkpoint_integrity.checksums(state)  # compile once, outside the timings
   times = {"save": [], "restore": [], "checksum": []}
   with tempfile.TemporaryDirectory() as scratch:
     for round_index in range(rounds + 1):  # round 0 warms up orbax and the file system
@@ -56,7 +57,7 @@ def measure(config_name: str, rounds: int) -> dict:
       jax.block_until_ready(restored.tree)
       restore = time.perf_counter() - started
       started = time.perf_counter()
-      checkpoints.checksums(restored.tree)
+      checkpoint_integrity.checksums(restored.tree)
       checksum = time.perf_counter() - started
       manager.close()
       shutil.rmtree(directory)

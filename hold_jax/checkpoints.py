@@ -1,16 +1,11 @@
 """Checkpoints of a run: orbax saves that carry a checksum of every array, and restores that verify them and
-fall back past damage.
+fall back past damage (the checksums and the handling of a damaged step: hold_jax/checkpoint_integrity.py).
 
 Saving. Each step directory holds two orbax items: 'default' (the train state, named so that checkpoints
 written before checksums existed still load) and 'checksums' (JSON). orbax writes a step into a temporary
 directory and renames it when complete, so a save killed at any moment leaves the older steps untouched; the
 temporary directory of a save that failed (a full disk) is removed here, and leftovers of killed saves are
 removed by orbax at the next start (cleanup_tmp_directories).
-
-Checksums. For every array the words of its bytes w_i (uint32) give (sum_i w_i, sum_i (2i + 1) w_i) mod 2^32,
-computed on the devices in one jit. Changing any one word changes both sums (2i + 1 is odd, hence invertible
-mod 2^32), so a flipped bit is always caught, and the cost is one read of the state in device memory. tensorstore
-decodes a damaged chunk without complaint when its bytes are raw, which is why the check is needed at all.
 
 Restoring. The newest step is tried first: its metadata is read and compared with the expected tree (a
 different shape is a changed config, which is an error, never a reason to fall back), the arrays are read,
@@ -24,10 +19,8 @@ because the user asked for that one.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import gc
 import logging as logging_lib
 import os
 import shutil
@@ -35,16 +28,16 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from hold_jax import checkpoint_integrity
+
 STATE_ITEM = "default"
 CHECKSUM_ITEM = "checksums"
-DAMAGED_DIR = "damaged_checkpoints"
-CHECKSUM_FORMAT = "uint32 words w_i of each array: [sum w_i, sum (2i+1) w_i] mod 2^32"
+DAMAGED_DIR = checkpoint_integrity.DAMAGED_DIR  # where damaged steps go; train.py and the tests name it here
 
 
 class CheckpointError(RuntimeError):
@@ -53,67 +46,6 @@ class CheckpointError(RuntimeError):
 
 class ChangedStructure(CheckpointError):
   """The checkpoint holds arrays of other names or shapes than the config builds: the config changed."""
-
-
-class Damaged(ValueError):
-  """A checkpoint read without error whose contents fail the checksum test."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checksums.
-
-
-def _key_name(key) -> str:
-  for attribute in ("key", "name", "idx"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
-def leaves_by_path(tree) -> dict[str, Any]:
-  """{'params/Dense_0/kernel': leaf, ...}: the same names for a TrainState, its state dict and orbax's metadata
-  tree (a dataclass field, a dict key and a list index are all written as their name)."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(key) for key in path): leaf for path, leaf in flat}
-
-
-def _words(x: jax.Array) -> jax.Array:
-  """The bytes of x as a flat uint32 vector (narrower types widened word by word, wider ones split)."""
-  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  size = x.dtype.itemsize
-  if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-  if size < 4:
-    unsigned = {1: jnp.uint8, 2: jnp.uint16}[size]
-    return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
-  return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)  # 8 bytes: (..., 2) words
-
-
-@jax.jit
-def _leaf_sums(leaves: list[jax.Array]) -> jax.Array:
-  """(num_leaves, 2) uint32: [sum w_i, sum (2i+1) w_i] of each leaf."""
-  sums = []
-  for leaf in leaves:
-    words = _words(leaf)
-    odd = 2 * jnp.arange(words.shape[0], dtype=jnp.uint32) + 1
-    sums.append(jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * odd, dtype=jnp.uint32)]))
-  return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
-
-
-def checksums(tree) -> dict[str, list[int]]:
-  """{path: [sum, odd-weighted sum]} of every array leaf of `tree` (see the module docstring)."""
-  named = leaves_by_path(tree)
-  sums = np.asarray(jax.device_get(_leaf_sums(list(named.values()))))
-  return {path: [int(a), int(b)] for path, (a, b) in zip(named, sums)}
-
-
-def mismatched(recorded: dict[str, list[int]], tree) -> list[str]:
-  """Paths of `tree` whose checksums differ from `recorded` (a path recorded nowhere counts as different)."""
-  actual = checksums(tree)
-  return [path for path, sums in actual.items() if recorded.get(path) != sums]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,7 +67,7 @@ def save(manager: ocp.CheckpointManager, step: int, state) -> None:
 
   The checksums are computed from the same device arrays orbax writes, before the save starts.
   """
-  record = {"format": CHECKSUM_FORMAT, "arrays": checksums(state)}
+  record = {"format": checkpoint_integrity.CHECKSUM_FORMAT, "arrays": checkpoint_integrity.checksums(state)}
   try:
     manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state),
                                                   CHECKSUM_ITEM: ocp.args.JsonSave(record)}), force=True)
@@ -290,9 +222,9 @@ def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_tree) -
   """Raises ChangedStructure when the saved arrays differ in names, shapes or dtypes from abstract_tree."""
   item = manager.item_metadata(step)[STATE_ITEM]
   if item is None or getattr(item, "tree", None) is None:
-    raise Damaged("its array metadata cannot be read")
-  metadata = leaves_by_path(item.tree)
-  expected = leaves_by_path(abstract_tree)
+    raise checkpoint_integrity.Damaged("its array metadata cannot be read")
+  metadata = checkpoint_integrity.leaves_by_path(item.tree)
+  expected = checkpoint_integrity.leaves_by_path(abstract_tree)
   missing = sorted(set(expected) - set(metadata))
   if missing:
     raise ChangedStructure(f"the checkpoint of step {step} has no array {missing[0]!r} (and {len(missing) - 1} "
@@ -320,63 +252,8 @@ def _read_verified(manager: ocp.CheckpointManager, step: int, abstract_tree, par
     logging.warning("The checkpoint of step %d has no checksums (written before they were recorded): its "
                     "arrays are not verified.", step)
     return tree
-  record = restored[CHECKSUM_ITEM]
-  if not isinstance(record, dict) or record.get("format") != CHECKSUM_FORMAT:
-    raise Damaged("its checksum record is unreadable")
-  bad = mismatched(record["arrays"], tree)
-  if bad:
-    raise Damaged(f"checksum mismatch in {len(bad)} array(s), first {bad[0]!r}: the data changed after it "
-                     "was written")
+  checkpoint_integrity.verify(restored[CHECKSUM_ITEM], tree)
   return tree
-
-
-def _raised_by_hold_jax(error: BaseException) -> bool:
-  """True when the innermost frame of error's traceback is this package's code (not orbax or tensorstore),
-  and the error is not a Damaged verdict."""
-  if isinstance(error, Damaged):
-    return False
-  traceback = error.__traceback__
-  while traceback is not None and traceback.tb_next is not None:
-    traceback = traceback.tb_next
-  package = os.path.dirname(os.path.abspath(__file__))
-  return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package)
-
-
-def set_aside(checkpoints_dir: epath.Path, step: int, reason: str) -> epath.Path | None:
-  """Moves checkpoints_dir/<step> to workdir/damaged_checkpoints/<step>[-k] with REASON.txt (process 0)."""
-  source = checkpoints_dir / str(step)
-  target_dir = checkpoints_dir.parent / DAMAGED_DIR
-  target = target_dir / str(step)
-  if jax.process_index() == 0:
-    target_dir.mkdir(parents=True, exist_ok=True)
-    suffix = 1
-    while target.exists():
-      target, suffix = target_dir / f"{step}-{suffix}", suffix + 1
-    try:
-      source.rename(target)
-      (target / "REASON.txt").write_text(reason + "\n")
-    except OSError as error:
-      logging.warning("Could not move the damaged checkpoint %s aside (%s); it stays in place.", source, error)
-      target = None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f"hold_jax_set_aside_{step}")
-  return target
-
-
-@contextlib.contextmanager
-def _abandoned_reads_to_log():
-  """A failed orbax read leaves coroutines for the other arrays behind; when they are collected, each prints
-  'Exception ignored in ...' with a TensorStore spec of dozens of lines. The failure is already reported once
-  (the warning in restore), so these go to the debug log instead of the console."""
-  previous = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: logging.debug("Ignored while reading a checkpoint: %s",
-                                                        unraisable.exc_value)
-  try:
-    yield
-  finally:
-    gc.collect()
-    sys.unraisablehook = previous
 
 
 def _read_or_reason(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool):
@@ -388,9 +265,9 @@ def _read_or_reason(manager: ocp.CheckpointManager, step: int, abstract_tree, pa
   except ChangedStructure:
     raise
   except Exception as error:  # pylint: disable=broad-except  (any failure to read is damage...)
-    if _raised_by_hold_jax(error):
+    if checkpoint_integrity.raised_by_hold_jax(error):
       raise  # ...except a bug of this package, which must never cost the user a checkpoint
-    return None, str(error) if isinstance(error, Damaged) else _one_line(error)
+    return None, str(error) if isinstance(error, checkpoint_integrity.Damaged) else _one_line(error)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False) -> Restored | None:
@@ -400,7 +277,7 @@ def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False
   Damaged steps are set aside with a warning; ChangedStructure (the config changed) is raised as it is; when
   every step is damaged a CheckpointError names the directory and what to do.
   """
-  with _abandoned_reads_to_log():
+  with checkpoint_integrity.abandoned_reads_to_log():
     return _restore_newest_readable(manager, abstract_tree, partial)
 
 
@@ -410,7 +287,7 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, abstract_tree, part
   for step in sorted(manager.all_steps(), reverse=True):
     tree, reason = _read_or_reason(manager, step, abstract_tree, partial)
     if reason is not None:
-      moved = set_aside(directory, step, f"step {step} could not be restored: {reason}")
+      moved = checkpoint_integrity.set_aside(directory, step, f"step {step} could not be restored: {reason}")
       logging.warning("The checkpoint of step %d in %s cannot be used (%s); %s; trying the next older one.",
                       step, directory, reason, f"moved to {moved}" if moved else "left in place")
       set_aside_steps.append((step, reason))
@@ -439,7 +316,7 @@ def restore_step(manager: ocp.CheckpointManager, step: int, abstract_tree, parti
   steps = sorted(manager.all_steps())
   if step not in steps:
     raise CheckpointError(_absent_step_message(directory, step, steps))
-  with _abandoned_reads_to_log():
+  with checkpoint_integrity.abandoned_reads_to_log():
     tree, reason = _read_or_reason(manager, step, abstract_tree, partial)
   if reason is not None:
     raise CheckpointError(f"The checkpoint of step {step} in {directory} cannot be used: {reason.rstrip('.')}. It was "

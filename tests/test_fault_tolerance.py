@@ -15,6 +15,7 @@ from etils import epath
 
 from benchmarks import damage
 from hold_jax.configs import toy2d
+from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import run_record
 from hold_jax import train
@@ -60,7 +61,7 @@ def test_checksums_change_with_any_flipped_bit(dtype):
   values = rng.standard_normal((7, 5)) * 10
   array = np.asarray(values > 0) if dtype == jnp.bool_ else np.asarray(values).astype(dtype)
   tree = {"a": jnp.asarray(array), "b": jnp.arange(3)}
-  reference = checkpoints.checksums(tree)
+  reference = checkpoint_integrity.checksums(tree)
   assert set(reference) == {"a", "b"}
   raw = bytearray(np.asarray(array).tobytes())
   bits = 1 if dtype == jnp.bool_ else 8
@@ -69,7 +70,7 @@ def test_checksums_change_with_any_flipped_bit(dtype):
       changed = bytearray(raw)
       changed[position] ^= 1 << int(bit)
       flipped = np.frombuffer(bytes(changed), dtype=np.asarray(array).dtype).reshape(array.shape)
-      sums = checkpoints.checksums({"a": jnp.asarray(flipped), "b": jnp.arange(3)})
+      sums = checkpoint_integrity.checksums({"a": jnp.asarray(flipped), "b": jnp.arange(3)})
       assert sums["a"] != reference["a"] and sums["b"] == reference["b"], (position, bit)
 
 
@@ -77,7 +78,7 @@ def test_checksums_are_the_documented_sums():
   words = np.array([3, 2**32 - 1, 7, 123456789], np.uint32)
   expected_sum = int(words.astype(np.uint64).sum() % 2**32)
   expected_weighted = int(sum(int(w) * (2 * i + 1) for i, w in enumerate(words)) % 2**32)
-  sums = checkpoints.checksums({"x": jnp.asarray(words.view(np.float32))})
+  sums = checkpoint_integrity.checksums({"x": jnp.asarray(words.view(np.float32))})
   assert sums["x"] == [expected_sum, expected_weighted]
 
 
