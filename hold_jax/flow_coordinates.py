@@ -15,7 +15,7 @@ Q = P^{-1} = Psi(B, B_ref), y = P u obeys
 whose Jacobian in y is P (dq/du) Q: zero for a point mass, small for data concentrated below the noise level
 (for data broad against the noise, dq/du nearly cancels F_hat instead, and y is as stiff as u).
 An adaptive solver then takes the steps the data needs, not those F_hat's fastest mode needs: on data far
-below the noise level (a point mass in the limit) the solve in u takes ~10 times the evaluations. And the
+below the noise level (a point mass in the limit) the solve in u takes many times the evaluations. And the
 field is written with x0_hat, so x0_hat can be clipped to the data's range (sampling.clip_x0), which removes
 the samples that a trained model's unclipped ODE throws far off (benchmarks/RESULTS.md).
 
@@ -25,14 +25,13 @@ of flow_schedule's length, every `stride`-th node kept) with their exact s-deriv
 interpolated by cubic Hermite polynomials in s at run time (in the sampler's precision).
 
 B_ref and segments. Forming u = Q(B) y in float32 amplifies round-off in y by Q's condition number, which
-for order 3 reaches 3e8 over [B(eps), B(T)] with B_ref = B(eps) and 6e4 with B_ref = B(T) (Sigma(T) is near
-the identity, Sigma(eps) is not). So log B is cut into NUM_SEGMENTS equal segments, each solved with B_ref at
-its top, where u = y: the solve from T starts with y = u, and each segment hands u = Q(B_low) y to the next.
-Measured on Gaussian data with the exact score (float32 against float64 at tolerance 1e-10, order 3, rtol =
-atol = 1e-5): one segment 1.5e-3 off, two 1.3e-4, four 2.4e-4, eight 1.0e-4, at about the NFE of the solve in
-u; on data far below the noise level (variance 1e-8) the NFE drops from ~3000 in u to ~280. The float32 floor
-on broad data (1e-4 to 1e-3, against 1e-5 in u) is the price; tests/test_flow_coordinates.py and
-tests/test_sampling.py state it.
+over all of [B(eps), B(T)] is far larger with B_ref = B(eps) than with B_ref = B(T) (Sigma(T) is near the
+identity, Sigma(eps) is not), and large in both. So log B is cut into NUM_SEGMENTS equal segments, each solved
+with B_ref at its top, where u = y: the solve from T starts with y = u, and each segment hands u = Q(B_low) y
+to the next. On Gaussian data with the exact score, more than one segment cuts the float32 error of a single
+segment several-fold at about the NFE of the solve in u, and on data far below the noise level the NFE drops
+by an order of magnitude from the solve in u. A float32 floor on broad data above the solve in u's is the
+price; tests/test_flow_coordinates.py and tests/test_sampling.py state it.
 """
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ from hold_jax import sde as sde_lib
 TIME_VARIABLES = ("b", "log_b", "log_snr")
 MAX_MULTISTEP_ORDER = 3
 _CHUNK = 2048  # kernel evaluations per compiled call
-_MAX_LOG_STEP = 0.0025  # sub-step length in log B: R R^T = Sigma to 1e-9 relative for orders 1-3 (tests)
+_MAX_LOG_STEP = 0.0025  # sub-step length in log B: R R^T = Sigma within the tests' tolerance for orders 1-3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,15 +1,15 @@
 """The BCSM kernel tabulated on a log-time grid, for the training and sampling hot path.
 
 Every train step needs Phi[:, 0] and L_t (perturbation_kernel.marginal_factor) at a fresh time per example: a
-batched Taylor series, doublings and a QR of (n, 2n) matrices, which cost as much as a small score network's
-forward and backward pass on a CPU. They depend on t alone, so they are computed once, on a grid
-geometric in t over [eps, T], and read back by linear interpolation in log t.
+batched Taylor series, doublings and a QR of (n, 2n) matrices, which cost a sizeable part of a small score
+network's train step on a CPU (benchmarks/RESULTS.md, train_speed.py). They depend on t alone, so they are
+computed once, on a grid geometric in t over [eps, T], and read back by linear interpolation in log t.
 
 Accuracy: the entries behave like powers t^p near eps (p <= 2n - 1/2), smooth in s = log t, so linear
 interpolation with spacing h errs by about p^2 h^2 / 8 relative. The table is computed in float64; with
-16384 points over [1e-3, 1] the interpolated float32 values are within 3e-6 of the float64 kernel for
-n <= 4 (Phi 2.6e-6, L_t 3.3e-7, l_t 1.7e-7), closer than the float32 kernel computed directly
-(tests/test_kernel_table.py).
+NUM_POINTS points over [eps, T] the interpolated float32 values are closer to the float64 kernel than the
+float32 kernel computed directly, for orders up to 4 (tests/test_kernel_table.py checks them; run as a script,
+it prints the errors).
 """
 from __future__ import annotations
 

@@ -48,17 +48,17 @@ Plus one evaluation for the optional denoising step (a noise-free Euler step of 
 as in score_sde) when the order is 1: for order >= 2 the score moves only the last block, which the output
 x = u_0 discards, so that step needs no network.
 
-Choices, measured on Gaussian data with the exact score (tests/test_sampling.py) and on the trained order-3
-toy model (benchmarks/toy2d_quality.py, share of 10^4 samples within 0.01 of the spirals):
-  * Strang's score time. On broad data (order 3, 20 steps, mean + covariance error relative to the law)
-    the midpoint gives 0.13 on a uniform grid and 0.15 on a quadratic one, the step's start 0.18 and 0.12,
-    the step's end diverges on the uniform grid; Lie-Trotter 0.22 and 0.18. For order 1 the start is 3-6
-    times worse than the midpoint at 10-20 steps. With stiff data only a score taken where the state lives
-    works (next point). On the toy, Strang at the midpoint on the 'edm' grid reaches 0.81 at 20 NFE and
-    0.94 at 30 (Lie-Trotter 0.40 and 0.66).
+Choices. The measurements behind them are the moment tests on Gaussian data with the exact score
+(tests/test_sampling.py) and the trained toy models (benchmarks/toy2d_quality.py, figures in
+benchmarks/RESULTS.md: the share of samples within 0.01 of the spirals and the sliced Wasserstein distance):
+  * Strang's score time. On broad data the score at the step's midpoint (in B) gives smaller moment errors than
+    Lie-Trotter on uniform and quadratic grids; the step's start is worse on a uniform grid and slightly better
+    on a quadratic one (for order 1 several times worse than the midpoint), and the step's end diverges on the
+    uniform grid. With stiff data only a score taken where the state lives works (next point). On the toy,
+    Strang at the midpoint on the 'edm' grid is well ahead of Lie-Trotter at 20-30 NFE.
   * Exponential score step. Near eps the score step is stiff: for concentrated data s ~ -(u_last - m) / l_t^2
-    with l_t^2 ~ B (2 xi / l_t^2 = 840 at t = 1e-3 for order 3), and the Euler step multiplies u_last - m by
-    1 - 2 xi dB / l_t^2, below -1 (divergence) once dB > l_t^2 / xi. Splitting the score as
+    with l_t^2 ~ B (2 xi / l_t^2 is in the hundreds at t = 1e-3 for order 3), and the Euler step multiplies
+    u_last - m by 1 - 2 xi dB / l_t^2, below -1 (divergence) once dB > l_t^2 / xi. Splitting the score as
     s = -u_last / l_t^2 + r, with l_t the BCSM score scale (the network's s = -eps_theta / l_t under the 'eps'
     parametrisation) and r frozen over the step, the score sub-flow du_last/dB = 2 xi (s + u_last) is linear
     with rate -c = -2 xi (1 / l_t^2 - 1) and solves exactly to
@@ -67,22 +67,21 @@ toy model (benchmarks/toy2d_quality.py, share of 10^4 samples within 0.01 of the
 
     the Euler step with dB replaced by h: it never overshoots, and for point-mass data it lands on the
     posterior mean. The score must be taken where the state is, t_{k+1} for Lie-Trotter (after the full
-    linear step) and t_mid for Strang: for near point-mass data at 20 quadratic steps both are within 1.5x
-    of the true spread, where Euler Lie-Trotter is 17x too wide, Euler Strang diverges, and the exponential
-    step at t_k is 30x too wide. The price: -1 / l_t^2 is the score's stiffness only for data concentrated
-    below the noise level; for broader data the step is over-damped (first order, but with a large constant:
-    on N(m, 0.5) data it needs ~200 steps where Lie-Trotter needs 100). On the toy: 0.18 / 0.37 at 10 / 15
-    NFE ('edm' grid; Lie-Trotter 0.09 / 0.23), but 0.53 at 20, below Euler Strang's 0.81.
+    linear step) and t_mid for Strang: for near point-mass data both then keep close to the true spread, where
+    Euler Lie-Trotter and the exponential step with the score at t_k are far too wide and Euler Strang
+    diverges. The price: -1 / l_t^2 is the score's stiffness only for data concentrated below the noise level;
+    for broader data the step is over-damped (first order, but with a large constant: it needs more steps than
+    Lie-Trotter for the same error). On the toy it is ahead of Lie-Trotter at 10-15 NFE and behind Euler
+    Strang from 20.
   * Posterior-mean steps. Both are exact at any number of steps when the data is a point mass (x0_hat is then
     exact for every u), so the stiffness near eps costs them nothing: on the toy at 20 NFE 'ancestral' puts
-    0.82-0.87 of the samples within 0.01 of the spirals. But they drop Var[x_0 | u_t] at every step, a first
-    order loss of spread with a large constant for broad data (N(m, 0.5) at 100 quadratic steps: 0.93-0.95 of
-    the true standard deviation for 'ancestral', 0.96-0.97 for 'ddim'; 0.985 for 'ancestral' at 400), which
-    is what the swiss roll's sliced Wasserstein distance sees at 20 NFE (0.09 for 'ancestral', 0.04 for Strang).
+    more samples within 0.01 of the spirals than the splitting samplers. But they drop Var[x_0 | u_t] at every step, a first order
+    loss of spread with a large constant for broad data ('ddim' loses less than 'ancestral'), which is what the
+    swiss roll's sliced Wasserstein distance sees at 20 NFE ('ancestral' well above Strang).
   * Heun and the adaptive solver integrate in B rather than t: beta(t) leaves the vector field (a linear
     schedule is a change of variable, not a source of error), and the score time of a node is t(B)
     (`time_at_integrated_beta`). The probability-flow ODE is as stiff as the score step: explicit Heun
-    needs ~100-200 NFE on the toy, where it still leaves a few samples far off.
+    needs far more NFE than the stochastic samplers on the toy, and still leaves a few samples far off.
 
 Where things live: the time grids and per-step coefficients in hold_jax/sampler_schedules.py (gddim's in
 hold_jax/flow_schedule.py), one step function per fixed-step method and their registry in

@@ -45,7 +45,7 @@ def test_first_use_inside_jit_and_any_time_shape():
   np.testing.assert_allclose(mean_coefficients, phi[..., 0], rtol=1e-4, atol=1e-7)
 
 
-if __name__ == "__main__":  # the figures quoted in kernel_table.py's docstring
+if __name__ == "__main__":  # the table's worst errors per process (kernel_table.py's docstring)
   jax.config.update("jax_enable_x64", True)
   for name in sorted(PARAMETER_SETS):
     print(name, ["%.1e" % e for e in table_errors(make_sde(**PARAMETER_SETS[name]))])

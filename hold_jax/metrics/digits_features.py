@@ -7,7 +7,8 @@ is_digits). Its numbers are comparable only with each other, computed with the s
 weights_sha256 next to them), never with published FIDs.
 
 The network. An MLP 64 -> 128 -> 64 -> 10 with swish activations (17,226 float32 parameters, 70 KB): on 8x8
-images it reaches ~99% held-out accuracy, and it is cheap enough to train in a few seconds. Swish rather than
+images it classifies nearly all held-out digits (tests/test_digits_features.py), and it is cheap enough to train
+in seconds on a CPU. Swish rather than
 ReLU because a dead ReLU unit is a constant feature, which makes the feature covariance singular. A
 convolutional network would be more shift-tolerant, but a digit moved by one of its 8 pixels is a visibly
 worse sample, and the MLP's features see that (tests/test_digits_features.py).
@@ -19,7 +20,7 @@ share one pixel scale. The network reads pixel / 255. Images larger than 8x8 (da
 reduced to 8x8 by averaging whole blocks: H and W must be multiples of 8, and a (H/8) x (W/8) block becomes one
 pixel. A digit upsampled by repeating each pixel therefore gives exactly its 8x8 features. The data pipeline's
 16x16 digits are upsampled smoothly instead (image_data.resize), which after block-averaging is a mild blur of
-the original (Fréchet distance 18 between the held-out digits at 16 and at 8, against 6 between the train and
+the original (the held-out digits at 16 and at 8 are further apart in Fréchet distance than the train and
 held-out digits at 8), so a 16x16 model is compared against digits_pixels(split, image_size=16), never the raw
 8x8 images.
 
@@ -31,12 +32,12 @@ seeded initialisation, in float32 with x64 switched off whatever the caller's se
 bias correction in the default float type). On one machine it gives the same bytes every time. XLA CPU,
 though, emits code for the host's instruction set, with fused multiply-adds or without, which rounds float32
 sums differently (XLA_FLAGS=--xla_cpu_max_isa=AVX changes the bytes), so on another CPU a retrained file matches
-the committed one to ~5e-6 of each array's scale, with the same predictions, rather than bit for bit. The
+the committed one to float32 rounding of each array's scale, with the same predictions, rather than bit for bit. The
 committed weights file is made by
 
   python -m hold_jax.metrics.digits_features --write hold_jax/metrics/digits_classifier.npz
 
-in about 7 s on 2 CPU cores: 1-2 s for the 500 steps, the rest imports, data and compilation. The file is an
+in seconds on a CPU, mostly imports, data and compilation rather than the 500 steps. The file is an
 uncompressed .npz whose zip entries carry a fixed date, so its SHA-256 is a function of the weights alone.
 """
 from __future__ import annotations

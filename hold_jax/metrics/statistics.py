@@ -1,9 +1,9 @@
 """FID, KID and IS from Inception features, in float64 on the host.
 
 Features come off the device as float32 batches (pool3 (B, 2048), logits (B, 1008)); everything after that is
-numpy float64, because the quantities below are small differences of large sums: float32 moment sums move a
-50k-sample FID by about 1e-5, bf16 features by about 1e-4 (FID_FACTS.md section 4), and the published numbers
-(EDM, StyleGAN2-ADA, torchmetrics, TF-GAN) all accumulate in float64.
+numpy float64, because the quantities below are small differences of large sums: float32 moment sums and
+bf16 features both move a 50k-sample FID measurably (FID_FACTS.md section 4), and the published numbers (EDM,
+StyleGAN2-ADA, torchmetrics, TF-GAN) all accumulate in float64.
 
 - FeatureStats: the running (n, sum x, sum x x^T) of D-dim features, mergeable across batches, hosts and
   resumed runs; mean, covariance (over N - 1, as EDM and pytorch-fid), and an `.npz` with `mu` and `sigma`
@@ -100,8 +100,8 @@ class FeatureStats:
   mean = c + S1 / n and covariance = (S2 - S1 S1^T / n) / (n - 1) (unbiased, over N - 1, as EDM and
   pytorch-fid's np.cov). The shift c is the mean of the first batch added. Why a shift: the raw-moment form
   sum x x^T / n - mu mu^T subtracts two numbers of size |mu|^2 to get one of size sigma^2, losing a factor
-  (|mu| / sigma)^2 of the float64 precision. Inception pool3 features are non-negative with mean about 0.5 and
-  a per-dimension spread of the same order, so a plain sum loses little; a feature set with a large common
+  (|mu| / sigma)^2 of the float64 precision. Inception pool3 features are non-negative with a mean of the order
+  of their per-dimension spread, so a plain sum loses little; a feature set with a large common
   offset (mean 1e4, spread 1) would lose 8 of its 16 digits. Centring on the first batch's mean leaves
   residuals of the size of the spread, whatever the offset, and costs one subtraction per value.
 
@@ -221,19 +221,19 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   S1 S2 is not symmetric, but it is similar to A S2 A (A^-1 (A S2 A) A = S1 S2 when S1 is invertible, and by
   continuity the eigenvalues agree when it is not), and A S2 A is symmetric PSD: its eigenvalues come from
   eigvalsh, real and stable, and tr sqrt is the sum of their square roots. This is TF-GAN's trace_sqrt_product
-  idea; it agrees with scipy.linalg.sqrtm(S1 S2) to better than 1e-10, is several times faster, and avoids
+  idea; it agrees with scipy.linalg.sqrtm(S1 S2) to rounding (tests/test_metrics.py), is faster, and avoids
   sqrtm's complex round-off (scipy 1.11/1.12 returned large imaginary parts). Eigenvalues of S1 and of A S2 A
-  that should be >= 0 come out as tiny negatives (about -1e-13 ||S||) from rounding, and a covariance from
+  that should be >= 0 come out as tiny negatives (of the order of eps ||S||) from rounding, and a covariance from
   fewer samples than dimensions is singular with many of them: they are clipped to 0 before the square root,
   which would otherwise be NaN, and which moves the result by no more than the rounding already did.
 
   Accuracy. With full-rank covariances (N > D, the FID protocol's 50k samples against D = 2048) the result
-  agrees with sqrtm to about 1e-10 relative. With singular ones (N <= D) the zero eigenvalues of A S2 A come out
-  as rounding noise of size eps ||S||^2, and their square roots add (D - rank) sqrt(eps) ||S|| to the trace:
-  about 1e-5 to 2e-4 absolute at D = 64..256 (measured; scipy's sqrtm errs by the same amount). It is the
+  agrees with sqrtm to rounding. With singular ones (N <= D) the zero eigenvalues of A S2 A come out
+  as rounding noise of size eps ||S||^2, and their square roots add (D - rank) sqrt(eps) ||S|| to the trace
+  (scipy's sqrtm errs by as much). It is the
   problem's conditioning, not the method's (tr sqrt is not Lipschitz at singular matrices), and one more reason
   the protocol wants N well above D. (Summing the singular values of sqrt(S2) sqrt(S1) instead is exact when the
-  null spaces coincide but takes about 3x the time at D = 2048; not worth it for the full-rank case.)
+  null spaces coincide but takes several times as long at D = 2048; not worth it for the full-rank case.)
   """
   a = _sqrt_psd(sigma1)
   m = a @ sigma2 @ a
@@ -246,8 +246,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
     FID = ||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2)
 
-  computed in float64 on the host with trace_sqrt_product. Identical statistics give 0 up to rounding
-  (about 1e-12); the value is not clipped at 0, so a tiny negative result shows rounding rather than hiding it.
+  computed in float64 on the host with trace_sqrt_product. Identical statistics give 0 up to float64
+  rounding; the value is not clipped at 0, so a tiny negative result shows rounding rather than hiding it.
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -314,7 +314,7 @@ def kid(features_a, features_b, num_subsets: int = KID_SUBSETS, subset_size: int
   the result is the mean and the population std (ddof 0) over the subsets. Defaults are torch-fidelity's
   (100 subsets of 1000, degree 3, gamma 1/D, coef0 1, RandomState(2020)), which are MMD-GAN's; StyleGAN2-ADA
   and clean-fid use the same estimator with global np.random draws. Papers often print KID x 1e3.
-  The kernel is float64 here (torch-fidelity computes it in float32: relative differences of about 1e-5).
+  The kernel is float64 here (torch-fidelity computes it in float32, so the two differ at float32 rounding).
   """
   a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
   if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:

@@ -125,7 +125,7 @@ class NCSNpp(nn.Module):
 
     h = nn.silu(layers.group_norm(h.shape[-1])(h))
     # With init_scale = 0 (the configs) the output conv starts at variance scale 1e-10, as score_sde's: the
-    # network starts by predicting eps ~ 0 (|output| ~ 1e-5), so the eps-weighted BCSM loss starts at
+    # network starts by predicting eps ~ 0 (a near-zero output), so the eps-weighted BCSM loss starts at
     # E|eps|^2 = 1 per coordinate instead of 2 for a unit-scale random output.
     return layers.conv3x3(data_channels, init_scale=self.init_scale)(h)
 
