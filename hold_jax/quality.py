@@ -36,11 +36,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 from clu import metric_writers
 from etils import epath
 
 from hold_jax import checkpoints
+from hold_jax import console
 from hold_jax import evaluate
 from hold_jax import field_checks
 from hold_jax import generation
@@ -191,7 +191,7 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
            "seconds": round(seconds, 1)}
   if jax.process_index() == 0:
     path.write_text(json.dumps(table, indent=2, default=evaluate.json_default))
-    logging.info("eval: quality versus NFE at step %d (%s):\n%s", loaded.step, path, format_table(rows))
+    console.say(f"eval: quality versus NFE at step {loaded.step} ({path}):\n{format_table(rows)}")
   return str(path)
 
 
@@ -230,9 +230,10 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
       nfe = max(nfe, found[2])
       done_rounds += 1
       elapsed = time.time() - started
-      logging.info("eval: repeat %d/%d, round %d/%d done (%d images), %.0f s elapsed, ETA %.0f s", repeat + 1,
-                   settings.num_repeats, round_index + 1, num_rounds, ids[-1] + 1, elapsed,
-                   elapsed / done_rounds * (total_rounds - done_rounds))
+      if jax.process_index() == 0:
+        console.say(f"eval: repeat {repeat + 1}/{settings.num_repeats}, round {round_index + 1}/{num_rounds} done "
+                    f"({ids[-1] + 1} images), {console.duration(elapsed)} elapsed, ETA "
+                    f"{console.duration(elapsed / done_rounds * (total_rounds - done_rounds))}")
     repeats.append(_metrics(np.concatenate(features), np.concatenate(logits), loaded.reference, settings, network,
                             nfe))
   report = _report(config, network, loaded.reference, step, repeats, time.time() - started, run_dir.name)
@@ -243,7 +244,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
     path.write_text(json.dumps(report, indent=2, default=evaluate.json_default))
     writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})
     writer.flush()
-    logging.info("eval: %s", report["summary"])
+    console.say(f"eval: {report['summary']}")
   return str(path), report
 
 
