@@ -29,7 +29,7 @@ _FIRST_STEP_FRACTION = 1.0 / 64
 def probability_flow_vector_field(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any
                                   ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """field(b, u) = du/dB = F u - xi s_last(u, t(b)) e_last: the probability-flow ODE per unit of integrated
-  beta, forward in time (DESIGN section 5; du/dt = beta(t) field(B(t), u)).
+  beta, forward in time (docs/samplers.md; du/dt = beta(t) field(B(t), u)).
 
   Integrate it from B(eps) up to B(T) to encode data (the likelihood), from B(T) down to B(eps) to sample.
   b: () or (batch,) integrated beta in [B(eps), B(T)]; the score is evaluated at t = B^{-1}(b).

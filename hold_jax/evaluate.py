@@ -1,5 +1,5 @@
 """`--mode=eval`: the negative log-likelihood bound of a workdir's EMA parameters (the newest readable
-checkpoint, or step eval.checkpoint_step) over a data split (DESIGN section 6; the computation is
+checkpoint, or step eval.checkpoint_step) over a data split (docs/likelihood.md; the computation is
 hold_jax/likelihood.py), written to workdir/eval/<name>.json.
 
 Which examples. Image data: the first eval.num_examples images of eval.split (-1: all of them), read by the

@@ -4,7 +4,7 @@ If x_0 ~ N(m, s^2 I) and the auxiliaries start as N(0, sigma_k^2), then u_t ~ N(
 Sigma_t = Phi diag(s^2, sigma_1^2, ...) Phi^T + Q, independently per data coordinate. With Sigma_t = L L^T
 and y = L^{-1} (u - mean), the score is -L^{-T} y, whose last block is -y_last / L[-1, -1] (L^{-T} is upper
 triangular). These scores are the references of the loss and sampler tests, the score of the demo, and the
-N(0, I) part of the 'mixed' parametrisation (DESIGN section 4).
+N(0, I) part of the 'mixed' parametrisation (docs/process.md).
 
 Shapes: u (batch, n, *data_shape), t (batch,); scores (batch, *data_shape).
 """

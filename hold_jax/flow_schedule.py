@@ -1,7 +1,7 @@
 """The probability-flow ODE in posterior-mean form and the coefficients of its exponential integrators (gDDIM).
 
 Per data coordinate, with the auxiliaries integrated out, p_B(u) = int N(u; m(B) x_0, Sigma(B)) p(x_0) dx_0
-(m = Phi[:, 0], Sigma the kernel's covariance given x_0; DESIGN sections 3-4), so the full score is
+(m = Phi[:, 0], Sigma the kernel's covariance given x_0; docs/process.md), so the full score is
 -Sigma^{-1} (u - m x0_hat(u)) with x0_hat = E[x_0 | u_B], and the probability-flow ODE du/dB = F u - (1/2)
 G G^T grad log p reads
 

@@ -1,4 +1,4 @@
-"""Image batches for training: pixel levels <-> model space, resizing, and a seeded stream (DESIGN section 7).
+"""Image batches for training: pixel levels <-> model space, resizing, and a seeded stream (docs/training.md).
 
 Each process keeps its part of the split in memory as uint8 pixel levels, already resized to
 data.image_size at load time (image_sources has the datasets and their memory). Batch k is then a pure

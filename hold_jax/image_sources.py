@@ -7,7 +7,7 @@ Three sources (config.data.dataset):
                  a manual download.
   'digits'       scikit-learn's load_digits, 1,797 8x8x1 images with 17 levels (0..16); ships in the wheel.
 
-tfds data is read from a prepared `data_dir` only: nothing is downloaded at training time (DESIGN section 7),
+tfds data is read from a prepared `data_dir` only: nothing is downloaded at training time (docs/training.md),
 and tensorflow is imported only here, only for the tfds sources, so the 2-D path stays light.
 """
 from __future__ import annotations

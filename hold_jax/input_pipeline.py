@@ -1,4 +1,4 @@
-"""Training data streams (DESIGN section 7): generated 2-D sets and a user's own point cloud here, images
+"""Training data streams (docs/training.md): generated 2-D sets and a user's own point cloud here, images
 (CIFAR-10, CelebA-HQ, digits) in image_data; `create_stream` picks by config.data.dataset.
 
 Every batch is a pure function of (seed, step, process index), so a resumed run sees exactly the batches

@@ -1,6 +1,6 @@
-"""Log-densities by the probability-flow ODE, the auxiliary-entropy NLL bound, and bits/dim (DESIGN section 6).
+"""Log-densities by the probability-flow ODE, the auxiliary-entropy NLL bound, and bits/dim (docs/likelihood.md).
 
-The probability-flow ODE of DESIGN section 5, du/ds = beta [-F u + xi s_last e_last] in s = T - t, is in
+The probability-flow ODE of docs/samplers.md, du/ds = beta [-F u + xi s_last e_last] in s = T - t, is in
 forward time t
 
     du/dt = f(u, t) = beta(t) [F u - xi s_last(u, t) e_last],
@@ -33,7 +33,7 @@ the n - 1 auxiliary blocks (Jensen)
 
     -log p_model(x_0) <= E_q[-log p_model(x_0, aux)] - H[q],   gap = E_q KL(q(aux | x_0) || p_model(aux | x_0)) >= 0.
 
-DESIGN section 6 takes q = the auxiliaries' initial Gaussians, H[q] = sum_k D/2 log(2 pi e sigma_k^2)
+docs/likelihood.md takes q = the auxiliaries' initial Gaussians, H[q] = sum_k D/2 log(2 pi e sigma_k^2)
 (eval.aux_distribution = 'initial'). That q ignores the noise the last block gains by t = eps, which leaves a
 clear gap on Gaussian data, larger for order 3 than for order 2; 'kernel' draws the auxiliaries from the
 forward kernel's law at eps given x_0 instead and all but closes that gap on broad Gaussian data
@@ -239,7 +239,7 @@ def ode_log_density(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, u:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The auxiliary-entropy bound (DESIGN section 6).
+# The auxiliary-entropy bound (docs/likelihood.md).
 
 
 AUX_DISTRIBUTIONS = ("initial", "kernel")
@@ -253,7 +253,7 @@ def check_aux_distribution(aux_distribution: str) -> None:
 def auxiliary_law(sde: sde_lib.LangevinSDE, aux_distribution: str, dtype) -> tuple[jax.Array, jax.Array]:
   """q(aux | x_0) per data coordinate: aux = mean_coefficients x_0 + factor z, z ~ N(0, I_{n-1}).
 
-  'initial': the auxiliaries' initial Gaussians N(0, diag(sigma_k^2)) (DESIGN section 6).
+  'initial': the auxiliaries' initial Gaussians N(0, diag(sigma_k^2)) (docs/likelihood.md).
   'kernel': their law at t = eps under the forward kernel given x_0, N(Phi[1:, 0] x_0, Sigma_eps[1:, 1:]): by
     eps the last block has already gained noise (for order 3 at eps = 1e-3 its variance is well above its
     initial one), so this q is much closer to the model's p(aux | x) and the bound much tighter (module

@@ -1,4 +1,4 @@
-"""Score-matching objectives: BCSM and DSM with their weightings (DESIGN section 4).
+"""Score-matching objectives: BCSM and DSM with their weightings (docs/process.md).
 
 Only the last block receives noise, so only its score is learned. With u_t = mean + L_t eps and L_t lower
 triangular in block order, the last-block score of u_t given what is conditioned on is exactly

@@ -1,4 +1,4 @@
-"""The closed-form perturbation kernel of the process (DESIGN.md section 3): u_t given u_0 ~ N(m, S_0) is
+"""The closed-form perturbation kernel of the process (docs/process.md): u_t given u_0 ~ N(m, S_0) is
 N(Phi m, Sigma) with
 
     Phi = expm(B(t) F),   Sigma = Phi S_0 Phi^T + Q(B(t)),   Q(B) = int_0^B expm(rF) G G^T expm(rF^T) dr.
@@ -134,7 +134,7 @@ def _kernel(sde: sde_lib.LangevinSDE, t: jax.Array, dtype=None) -> tuple[jax.Arr
 
 
 def marginal(sde: sde_lib.LangevinSDE, t: jax.Array, init_cov: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Perturbation kernel of u_t given u_0 ~ N(m, init_cov): mean Phi m, covariance Sigma (DESIGN section 3).
+  """Perturbation kernel of u_t given u_0 ~ N(m, init_cov): mean Phi m, covariance Sigma (docs/process.md).
 
   Args:
     t: (...) times in [0, T].
@@ -157,7 +157,7 @@ def marginal(sde: sde_lib.LangevinSDE, t: jax.Array, init_cov: jax.Array) -> tup
 
 def marginal_factor(sde: sde_lib.LangevinSDE, t: jax.Array, init_var: jax.Array | None = None
                     ) -> tuple[jax.Array, jax.Array]:
-  """Phi and the lower Cholesky factor L of Sigma, in square-root form (DESIGN section 4, "Numerics").
+  """Phi and the lower Cholesky factor L of Sigma, in square-root form (docs/process.md, "Numerics").
 
   u_t - Phi u_0 = Phi S_0^{1/2} z_0 + L_Q z is a linear map of independent sources. Sigma_t is too
   ill-conditioned at small t for a Cholesky (its blocks scale like different powers of t), so L comes from a

@@ -1,4 +1,4 @@
-"""Reverse-time samplers: splitting, Euler-Maruyama and probability-flow ODE solvers (DESIGN section 5).
+"""Reverse-time samplers: splitting, Euler-Maruyama and probability-flow ODE solvers (docs/samplers.md).
 
 Time is measured in integrated beta: a step from t_k down to t_{k+1} covers dB = B(t_k) - B(t_{k+1}) > 0.
 In reverse time the SDE per unit of B is

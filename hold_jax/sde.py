@@ -1,5 +1,5 @@
 """The order-n Langevin process: its parameters, critical damping, matrices, time change and reverse drifts
-(DESIGN.md sections 2 and 5; its closed-form perturbation kernel, section 3, is hold_jax/perturbation_kernel.py).
+(docs/process.md; its closed-form perturbation kernel is hold_jax/perturbation_kernel.py).
 
 Per data coordinate the state is ``u = (u_0, ..., u_{n-1}) = (x, v, a, ...)``. Every coordinate follows
 
@@ -170,7 +170,7 @@ def from_config(config) -> LangevinSDE:
 
 
 def drift_matrix(sde: LangevinSDE, dtype=None) -> jax.Array:
-  """F = -(D + K), shape (n, n) (DESIGN section 2)."""
+  """F = -(D + K), shape (n, n) (docs/process.md)."""
   n = sde.order
   matrix = np.zeros((n, n))
   for k, w in enumerate(sde.couplings):
@@ -183,7 +183,7 @@ def drift_matrix(sde: LangevinSDE, dtype=None) -> jax.Array:
 
 
 def reverse_linear_matrix(sde: LangevinSDE, dtype=None) -> jax.Array:
-  """F_A = S F S with S = diag(1, -1, 1, ...): the linear part of the reverse SDE (DESIGN section 5)."""
+  """F_A = S F S with S = diag(1, -1, 1, ...): the linear part of the reverse SDE (docs/samplers.md)."""
   signs = np.array([(-1.0) ** k for k in range(sde.order)])
   matrix = drift_matrix(sde, np.float64) * np.outer(signs, signs)
   return jnp.asarray(matrix, dtype=dtype or jnp.result_type(float))
@@ -265,7 +265,7 @@ def prior_logp(u: jax.Array) -> jax.Array:
 
 
 def reverse_drift(sde: LangevinSDE, u: jax.Array, t: jax.Array, score_last: jax.Array) -> jax.Array:
-  """du/ds of the reverse SDE in s = T - t: beta [-F u + 2 xi s_last e_last] (DESIGN section 5).
+  """du/ds of the reverse SDE in s = T - t: beta [-F u + 2 xi s_last e_last] (docs/samplers.md).
 
   u: (batch, n, *data_shape); t: (batch,); score_last: (batch, *data_shape) = grad_{u_{n-1}} log p_t(u).
   """

@@ -1,4 +1,4 @@
-"""Train state, the data-parallel train step, and the training loop with automatic resume (DESIGN section 7).
+"""Train state, the data-parallel train step, and the training loop with automatic resume (docs/training.md).
 
 One `jax.jit` step over a `Mesh` of every device of every host: the batch is sharded on the 'data' axis
 and the state replicated, which is the data-parallel "pmapped" step written with today's sharding API.

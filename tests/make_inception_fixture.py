@@ -15,8 +15,7 @@ and then
 
   .venv/bin/python tests/make_inception_fixture.py --torch-python /tmp/torchenv/bin/python
 
-torch-fidelity's package __init__ imports torchvision (unusable next to torch 2.13.0+cpu, FID_FACTS.md section
-3), but its Inception module needs only torch: it is imported through a stub namespace package.
+torch-fidelity's package __init__ imports torchvision (unusable next to torch 2.13.0+cpu), but its Inception module needs only torch: it is imported through a stub namespace package.
 
 Files written:
   inception_torch_fidelity.npz: seed; images_a (2, 32, 32, 3), images_b (1, 64, 64, 1) grey, images_c

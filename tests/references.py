@@ -8,7 +8,7 @@ import scipy.linalg
 
 
 def drift(couplings, friction):
-  """F from its definition in DESIGN section 2, written out again on purpose (not hold_jax's code)."""
+  """F from its definition in docs/process.md, written out again on purpose (not hold_jax's code)."""
   n = len(couplings) + 1
   matrix = np.zeros((n, n))
   for k, w in enumerate(couplings):

@@ -1,4 +1,4 @@
-"""The probability-flow log-density, the auxiliary-entropy bound and bits/dim (DESIGN section 6).
+"""The probability-flow log-density, the auxiliary-entropy bound and bits/dim (docs/likelihood.md).
 
 The references are closed forms: for Gaussian data every marginal of the order-n process is Gaussian, so
 log p_eps(u) of the augmented state, log p_eps(x) and the bound's gap E_q KL(q(aux | x) || p(aux | x)) are

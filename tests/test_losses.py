@@ -61,7 +61,7 @@ def test_factor_float32_matches_mpmath_over_eps_to_T(name):
 
 
 def test_plain_cholesky_of_sigma_fails_in_float32_where_the_factor_does_not():
-  """Why the square-root form: the assembled Sigma_t is too ill-conditioned at t = 1e-4 (DESIGN section 4)."""
+  """Why the square-root form: the assembled Sigma_t is too ill-conditioned at t = 1e-4 (docs/process.md)."""
   sde = make_sde(3)
   t = jnp.asarray([1e-4], jnp.float32)
   _, sigma = perturbation_kernel.marginal(sde, t, sde_lib.initial_cov(sde, dtype=jnp.float32))

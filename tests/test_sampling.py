@@ -1,4 +1,4 @@
-"""Samplers with the exact score of Gaussian data (DESIGN section 5).
+"""Samplers with the exact score of Gaussian data (docs/samplers.md).
 
 For x_0 ~ N(m, v I) the last-block score is affine in u, so every sampler maps Gaussian draws to Gaussian
 samples whose moments are checked against the exact law; the probability-flow ODE samplers are deterministic

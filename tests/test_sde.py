@@ -1,4 +1,4 @@
-"""The order-n process and its kernel against independent references (DESIGN sections 2-3)."""
+"""The order-n process and its kernel against independent references (docs/process.md)."""
 import functools
 import math
 

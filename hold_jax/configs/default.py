@@ -7,7 +7,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # The forward process (hold_jax/sde.py, DESIGN section 2). Empty couplings and unset friction mean
+  # The forward process (hold_jax/sde.py, docs/process.md). Empty couplings and unset friction mean
   # critical damping with w_1 = coupling_scale: for order 3, w = (1, 2 sqrt 2), xi = 3 sqrt 3.
   config.sde = sde = ml_collections.ConfigDict()
   sde.order = 3
@@ -23,14 +23,14 @@ def get_config() -> ml_collections.ConfigDict:
   sde.eps = 1e-3
   sde.init_aux_var = 0.04  # initial variance of every auxiliary block (4% of stationary, as CLD)
 
-  # The objective (hold_jax/losses.py, DESIGN section 4).
+  # The objective (hold_jax/losses.py, docs/process.md).
   config.loss = loss = ml_collections.ConfigDict()
   loss.objective = "bcsm"  # 'bcsm' (condition on x_0) or 'dsm' (condition on the full initial state)
   loss.weighting = "eps"  # 'eps' (lambda = l_t^2), 'likelihood' (xi beta) or 'none'
   loss.parametrization = "eps"  # network output: 'eps', 'score' or 'mixed' (N(0, I) score + correction)
   loss.time_sampling = "uniform"  # training times: 'uniform' on [eps, T] or 'log_uniform' (density ~ 1/t)
 
-  # Sampling (hold_jax/sampling.py, DESIGN section 5).
+  # Sampling (hold_jax/sampling.py, docs/samplers.md).
   config.sampling = sampling = ml_collections.ConfigDict()
   # 'lie_trotter', 'strang' (A/2, S, A/2), their '_exponential' variants (a score step that cannot overshoot
   # near eps), 'ancestral' / 'ddim' (posterior-mean steps, exact for a point mass), 'euler_maruyama', or the
@@ -92,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   # tabulates them. Empty: config.sampling alone.
   evaluation.sampler_sweep = ()
 
-  # The NLL bound (hold_jax/likelihood.py and evaluate.py, DESIGN section 6): the probability-flow ODE from eps
+  # The NLL bound (hold_jax/likelihood.py and evaluate.py, docs/likelihood.md): the probability-flow ODE from eps
   # to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.
   evaluation.split = "test"  # image data: the split to bound (the digits have only 'train'); else unused
   # Generated 2-D data: this many fresh points. Fixed data (images, npy clouds): the first this many (-1: all).
@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.divergence = "auto"
   evaluation.num_probes = 1  # Hutchinson probes per example, fixed along its ODE path
   # q(aux | x) of the bound (any q gives a bound): 'kernel' (the auxiliaries' law at eps given x_0) or
-  # 'initial' (their initial Gaussians, DESIGN section 6: looser by 0.17 nats/dim for order 3 at eps = 1e-3
+  # 'initial' (their initial Gaussians, docs/likelihood.md: looser by 0.17 nats/dim for order 3 at eps = 1e-3
   # on Gaussian data, because the last block's variance has grown from 0.04 to 0.10 by eps).
   evaluation.aux_distribution = "kernel"
   evaluation.solver = "tsit5"  # adaptive diffrax solver: 'tsit5', 'dopri5' or 'bosh3'

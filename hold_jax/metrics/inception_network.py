@@ -3,7 +3,7 @@ its pre-processing and its layers. hold_jax/metrics/inception.py loads the publi
 
 Every published FID, KID and IS number goes through one network: the TF1 graph `classify_image_graph_def.pb`
 of 2015-12-05, fed RGB floats in [0, 255]. Its pytorch-fid/torch-fidelity torch port is the reference here
-(FID_FACTS.md sections 1.2-1.5); this module is a NHWC linen port of it with the same parameter names.
+(docs/evaluation.md); this module is a NHWC linen port of it with the same parameter names.
 
 What the graph does, in order (and what differs from torchvision's and Keras's InceptionV3):
   1. resize to 299 x 299 with TF1 ResizeBilinear, align_corners=False and *no* half-pixel centres: output
@@ -26,7 +26,7 @@ that the tests flip.
 
 Precision: convolutions and the dense layer run at Precision.HIGHEST: JAX's default float32 precision on TPUs
 (bf16 passes) and on Ampere+ GPUs (TF32) is below float32, and bf16-rounded features already move a FID
-(FID_FACTS.md section 4).
+(docs/evaluation.md).
 """
 from __future__ import annotations
 

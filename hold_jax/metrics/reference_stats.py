@@ -3,7 +3,7 @@
 A reference file holds `mu` (D,) and `sigma` (D, D) float64 (the FID side), `features` (M, D) float32 (the KID
 side; M may be a subset of the images), `n` (the number of images behind mu and sigma) and metadata strings,
 among them `weights_sha256` and `resize`. Those two name the feature extractor: statistics of one extractor
-compared with features of another give a wrong FID without any error (FID_FACTS.md section 4: pytorch-fid
+compared with features of another give a wrong FID without any error (docs/evaluation.md: pytorch-fid
 features against TTUR statistics read 15 instead of single digits), so check_compatible refuses the mix
 whenever the metadata says what made the file. A user's file with only `mu` and `sigma` (pytorch-fid, EDM's
 fid-refs, TTUR, clean-fid all write that) cannot be checked: it is accepted with a warning.

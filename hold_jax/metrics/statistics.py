@@ -2,7 +2,7 @@
 
 Features come off the device as float32 batches (pool3 (B, 2048), logits (B, 1008)); everything after that is
 numpy float64, because the quantities below are small differences of large sums: float32 moment sums and
-bf16 features both move a 50k-sample FID measurably (FID_FACTS.md section 4), and the published numbers (EDM,
+bf16 features both move a 50k-sample FID measurably (docs/evaluation.md), and the published numbers (EDM,
 StyleGAN2-ADA, torchmetrics, TF-GAN) all accumulate in float64.
 
 - FeatureStats: the running (n, sum x, sum x x^T) of D-dim features, mergeable across batches, hosts and

@@ -1,4 +1,4 @@
-"""Score MLP for low-dimensional data (DESIGN section 4): input all n blocks, output the last block."""
+"""Score MLP for low-dimensional data (docs/process.md): input all n blocks, output the last block."""
 from __future__ import annotations
 
 import flax.linen as nn

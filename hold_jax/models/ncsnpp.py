@@ -1,4 +1,4 @@
-"""NCSN++ (Song et al. 2021, score SDE, appendix H): the U-Net score network for images (DESIGN section 4).
+"""NCSN++ (Song et al. 2021, score SDE, appendix H): the U-Net score network for images (docs/process.md).
 
 The network sees all n blocks of the state, stacked as n C channels, and returns C channels: its output
 for the last block (an eps prediction). Its layout follows score_sde's `ncsnpp.py` with
