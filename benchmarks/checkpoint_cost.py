@@ -29,6 +29,7 @@ from hold_jax import checkpoints  # noqa: E402
 from hold_jax import input_pipeline  # noqa: E402
 from hold_jax import models  # noqa: E402
 from hold_jax import sde as sde_lib  # noqa: E402
+from hold_jax import optimization  # noqa: E402
 from hold_jax import train  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def measure(config_name: str, rounds: int) -> dict:
   config = common.load_config(config_name)
   data_shape = input_pipeline.data_shape(config.data)
   model = models.create_model(config.model, data_shape)
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   order = sde_lib.from_config(config.sde).order
   replicated = NamedSharding(train.make_mesh(), PartitionSpec())
   make_state = lambda: train.init_state(model, data_shape, order, optimizer, config.seed)

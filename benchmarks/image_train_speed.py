@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from hold_jax import input_pipeline, models, sde as sde_lib, train  # noqa: E402
+from hold_jax import input_pipeline, models, optimization, sde as sde_lib, train  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -36,7 +36,7 @@ def build_step(config, order):
   replicated, batch_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, shape)
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   state = jax.device_put(train.init_state(model, shape, order, optimizer, config.seed), replicated)
   batch_size = config.training.batch_size
   batch = np.random.default_rng(0).uniform(-1, 1, (batch_size,) + shape).astype(np.float32)

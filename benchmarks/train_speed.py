@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from hold_jax.configs import toy2d  # noqa: E402
-from hold_jax import input_pipeline, losses, models, sde as sde_lib, train  # noqa: E402
+from hold_jax import input_pipeline, losses, models, optimization, sde as sde_lib, train  # noqa: E402
 
 CLD_SGM_MS = 3.7
 
@@ -47,7 +47,7 @@ def main():
   config.model.width, config.model.depth = args.width, args.depth
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, (2,))
-  optimizer = train.make_optimizer(config.optim, 1000)
+  optimizer = optimization.make_optimizer(config.optim, 1000)
   state = train.init_state(model, (2,), sde.order, optimizer, 0)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   loss_fn = train.make_training_loss_fn(sde, model, config.loss)

@@ -26,9 +26,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from hold_jax import checkpoints
 from hold_jax import console
+from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
+from hold_jax import optimization
 from hold_jax import preemption
 from hold_jax import prefetch
 from hold_jax import run_record
@@ -61,37 +63,13 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
-SCHEDULES = ("constant", "cosine")
-
-
-def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to optim.learning_rate over optim.warmup_steps, then optim.schedule:
-  'constant', or 'cosine' decay to 0 at num_steps (the training length)."""
-  warmup = max(int(optim_config.warmup_steps), 1)
-  if optim_config.schedule == "constant":
-    return optax.warmup_constant_schedule(0.0, optim_config.learning_rate, warmup)
-  if optim_config.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, optim_config.learning_rate, warmup, max(num_steps, warmup + 1))
-  raise ValueError(f"optim.schedule = {optim_config.schedule!r} is not allowed: it must be one of {SCHEDULES}.")
-
-
-def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
-  """Adam with warm-up, after clipping the global gradient norm to optim.grad_clip (<= 0: no clipping)."""
-  if optim_config.learning_rate <= 0:
-    raise ValueError(f"optim.learning_rate = {optim_config.learning_rate} must be > 0.")
-  adam = optax.adam(learning_rate_schedule(optim_config, num_steps), b1=optim_config.beta1, b2=optim_config.beta2,
-                    eps=optim_config.eps)
-  if optim_config.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), adam)
-  return adam
-
-
-def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
-  """EMA decay at `step`: min(decay, (1 + step) / (10 + step)) with warm-up, so early averages forget init."""
-  if not warmup:
-    return jnp.asarray(decay, jnp.float32)
-  step = jnp.asarray(step, jnp.float32)
-  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+def check_settings(config) -> None:
+  """The loop's own fields: config.training's counts and checkpoint.keep; the optimizer's and the EMA's are
+  optimization.check_settings'."""
+  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
+    field_checks.require_int(f"training.{field}", config.training[field], 1)
+  field_checks.require_int("checkpoint.keep", config.checkpoint.keep, 1)
+  optimization.check_settings(config.optim, config.ema)
 
 
 def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, parametrization: str,
@@ -143,7 +121,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay(state.step, ema_config.decay, ema_config.warmup)
+    decay = optimization.ema_decay(state.step, ema_config.decay, ema_config.warmup)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     good = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.first_bad_step < 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(good, a, b), new, old)
@@ -262,7 +240,7 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   stream = input_pipeline.create_stream(config.data, training.batch_size, config.seed)
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, stream.data_shape)
-  optimizer = make_optimizer(config.optim, training.num_steps)
+  optimizer = optimization.make_optimizer(config.optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
   make_fresh_state = lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed)
   prepare_workdir(config, workdir, abstract_state(make_fresh_state, replicated))
@@ -298,7 +276,7 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
                                            every_steps=training.log_every)] if main_process else []
   progress = console.Progress(start, training.num_steps)
-  schedule = learning_rate_schedule(config.optim, training.num_steps)
+  schedule = optimization.learning_rate_schedule(config.optim, training.num_steps)
   global_shape = (training.batch_size,) + stream.data_shape
   pending = []
   last_saved = manager.latest_step()
@@ -362,7 +340,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
                                       "--config ... --workdir ... --mode=train).")
   manager = checkpoint_manager(workdir, config.checkpoint)
   try:
-    optimizer = make_optimizer(config.optim, config.training.num_steps)
+    optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
     replicated = NamedSharding(make_mesh(), PartitionSpec())
     abstract = abstract_state(lambda: init_state(model, data_shape, sde.order, optimizer, config.seed), replicated)
     wanted = {"ema_params": abstract.ema_params}

@@ -18,6 +18,7 @@ from hold_jax.configs import toy2d
 from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import run_record
+from hold_jax import optimization
 from hold_jax import train
 
 import run_helpers  # tests/run_helpers.py
@@ -41,7 +42,7 @@ def full_restore(config, workdir):
   """restore_or_init of the whole train state, as a resumed run does; returns (state, manager closed)."""
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model, (2,))
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)
   try:
@@ -173,7 +174,7 @@ def chosen_restore(config, workdir, step):
   reaches it."""
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model, (2,))
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
   abstract = train.abstract_state(lambda: train.init_state(model, (2,), 3, optimizer, 0), replicated)
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)

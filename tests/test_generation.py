@@ -17,12 +17,12 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
 from hold_jax.configs import toy2d
-from hold_jax import models, sample, sde as sde_lib, train
+from hold_jax import models, optimization, sample, sde as sde_lib, train
 config = toy2d.get_config("local")
 config.sampling.num_steps = 8
 config.sampling.batch_size = {batch}
 model = models.create_model(config.model, (2,))
-optimizer = train.make_optimizer(config.optim, 10)
+optimizer = optimization.make_optimizer(config.optim, 10)
 state = train.init_state(model, (2,), 3, optimizer, config.seed)
 samples = sample.make_drawer(config, (2,))(state.ema_params, 10)
 np.save("{path}", samples)

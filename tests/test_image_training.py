@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from hold_jax.configs import cifar10
+from hold_jax import optimization
 from hold_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,7 @@ def test_cifar10_local_trains_on_mocked_tfds_with_dropout(tmp_path, prepared_moc
   config.training.num_steps = config.training.checkpoint_every = 2
   config.model.dropout = 0.1  # the training score function must pass a dropout key
   fresh = train.init_state(train.models.create_model(config.model, (32, 32, 3)), (32, 32, 3), config.sde.order,
-                           train.make_optimizer(config.optim, 2), config.seed)
+                           optimization.make_optimizer(config.optim, 2), config.seed)
   state = train.train(config, str(tmp_path))
   assert int(state.step) == 2 and int(state.first_bad_step) == -1
   params = flat(state.params)

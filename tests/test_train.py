@@ -13,6 +13,7 @@ import pytest
 
 from hold_jax.configs import toy2d
 from hold_jax import input_pipeline
+from hold_jax import optimization
 from hold_jax import train
 from hold_jax.metrics import point_clouds
 
@@ -94,9 +95,9 @@ def test_npy_point_cloud_trains_and_bad_files_are_named(tmp_path):
 
 
 def test_ema_starts_at_the_parameters_and_warms_up():
-  assert float(train.ema_decay(0, 0.999, True)) == pytest.approx(0.1)
-  assert float(train.ema_decay(10**6, 0.999, True)) == pytest.approx(0.999)
-  assert float(train.ema_decay(0, 0.999, False)) == pytest.approx(0.999)
+  assert float(optimization.ema_decay(0, 0.999, True)) == pytest.approx(0.1)
+  assert float(optimization.ema_decay(10**6, 0.999, True)) == pytest.approx(0.999)
+  assert float(optimization.ema_decay(0, 0.999, False)) == pytest.approx(0.999)
   config = local_config(num_steps=1)
   state = train.init_state(*_model_and_optimizer(config), config.seed)
   np.testing.assert_array_equal(flat_params(state), np.concatenate(
@@ -105,7 +106,7 @@ def test_ema_starts_at_the_parameters_and_warms_up():
 
 def _model_and_optimizer(config):
   from hold_jax import models  # pylint: disable=g-import-not-at-top
-  optimizer = train.make_optimizer(config.optim, config.training.num_steps)
+  optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   return models.create_model(config.model, (2,)), (2,), config.sde.order, optimizer
 
 
