@@ -7,7 +7,7 @@ In reverse time the SDE per unit of B is
 
 and the probability-flow ODE, written forward in B (and solved from B(T) down to B(eps)), is
 
-    du/dB = F u - xi s_last e_last                                          (`probability_flow_vector_field`).
+    du/dB = F u - xi s_last e_last                                          (`adaptive_ode.probability_flow_vector_field`).
 
 config.sampling.method, with its network evaluations (NFE) for N = sampling.num_steps:
 
@@ -122,8 +122,6 @@ ODE_VARIABLES = adaptive_ode.VARIABLES
 # The pieces other modules use, from where they live.
 time_grid = sampler_schedules.time_grid
 time_at_integrated_beta = sde_lib.time_at_integrated_beta
-posterior_mean = sampler_parts.posterior_mean
-probability_flow_vector_field = adaptive_ode.probability_flow_vector_field
 
 
 class Samples(NamedTuple):
