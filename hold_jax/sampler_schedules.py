@@ -26,20 +26,25 @@ def time_grid(sde: sde_lib.LangevinSDE, num_steps: int, kind: str = "uniform", r
 
   'uniform' is linear in t; 'quadratic' places t_k = eps + (T - eps) (1 - k/N)^2, fine near eps where the
   score step is stiff; 'edm' interpolates t^(1/rho) linearly (Karras et al. 2022), finer still.
+
+  Computed on the host in float64 and rounded once to the default float dtype: in float32 the uniform grid's
+  T + (eps - T) * 1 cancels to 0.99998 eps, and edm's 7th power multiplies the round-off by rho.
   """
   if not isinstance(num_steps, int) or num_steps < 1:
     raise ValueError(f"sampling.num_steps = {num_steps!r} is not allowed: it must be an integer >= 1.")
-  fraction = jnp.linspace(0.0, 1.0, num_steps + 1)
+  fraction = np.linspace(0.0, 1.0, num_steps + 1)
   if kind == "uniform":
-    return sde.T + (sde.eps - sde.T) * fraction
-  if kind == "quadratic":
-    return sde.eps + (sde.T - sde.eps) * (1.0 - fraction) ** 2
-  if kind == "edm":
+    grid = sde.T + (sde.eps - sde.T) * fraction
+  elif kind == "quadratic":
+    grid = sde.eps + (sde.T - sde.eps) * (1.0 - fraction) ** 2
+  elif kind == "edm":
     if not (rho > 0 and math.isfinite(rho)):  # positive test: NaN fails it
       raise ValueError(f"sampling.rho = {rho!r} is not allowed: it must be a finite number > 0.")
     start, end = sde.T ** (1.0 / rho), sde.eps ** (1.0 / rho)
-    return (start + fraction * (end - start)) ** rho
-  raise ValueError(f"sampling.grid = {kind!r} is not allowed: it must be one of {GRIDS}.")
+    grid = (start + fraction * (end - start)) ** rho
+  else:
+    raise ValueError(f"sampling.grid = {kind!r} is not allowed: it must be one of {GRIDS}.")
+  return jnp.asarray(grid, dtype=jnp.result_type(float))
 
 
 def splitting(sde, method, times, dtype):
