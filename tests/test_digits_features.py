@@ -88,9 +88,9 @@ def test_retraining_reproduces_the_committed_weights(network, committed, retrain
 
 def test_training_is_bitwise_deterministic_on_one_machine(retrained):
   """Same seed, same machine: the same file bytes, so a rerun of --write changes nothing. The caller's
-  jax_enable_x64 does not matter either: `retrained` ran with it on (conftest), this run with it off, as the
-  --write command runs."""
-  with jax.enable_x64(False):
+  jax_enable_x64 does not matter either: `retrained` ran with it off, as the --write command runs (and the
+  tests), this run with it on."""
+  with jax.enable_x64(True):
     again = digits_features.train_digits_classifier(seed=0)
   assert digits_features.weights_bytes(again) == digits_features.weights_bytes(retrained)
 

@@ -56,7 +56,7 @@ def full_restore(config, workdir):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32, jnp.uint32, jnp.bfloat16, jnp.float16, jnp.uint8,
-                                   jnp.bool_, jnp.float64])
+                                   jnp.bool_, pytest.param(jnp.float64, marks=pytest.mark.float64)])
 def test_checksums_change_with_any_flipped_bit(dtype):
   rng = np.random.default_rng(0)
   values = rng.standard_normal((7, 5)) * 10
@@ -337,12 +337,8 @@ def test_stop_signals_save_the_step_reached_and_resume_bit_identically(tmp_path,
   if not resume:
     return
   config = local_config(num_steps=stopped + 10, checkpoint_every=50, log_every=50)
-  jax.config.update("jax_enable_x64", False)  # as the command line runs
-  try:
-    resumed = train.train(config, str(workdir))
-    reference = train.train(config, str(tmp_path / "uninterrupted"))
-  finally:
-    jax.config.update("jax_enable_x64", True)
+  resumed = train.train(config, str(workdir))  # in float32, as the command line runs (conftest)
+  reference = train.train(config, str(tmp_path / "uninterrupted"))
   assert int(resumed.step) == stopped + 10
   np.testing.assert_array_equal(flat(resumed.params), flat(reference.params))
 

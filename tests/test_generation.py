@@ -14,7 +14,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRAW = """
 import sys
 import jax
-jax.config.update("jax_enable_x64", True)
 import numpy as np
 from hold_jax.configs import toy2d
 from hold_jax import models, optimization, sample, sde as sde_lib, train
@@ -51,4 +50,8 @@ def test_samples_do_not_depend_on_batch_size_or_device_count(tmp_path):
   four_devices = draw(tmp_path, 4, 6)  # batches of 6 and 4 ids, each padded to a multiple of 4 devices
   assert one_device.shape == (10, 2) and np.isfinite(one_device).all()
   assert len(np.unique(one_device[:, 0])) == 10  # ten different samples
-  np.testing.assert_allclose(four_devices, one_device, rtol=1e-6, atol=1e-6)
+  # In float32, as users sample: XLA sums the network's matmuls in an order that depends on the batch shape, so
+  # a sample moves by round-off (1.2e-6 measured; a few 2^-24 per layer over 8 steps, on samples of order 1).
+  # A sample that depended on its batch position or on the device count would be O(1) off.
+  assert one_device.dtype == np.float32
+  np.testing.assert_allclose(four_devices, one_device, rtol=0, atol=1e-5 * max(1.0, np.abs(one_device).max()))

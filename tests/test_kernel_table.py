@@ -15,8 +15,9 @@ def table_errors(sde, num_points=kernel_table.NUM_POINTS):
   times = np.concatenate([[sde.eps, sde.T], np.exp(rng.uniform(np.log(sde.eps), np.log(sde.T), 1000))])
   mean_coefficients, factor = kernel_table.bcsm_kernel(sde, jnp.asarray(times, jnp.float32), num_points)
   assert mean_coefficients.dtype == jnp.float32 and factor.shape == (len(times), sde.order, sde.order)
-  phi, reference = perturbation_kernel.marginal_factor(sde, jnp.asarray(times, jnp.float64))
-  phi = np.asarray(phi[:, :, 0])
+  with jax.enable_x64(True):  # the reference in float64; the table above is read in float32, as users do
+    phi, reference = (np.asarray(x) for x in perturbation_kernel.marginal_factor(sde, jnp.asarray(times, jnp.float64)))
+  phi = phi[:, :, 0]
   mean_error = np.max(np.abs(mean_coefficients - phi) / np.max(np.abs(phi), axis=-1, keepdims=True))
   row_norm = np.linalg.norm(reference, axis=-1, keepdims=True)
   factor_error = np.max(np.abs(factor - reference) / row_norm)
@@ -40,7 +41,8 @@ def test_first_use_inside_jit_and_any_time_shape():
   sde = make_sde(order=3, T=0.75, eps=2e-3)  # another eps and T get their own grid
   t = jnp.asarray([[2e-3, 0.01], [0.3, 0.75]], jnp.float32)
   mean_coefficients, factor = jax.jit(lambda t: kernel_table.bcsm_kernel(sde, t))(t)
-  phi, reference = perturbation_kernel.marginal_factor(sde, t.astype(jnp.float64))
+  with jax.enable_x64(True):  # the float64 reference
+    phi, reference = (np.asarray(x) for x in perturbation_kernel.marginal_factor(sde, np.asarray(t, np.float64)))
   np.testing.assert_allclose(factor, reference, rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(mean_coefficients, phi[..., 0], rtol=1e-4, atol=1e-7)
 

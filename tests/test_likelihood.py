@@ -66,11 +66,12 @@ augment = jax.jit(likelihood.augment_with_auxiliaries, static_argnums=(0, 3))
 @functools.lru_cache(maxsize=None)
 def marginal_constants(sde, t):
   """Per y coordinate: mean (n,) and lower Cholesky factor (n, n) of u_t, from perturbation_kernel.marginal, in
-  float64."""
+  float64 whatever the test's precision (the cache serves float32 and float64 tests)."""
   constants = []
-  for k in range(2):
-    phi, sigma = map(np.asarray, marginal(sde, jnp.asarray(t), sde_lib.initial_cov(sde, VAR_Y[k])))
-    constants.append((phi[:, 0] * MEAN_Y[k], np.linalg.cholesky(sigma)))
+  with jax.enable_x64(True):
+    for k in range(2):
+      phi, sigma = map(np.asarray, marginal(sde, jnp.asarray(t), sde_lib.initial_cov(sde, VAR_Y[k])))
+      constants.append((phi[:, 0] * MEAN_Y[k], np.linalg.cholesky(sigma)))
   return constants
 
 
@@ -123,20 +124,21 @@ def example_keys(num, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def gaussian_solver(order):
+def gaussian_solver(order, settings=SETTINGS):
   """(sde, jitted (u, probes) -> LogDensity) with the exact score and the exact prior p_T in place of N(0, I)."""
   sde = make_sde(order)
   marginal_constants(sde, sde.T)  # host constants, computed before the jit that uses them
   score_fn = lambda params, u, t: rotated_gaussian_score(sde, u, t)
   prior = lambda u_end: gaussian_marginal_logp(sde, u_end, sde.T)
-  solve = jax.jit(lambda u, probes: likelihood.ode_log_density(sde, score_fn, None, u, probes, SETTINGS, prior))
+  solve = jax.jit(lambda u, probes: likelihood.ode_log_density(sde, score_fn, None, u, probes, settings, prior))
   return sde, lambda u, probes: jax.tree.map(np.asarray, solve(u, probes))
 
 
 def exact_probes(num):
-  return jnp.broadcast_to(likelihood.exact_probes((2,), jnp.float64), (num, 2, 2))
+  return jnp.broadcast_to(likelihood.exact_probes((2,), jnp.result_type(float)), (num, 2, 2))
 
 
+@pytest.mark.float64  # the float64 tests' reference score, to 1e-7
 def test_reference_score_is_exact_scores():
   sde = make_sde(3)
   u = jnp.asarray(np.random.default_rng(0).standard_normal((3, 3, 2)))
@@ -177,6 +179,7 @@ def test_divergence_is_the_trace_of_the_full_jacobian():
   assert abs(float(one_sign - exact)) > 1e-3  # one probe is an estimate, not the trace
 
 
+@pytest.mark.float64  # solver tolerance 1e-7 and 1e-5 nats: float64 accuracy of the float64 path
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_ode_log_density_matches_the_gaussian_marginal_at_eps(order):
   """Exact trace, exact prior p_T substituted for N(0, I): log p_T(u_T) + int div f dt is log p_eps(u_eps).
@@ -205,6 +208,24 @@ def test_ode_log_density_matches_the_gaussian_marginal_at_eps(order):
   assert abs(errors.mean()) < 4 * standard_error, (errors.mean(), standard_error)
 
 
+def test_ode_log_density_in_float32_at_the_default_tolerance_is_within_1e_3_nats():
+  """As --mode=eval runs it: order 3, float32 state and integral, rtol = atol = 1e-5 (config.eval's defaults),
+  against the float64 closed form. The integral's step control at 1e-5 on terms of about 7 nats leaves a few
+  1e-4 (2.3e-4 measured); float32 round-off over ~100 steps adds ~1e-5. A wrong sign or direction of the
+  divergence integral is over 3 nats off (see the float64 test above)."""
+  sde, solve = gaussian_solver(3, likelihood.ODESettings(divergence="exact", rtol=1e-5, atol=1e-5))
+  x = jnp.asarray(draw_data(NUM_EXAMPLES))
+  u = augment(sde, x, example_keys(NUM_EXAMPLES), "initial")
+  assert u.dtype == jnp.float32
+  with jax.enable_x64(True):
+    reference = np.asarray(gaussian_marginal_logp(sde, jnp.asarray(np.asarray(u, np.float64)), sde.eps))
+  result = solve(u, exact_probes(NUM_EXAMPLES))
+  assert result.log_density.dtype == np.float32 and result.solved.all()
+  assert np.abs(result.divergence_integral).min() > 1.5
+  np.testing.assert_allclose(result.log_density, reference, rtol=0, atol=1e-3)
+
+
+@pytest.mark.float64  # closed-form KLs to 1e-4 nats and the entropy to 1e-12: float64 references
 @pytest.mark.parametrize("aux_distribution", likelihood.AUX_DISTRIBUTIONS)
 def test_bound_is_the_nll_plus_the_kl_of_the_auxiliaries(aux_distribution):
   """Per draw the bound is -log p(x, aux) - H[q]; over draws of aux from q it averages to

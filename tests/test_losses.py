@@ -20,10 +20,14 @@ NUM_EXAMPLES = 20000
 
 @functools.lru_cache(maxsize=None)
 def mpmath_factor(name, t):
+  """The lower Cholesky factor of Sigma_t at 80 digits (its inputs B(t) and S_0 in float64 whatever the test's
+  precision: the cache serves float32 and float64 tests)."""
   sde = make_sde(**PARAMETER_SETS[name])
   matrix = references.drift(sde.couplings, sde.friction)
-  init = np.asarray(sde_lib.initial_var(sde))
-  return references.kernel_mpmath(matrix, sde.friction, float(sde_lib.integrated_beta(sde, t)), init)[2]
+  with jax.enable_x64(True):
+    init = np.asarray(sde_lib.initial_var(sde), np.float64)
+    integrated_beta = float(sde_lib.integrated_beta(sde, t))
+  return references.kernel_mpmath(matrix, sde.friction, integrated_beta, init)[2]
 
 
 def factor_errors(factor, reference):
@@ -34,6 +38,7 @@ def factor_errors(factor, reference):
   return scale_error, row_error
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
 def test_factor_float64_matches_mpmath_down_to_1e_5(name):
   sde = make_sde(**PARAMETER_SETS[name])
@@ -86,6 +91,11 @@ def analytic_minimum(sde, objective, weighting, time_sampling="uniform"):
   At the true score, E || l s + eps_last ||^2 = 1 - l^2 E[s^2] per coordinate, and E[s^2] is the last
   diagonal entry of the inverse marginal covariance of the data's u_t; c(t) = lambda(t) / l_t^2.
   """
+  with jax.enable_x64(True):  # a reference: in float64 whatever the test's precision
+    return _analytic_minimum(sde, objective, weighting, time_sampling)
+
+
+def _analytic_minimum(sde, objective, weighting, time_sampling):
   edges = np.geomspace(sde.eps, sde.T, 40)
   nodes, weights = np.polynomial.legendre.leggauss(20)
   t = np.concatenate([(a + b) / 2 + (b - a) / 2 * nodes for a, b in zip(edges[:-1], edges[1:])])
@@ -164,7 +174,9 @@ def test_parametrizations():
   t = jnp.linspace(0.01, 0.9, 6)
   true = exact_scores.gaussian_score(sde, u, t, DATA_MEAN, DATA_VAR)
   scale = losses.score_scale(sde, t)[:, None]
-  np.testing.assert_allclose(losses.score_from_output(sde, "eps", -scale * true, u, t), true, rtol=1e-10)
+  assert u.dtype == jnp.float32
+  # float32: (-l s) / l rounds twice (2^-24 each), 1.2e-7 relative; a wrong scale is O(1) off.
+  np.testing.assert_allclose(losses.score_from_output(sde, "eps", -scale * true, u, t), true, rtol=3e-7)
   np.testing.assert_allclose(losses.score_from_output(sde, "score", true, u, t), true)
   normal = exact_scores.gaussian_score(sde, u, t, 0.0, 1.0)
   np.testing.assert_allclose(losses.score_from_output(sde, "mixed", jnp.zeros_like(true), u, t), normal)
@@ -182,7 +194,12 @@ def test_eps_weighting_is_eps_prediction_error():
   t_rng, noise_rng = jax.random.split(jax.random.PRNGKey(7))
   t = jax.random.uniform(t_rng, (8,), x0.dtype, sde.eps, sde.T)
   u, eps_last, _ = losses.perturb(sde, "bcsm", x0, t, noise_rng)
-  np.testing.assert_allclose(loss, jnp.mean((eps_theta(u) - eps_last) ** 2, axis=-1), rtol=1e-10)
+  assert loss.dtype == jnp.float32
+  # float32: l_t s = -eps_theta (1 + 2 roundings of 2^-24), then a difference, a square and a mean of 4: the
+  # error is a few 2^-24 of the magnitudes entering the difference, (|eps_theta| + |eps_last|)^2, not of the
+  # (possibly cancelled) result. Allow 16 of them; a wrong weighting or scale is O(1) off.
+  magnitude = jnp.mean((jnp.abs(eps_theta(u)) + jnp.abs(eps_last)) ** 2, axis=-1)
+  np.testing.assert_array_less(np.abs(loss - jnp.mean((eps_theta(u) - eps_last) ** 2, axis=-1)), 1e-6 * magnitude)
 
 
 @pytest.mark.parametrize("field, value", [("objective", "ism"), ("weighting", "snr"),

@@ -132,14 +132,18 @@ def reference_fir(image, up=1, down=1):
 
 
 def test_fir_resampling_matches_scipy_upfirdn():
-  images = np.random.default_rng(0).standard_normal((2, 8, 6, 3))
+  images = np.random.default_rng(0).standard_normal((2, 8, 6, 3)).astype(np.float32)  # float32, as models run
   up = np.asarray(resampling.upsample_fir(jnp.asarray(images)))
   down = np.asarray(resampling.downsample_fir(jnp.asarray(images)))
-  assert up.shape == (2, 16, 12, 3) and down.shape == (2, 4, 3, 3)
+  assert up.shape == (2, 16, 12, 3) and down.shape == (2, 4, 3, 3) and up.dtype == np.float32
+  # A pixel is a sum of at most 16 products with dyadic weights of total magnitude 1: 16 roundings of 2^-24
+  # relative to max |x| at most (the reference is float64 on the same float32 inputs). A misplaced tap is O(1).
+  tolerance = 16 * 2.0**-24 * np.abs(images).max()
   for b in range(2):
     for c in range(3):
-      np.testing.assert_allclose(up[b, ..., c], reference_fir(images[b, ..., c], up=2), atol=1e-12)
-      np.testing.assert_allclose(down[b, ..., c], reference_fir(images[b, ..., c], down=2), atol=1e-12)
+      image = images[b, ..., c].astype(np.float64)
+      np.testing.assert_allclose(up[b, ..., c], reference_fir(image, up=2), rtol=0, atol=tolerance)
+      np.testing.assert_allclose(down[b, ..., c], reference_fir(image, down=2), rtol=0, atol=tolerance)
 
 
 def test_resampling_keeps_constants():
@@ -186,11 +190,17 @@ def numpy_attention(x, params, skip_rescale):
 
 @pytest.mark.parametrize("skip_rescale", [True, False])
 def test_attention_matches_numpy_softmax_attention(skip_rescale):
-  x = np.random.default_rng(3).standard_normal((2, 4, 4, 8))
+  x = np.random.default_rng(3).standard_normal((2, 4, 4, 8)).astype(np.float32)  # float32, as models run
   block = layers.AttentionBlock(skip_rescale=skip_rescale, init_scale=1.0)  # a nonzero output layer
   params = jax.jit(block.init)(jax.random.key(1), jnp.asarray(x))["params"]
-  np.testing.assert_allclose(jax.jit(block.apply)({"params": params}, jnp.asarray(x)),
-                             numpy_attention(x, params, skip_rescale), rtol=1e-9, atol=1e-12)
+  output = jax.jit(block.apply)({"params": params}, jnp.asarray(x))
+  assert output.dtype == jnp.float32
+  # The reference in float64 on the same float32 inputs and parameters. Group norm, four 8-input dense layers
+  # and a 16-way softmax (which turns the logits' absolute round-off into relative error of its weights) each
+  # add a few 2^-24 at their operands' scale: about 30 roundings, 2e-6 of the output's scale, all told.
+  # A wrong normalisation, scale or skip is O(1e-2) or more off.
+  expected = numpy_attention(x.astype(np.float64), params, skip_rescale)
+  np.testing.assert_allclose(output, expected, rtol=0, atol=2e-6 * np.abs(expected).max())
 
 
 def test_attention_is_equivariant_to_pixel_permutations():
@@ -201,7 +211,10 @@ def test_attention_is_equivariant_to_pixel_permutations():
   permute = lambda a: a.reshape(1, 16, 8)[:, permutation].reshape(1, 4, 4, 8)
   output, output_of_permuted = jax.jit(block.apply)({"params": params}, jnp.concatenate([x, permute(x)]))
   assert not np.allclose(output, x[0] / np.sqrt(2), atol=1e-3)  # the block does something
-  np.testing.assert_allclose(output_of_permuted[None], permute(output[None]), rtol=1e-9)
+  # float32: the permuted input sums its softmax and products in another order, each side a few 2^-24 off at
+  # the output's scale (see the test above); a position-dependent block is O(1) off.
+  np.testing.assert_allclose(output_of_permuted[None], permute(output[None]), rtol=0,
+                             atol=4e-6 * np.abs(output).max())
 
 
 @pytest.fixture(scope="module")

@@ -55,11 +55,13 @@ def normalized_matrix_error(estimate, reference):
 
 @functools.lru_cache(maxsize=None)
 def quadrature_reference(name):
-  """Phi, Q for every time in TIMES, by scipy expm and adaptive quadrature."""
+  """Phi, Q for every time in TIMES, by scipy expm and adaptive quadrature (B(t) in float64 whatever the test's
+  precision: the cache serves float32 and float64 tests)."""
   sde = make_sde(**PARAMETER_SETS[name])
   matrix = references.drift(sde.couplings, sde.friction)
-  return [references.kernel_by_quadrature(matrix, sde.friction, float(sde_lib.integrated_beta(sde, t)))
-          for t in TIMES]
+  with jax.enable_x64(True):
+    return [references.kernel_by_quadrature(matrix, sde.friction, float(sde_lib.integrated_beta(sde, t)))
+            for t in TIMES]
 
 
 def test_critical_parameters_known_values():
@@ -86,6 +88,7 @@ def test_third_order_decays_sqrt3_faster_than_second():
   assert ratio == pytest.approx(math.sqrt(3), rel=1e-4)  # eigvals of a defective F are ~1e-5 accurate
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
 def test_standard_normal_is_stationary(name):
   sde = make_sde(**PARAMETER_SETS[name])
@@ -97,6 +100,7 @@ def test_standard_normal_is_stationary(name):
   np.testing.assert_allclose(sigma, np.broadcast_to(np.eye(sde.order), sigma.shape), atol=1e-12)
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
 def test_kernel_float64_matches_quadrature(name):
   sde = make_sde(**PARAMETER_SETS[name])
@@ -124,6 +128,7 @@ def test_kernel_float32_matches_float64_reference(name):
     assert normalized_cov_error(np.asarray(sigma[k], np.float64), sigma_ref) <= 1e-3, TIMES[k]
 
 
+@pytest.mark.float64  # closed forms to 1e-12: the float64 kernel's accuracy
 def test_order_one_is_the_vp_sde():
   sde = make_sde(1, beta_schedule="linear", beta_0=0.1, beta_1=20.0)
   assert sde.friction == 0.5
@@ -134,6 +139,7 @@ def test_order_one_is_the_vp_sde():
   np.testing.assert_allclose(sigma[:, 0, 0], -np.expm1(-integral), rtol=1e-12)
 
 
+@pytest.mark.float64  # closed forms to 1e-12: the float64 kernel's accuracy
 def test_order_two_is_cld():
   """CLD with M = 1/4, Gamma = 1 (Dockhorn et al. 2022, appendix B), velocity rescaled by 1/sqrt(M) = 2."""
   sde = make_sde(2, couplings=(2.0,), friction=4.0, beta_0=4.0, beta_1=4.0)
@@ -178,6 +184,7 @@ def test_monte_carlo_simulation_of_the_forward_sde():
   np.testing.assert_array_less(np.abs(np.cov(u.T) - sigma), 4 * cov_se + 2e-3)
 
 
+@pytest.mark.float64  # a central difference of step 1e-6 needs float64
 def test_kernel_is_jittable_vmappable_and_differentiable():
   sde = make_sde(3)
   init = sde_lib.initial_cov(sde)
@@ -196,8 +203,10 @@ def test_prior_draws_and_log_density():
   u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(4000), 3, (2,))
   assert u.shape == (4000, 3, 2)
   assert abs(float(u.mean())) < 0.02 and abs(float(u.var()) - 1) < 0.03
-  expected = scipy.stats.norm.logpdf(np.asarray(u)).reshape(4000, -1).sum(-1)
-  np.testing.assert_allclose(sde_lib.prior_logp(u), expected, rtol=1e-12)
+  assert u.dtype == jnp.float32
+  expected = scipy.stats.norm.logpdf(np.asarray(u, np.float64)).reshape(4000, -1).sum(-1)
+  # float32: a sum of 6 terms -u^2/2 - log(2 pi)/2 of one sign, each a few roundings (2^-24 each) off: ~1e-7.
+  np.testing.assert_allclose(sde_lib.prior_logp(u), expected, rtol=1e-6)
 
 
 def test_reverse_drifts_at_the_stationary_law():
@@ -206,28 +215,44 @@ def test_reverse_drifts_at_the_stationary_law():
   u = jax.random.normal(jax.random.PRNGKey(1), (5, 3, 4))
   t = jnp.full((5,), 0.3)
   score = -u[:, -1]
-  matrix = np.asarray(sde_lib.drift_matrix(sde))
+  matrix = np.asarray(sde_lib.drift_matrix(sde, np.float64))
   skew = -(matrix + np.diag([0.0, 0.0, sde.friction]))  # K = -(F + D)
-  expected_reverse = 6.5 * np.einsum("ij,bjd->bid", np.asarray(sde_lib.reverse_linear_matrix(sde)), u)
-  np.testing.assert_allclose(sde_lib.reverse_drift(sde, u, t, score), expected_reverse, rtol=1e-12)
-  expected_flow = 6.5 * np.einsum("ij,bjd->bid", skew, u)
-  np.testing.assert_allclose(sde_lib.probability_flow_drift(sde, u, t, score), expected_flow, rtol=1e-12,
-                             atol=1e-12)
+  signs = np.array([1.0, -1.0, 1.0])
+  reverse = matrix * np.outer(signs, signs)  # F_A = S F S
+  np.testing.assert_allclose(sde_lib.reverse_linear_matrix(sde), reverse, rtol=1e-7)
+  assert u.dtype == jnp.float32
+  # float32 (as sampling runs): a drift entry is 6.5 times a sum of 3 products of u with the matrix, formed in a
+  # few roundings of 2^-24 each; allow 16 of them on the sum of the products' magnitudes. A wrong term is O(1) off.
+  for drift, linear in ((sde_lib.reverse_drift(sde, u, t, score), reverse),
+                        (sde_lib.probability_flow_drift(sde, u, t, score), skew)):
+    u64 = np.asarray(u, np.float64)
+    expected = 6.5 * np.einsum("ij,bjd->bid", linear, u64)
+    bound = 1e-6 * 6.5 * np.einsum("ij,bjd->bid", np.abs(linear), np.abs(u64))
+    assert drift.dtype == jnp.float32
+    np.testing.assert_array_less(np.abs(np.asarray(drift, np.float64) - expected), bound)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "traced", "batched"])
 def test_apply_blocks_is_the_block_matrix_product(kind):
   """The unrolled product against einsum, for a static numpy matrix with zeros, a jax one and one per example."""
   rng = np.random.default_rng(0)
-  u = rng.standard_normal((5, 3, 4, 2))
-  matrix = rng.standard_normal((5, 3, 3) if kind == "batched" else (3, 3))
+  u = rng.standard_normal((5, 3, 4, 2)).astype(np.float32)  # float32 as sampling runs; the products in float64
+  matrix = rng.standard_normal((5, 3, 3) if kind == "batched" else (3, 3)).astype(np.float32)
   matrix[..., 0, 2] = 0.0
-  expected = np.einsum("bij,bj...->bi..." if kind == "batched" else "ij,bj...->bi...", matrix, u)
-  given = matrix if kind == "numpy" else jnp.asarray(matrix)
-  np.testing.assert_allclose(sde_lib.apply_blocks(given, jnp.asarray(u)), expected, rtol=1e-12, atol=1e-12)
-  rectangular = rng.standard_normal((2, 3))  # fewer output blocks than input blocks
-  np.testing.assert_allclose(sde_lib.apply_blocks(rectangular, jnp.asarray(u)),
-                             np.einsum("ij,bj...->bi...", rectangular, u), rtol=1e-12, atol=1e-12)
+  product = lambda m, v: np.einsum("bij,bj...->bi..." if m.ndim == 3 else "ij,bj...->bi...", m, v)
+
+  def check(given, exact):
+    result = sde_lib.apply_blocks(given, jnp.asarray(u))
+    assert result.dtype == jnp.float32
+    # A sum of 3 exact float32 products rounds 3 times (2^-24 each) relative to the sum of their magnitudes;
+    # a wrong block or a transposed matrix is O(1) off.
+    bound = 4e-7 * product(np.abs(exact.astype(np.float64)), np.abs(u.astype(np.float64)))
+    error = np.abs(np.asarray(result, np.float64) - product(exact.astype(np.float64), u.astype(np.float64)))
+    np.testing.assert_array_less(error, bound + 1e-30)
+
+  check(matrix if kind == "numpy" else jnp.asarray(matrix), matrix)
+  rectangular = rng.standard_normal((2, 3)).astype(np.float32)  # fewer output blocks than input blocks
+  check(rectangular, rectangular)
 
 
 @pytest.mark.parametrize("field, value, message", [
