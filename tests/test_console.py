@@ -63,6 +63,7 @@ def _leaf_names(config, prefix=""):
       yield f"{prefix}{key}"
 
 
+@pytest.mark.slow
 def test_training_console_is_progress_and_the_rest_goes_to_the_log(tmp_path):
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir", str(workdir),

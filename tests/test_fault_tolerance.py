@@ -319,6 +319,7 @@ def start_training(workdir, *flags):
 
 
 # Every signal takes the same path after its handler; the resume is checked once.
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, resume", [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGUSR1, False)])
 def test_stop_signals_save_the_step_reached_and_resume_bit_identically(tmp_path, signum, resume):
   workdir = tmp_path / "run"

@@ -66,6 +66,7 @@ def test_adaptive_solve_in_flow_coordinates_matches_the_solve_in_the_state(order
   np.testing.assert_allclose(in_flow, in_state, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_adaptive_solve_in_flow_coordinates_is_cheap_and_finite_on_near_point_mass_data():
   """Order 3, data variance 1e-8 (far below the noise left at eps), float32 at tolerance 1e-5: in the state the
   stiff linear part makes the solver take ~3000 evaluations and it fails within 400 steps (NaN); in flow

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from hold_jax import generation
 
@@ -45,6 +46,7 @@ def test_padded_ids_repeat_the_last_id():
   assert [list(ids) for ids in generation.id_batches(3, 10, 3)] == [[3, 4, 5], [6, 7, 8], [9]]
 
 
+@pytest.mark.slow
 def test_samples_do_not_depend_on_batch_size_or_device_count(tmp_path):
   one_device = draw(tmp_path, 1, 10)
   four_devices = draw(tmp_path, 4, 6)  # batches of 6 and 4 ids, each padded to a multiple of 4 devices

@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from hold_jax.configs import cifar10
 from hold_jax import optimization
@@ -18,6 +19,7 @@ def flat(tree):
   return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
 
 
+@pytest.mark.slow
 def test_cifar10_local_trains_on_mocked_tfds_with_dropout(tmp_path, prepared_mock_tfds):
   config = cifar10.get_config("local")
   config.training.num_steps = config.training.checkpoint_every = 2
@@ -31,6 +33,7 @@ def test_cifar10_local_trains_on_mocked_tfds_with_dropout(tmp_path, prepared_moc
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
+@pytest.mark.slow
 def test_digits_command_line_trains_writes_grids_and_samples(tmp_path):
   base = [sys.executable, "-m", "hold_jax.main", "--config", "configs/digits.py:local", "--workdir", str(tmp_path),
           "--config.training.num_steps=4", "--config.training.sample_every=4", "--config.sampling.num_steps=4"]

@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from hold_jax.configs import toy2d
 from hold_jax import train
@@ -25,6 +26,7 @@ def launch(script, *args, env=None, timeout=600):
   return result
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_write_from_process_0_only(tmp_path):
   env = dict(NUM_PROCESSES="2", DEVICES_PER_PROCESS="2", PYTHON=os.path.join(ROOT, ".venv", "bin", "python")
              if os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")) else "python3")
@@ -78,6 +80,7 @@ def start_two_processes(workdir, *flags):
                           stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
   job = start_two_processes(tmp_path)
   run_helpers.wait_for_checkpoint(tmp_path, [job])
@@ -90,6 +93,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
     assert f"stopped at step {stopped} of 1000000" in log, log[-3000:]
 
 
+@pytest.mark.slow
 def test_a_dead_process_stops_the_others_within_a_minute(tmp_path):
   job = start_two_processes(tmp_path, "--config.distributed.heartbeat_timeout=10")
   run_helpers.wait_for_checkpoint(tmp_path, [job])

@@ -338,6 +338,7 @@ def test_bad_settings_name_the_field():
       config_checks.check_eval(bad)
 
 
+@pytest.mark.slow
 def test_eval_mode_end_to_end_from_the_command_line(tmp_path):
   """Train toy2d:local for 20 steps, then --mode=eval: a JSON report with a finite bound, its standard error,
   the NFE and the checkpoint step; its path is the last line of stdout."""

@@ -43,6 +43,7 @@ def workdir(tmp_path_factory):
   return folder
 
 
+@pytest.mark.slow
 def test_training_curves_are_read_back_from_the_event_files(workdir):
   scalars = workdir_view.read_scalars(workdir)
   steps, loss = scalars["loss"]
@@ -84,6 +85,7 @@ def text_of(outputs) -> str:
   return "".join(output.get("text", "") for output in outputs)
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_headless_on_a_workdir(workdir, monkeypatch, tmp_path):
   monkeypatch.setenv("HOLD_JAX_WORKDIR", str(workdir))
   monkeypatch.setenv("HOLD_JAX_NUM_STEPS", "2")

@@ -35,6 +35,7 @@ def test_wheel_holds_configs_data_license_and_the_command(wheel):
   assert "hold-jax = hold_jax.main:entry_point" in entry_points
 
 
+@pytest.mark.slow
 def test_installed_command_runs_a_stock_config_from_any_directory(wheel, tmp_path):
   target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
   elsewhere.mkdir()

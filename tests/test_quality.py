@@ -52,6 +52,7 @@ def run(config, workdir):
     return path, json.load(file)
 
 
+@pytest.mark.slow
 def test_report_has_the_metrics_the_baselines_and_resumes_round_by_round(trained, monkeypatch):
   workdir, config = trained
   path, report = run(config, workdir)

@@ -163,7 +163,7 @@ def relative_error(samples, mean, var):
     ("strang_exponential", 200, 3, True),
     ("ode_heun", 50, 3, True),
     ("ode_heun", 50, 2, False),
-    ("ode_adaptive", 1, 3, True),
+    pytest.param("ode_adaptive", 1, 3, True, marks=pytest.mark.slow),
 ])
 def test_samples_reproduce_the_data_moments(method, num_steps, order, denoise):
   """Within Monte Carlo error (10^4 samples, 4 standard errors). Euler-Maruyama's covariance is still 5.4
@@ -260,6 +260,7 @@ def gddim_paths(order, method, num_steps, dtype, **settings):
   return np.asarray(compile_fast(sampler, jnp.arange(GDDIM_PATHS))(jnp.arange(GDDIM_PATHS)), np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.float64  # errors down to 1e-9 at 160 steps of order 3: below float32's round-off
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_gddim_converges_to_the_probability_flow_ode_at_its_multistep_order(order):
@@ -277,6 +278,7 @@ def test_gddim_converges_to_the_probability_flow_ode_at_its_multistep_order(orde
     assert fine > 0.5 * coarse and fine > 0.1, (coarse, fine)
 
 
+@pytest.mark.slow
 def test_gddim_in_float32_reaches_the_float64_ode_solution():
   """The float32 sampler (schedule cast from float64) at 160 steps of order 3 is within 1e-3 of the float64
   solution from its own (float32) prior draws."""

@@ -146,6 +146,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_same_losses_and_parameters_on_one_and_four_devices(tmp_path):
   code = """
     import json, sys, jax, numpy as np
@@ -181,6 +182,7 @@ def _logged_scalars(workdir, tag):
   return np.array([float(tf.make_ndarray(event.tensor_proto)) for event in accumulator.Tensors(tag)])
 
 
+@pytest.mark.slow
 def test_command_line_trains_logs_and_samples(tmp_path):
   base = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir", str(tmp_path)]
   trained_with = ["--config.model.width=16", "--config.sde.beta_0=5.0"]  # sampling needs not repeat them
