@@ -278,7 +278,6 @@ def test_gddim_converges_to_the_probability_flow_ode_at_its_multistep_order(orde
     assert fine > 0.5 * coarse and fine > 0.1, (coarse, fine)
 
 
-@pytest.mark.slow
 def test_gddim_in_float32_reaches_the_float64_ode_solution():
   """The float32 sampler (schedule cast from float64) at 160 steps of order 3 is within 1e-3 of the float64
   solution from its own (float32) prior draws."""
