@@ -11,7 +11,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-.PHONY: env demo exact-demo test bench
+.PHONY: env demo exact-demo test test-fast bench
 env: $(STAMP)
 
 # Trains HOLD on the multimodal swiss roll (about 6 minutes on 2 CPU cores; resumes if interrupted), then samples.
@@ -26,6 +26,10 @@ exact-demo: $(STAMP)
 # Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+
+# The tests not marked slow (each slow one takes over about 20 s): a quick check while editing.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/process.py

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hold_jax import fid
@@ -87,6 +88,7 @@ def smoke_overrides(config: str) -> list[str]:
   return []
 
 
+@pytest.mark.slow
 def test_main_commands_run(monkeypatch, tmp_path):
   cwd = tmp_path / "cwd"  # no configs/ folder here: configs/NAME.py must name the packaged configs
   cwd.mkdir()
