@@ -46,6 +46,7 @@ _CALIBRATION_SIZES = (16, 32, 64, 128)  # uint8 noise images, resized to 299: sm
 # ----------------------------------------------------------------------------------------------------------
 # Torch state_dict <-> Flax variables.
 
+_FLOATING_DTYPES = ("float16", "bfloat16", "float32", "float64")  # what the network's parameters may arrive as
 _TORCH_LEAF = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
                ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
 
@@ -88,22 +89,26 @@ def _slots() -> dict[str, _Slot]:
 
 
 def _state_dict_problems(state_dict: dict[str, Any]) -> list[str]:
-  """Missing keys, unexpected keys and wrong shapes of `state_dict` against the network (num_batches_tracked
-  is ignored: torch writes it for every batch norm, the network has no use for it)."""
+  """Missing keys, unexpected keys, wrong shapes and non-floating dtypes of `state_dict` against the network
+  (num_batches_tracked is ignored: torch writes it for every batch norm, the network has no use for it). An
+  integer or bool weight would be converted to float32 without a word, so it is refused instead."""
   slots = _slots()
   given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
   problems = [f"missing key {k} (shape {slots[k].torch_shape})" for k in sorted(slots) if k not in given]
   problems += [f"unexpected key {k}" for k in sorted(given) if k not in slots]
   problems += [f"key {k} has shape {tuple(np.shape(given[k]))}, expected {slots[k].torch_shape}"
                for k in sorted(given) if k in slots and tuple(np.shape(given[k])) != slots[k].torch_shape]
+  problems += [f"key {k} has dtype {np.asarray(given[k]).dtype.name}, expected a floating type "
+               f"({', '.join(_FLOATING_DTYPES)})"
+               for k in sorted(given) if k in slots and np.asarray(given[k]).dtype.name not in _FLOATING_DTYPES]
   return problems
 
 
 def params_from_state_dict(state_dict: dict[str, np.ndarray]) -> dict[str, Any]:
   """Torch-layout {key: array} -> Flax variables {'params': ..., 'batch_stats': ...} (float32 jax arrays).
 
-  Every key and shape must match the network exactly (num_batches_tracked ignored); ValueError lists what
-  does not.
+  Every key and shape must match the network exactly (num_batches_tracked ignored) and every value must be
+  floating (float16, bfloat16, float32 or float64); ValueError lists what does not.
   """
   problems = _state_dict_problems(state_dict)
   if problems:
@@ -193,7 +198,8 @@ def _read_weights(path: epath.Path, data: bytes) -> dict[str, np.ndarray]:
       if is_npz:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
           return {key: npz[key] for key in npz.files}
-    return torch_weights.read_state_dict(data)
+    # Floating parameters, and int64 for num_batches_tracked: anything else is refused before it is read.
+    return torch_weights.read_state_dict(data, allowed_dtypes=(*_FLOATING_DTYPES, "int64"))
   except (ValueError, OSError, zipfile.BadZipFile) as error:
     raise ValueError(f"cannot read FID Inception weights {path}: {error}. {PUBLISHED_FILE}") from error
 

@@ -17,21 +17,45 @@ Two container formats exist, and both occur in the wild:
 In both, a tensor pickles as _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks), where
 `storage` is a persistent id ('storage', <dtype marker>, key, location, numel[, view]) and offset, size and
 stride count elements, not bytes.
+
+Bounds. A crafted file must cost no more memory than its bytes justify, so every size the pickle claims is
+checked against the bytes actually there before anything is read or allocated:
+  - zip members are read only after their uncompressed size (ZipInfo.file_size, which also caps what
+    zipfile inflates) is checked: data.pkl at most MAX_PICKLE_BYTES, byteorder a few bytes, and each storage
+    record exactly the numel x itemsize the pickle claims for it (zip bombs are refused unread);
+  - the storages' claimed bytes together fit in the file (in what follows the pickle, for the legacy format),
+    which also bounds compressed or overlapping zip members;
+  - a tensor never has more elements than its storage (view) holds, and offset + extent stay inside it: a
+    state_dict's tensors never exceed their storage, while a zero-stride or overlapping view could make a
+    tiny file expand to any size;
+  - the returned arrays together hold at most MAX_EXPANSION times the storages' bytes (tied weights and
+    views share storage, but no state_dict reads its storage over and over);
+  - each tensor's dtype is one the caller allows (`allowed_dtypes`; by default floating types and int64).
+The stand-ins are shared by every read, so the pickle cannot change them: BUILD, the opcode that sets an
+object's state, is refused on each of them (the OrderedDict holding a state_dict, whose `_metadata` torch
+sets by BUILD, is a real OrderedDict made afresh for each file).
+Each of these refusals is a ValueError of one line naming the tensor or storage, what it claims and what the
+file holds; callers add the file's name (inception.py does).
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import io
+import math
 import pickle
 import pickletools
 import zipfile
-from typing import Any
+import zlib
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+MAX_PICKLE_BYTES = 64 * 2**20  # data.pkl of a state_dict is kilobytes; anything near this is a zip bomb
+MAX_EXPANSION = 4  # returned bytes / storage bytes: views and tied weights read some bytes twice, not more
+DEFAULT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int64"})  # int64: num_batches_tracked
 
 # torch's storage classes, as the pickle names them, and the element type of each.
 _STORAGE_DTYPES = {
@@ -40,6 +64,7 @@ _STORAGE_DTYPES = {
     "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool", "UntypedStorage": "uint8",
 }
 _REFUSED_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+_MAX_BYTEORDER_BYTES = 16
 
 
 def _dtype(name: str) -> np.dtype:
@@ -53,8 +78,18 @@ def _dtype(name: str) -> np.dtype:
 # Stand-ins for the few globals a state_dict pickle names. They only record what the pickle says.
 
 
+class _Sealed:
+  """Base of every stand-in: the pickle's BUILD opcode calls __setstate__ when there is one (before it would
+  touch __dict__ or setattr), and here it refuses, so no pickle can change a stand-in, shared or fresh."""
+  __slots__ = ()
+
+  def __setstate__(self, state) -> None:
+    raise ValueError(f"refusing to set the state of a {type(self).__name__.lstrip('_')} (pickle opcode BUILD): "
+                     "a state_dict sets state only on the OrderedDict holding it")
+
+
 @dataclasses.dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Sealed):
   """What `torch.FloatStorage` etc. unpickle to: a marker carrying the element type."""
   name: str
 
@@ -64,7 +99,16 @@ class _StorageType:
 
 
 @dataclasses.dataclass(frozen=True)
-class _StorageRef:
+class _Function(_Sealed):
+  """What the rebuild functions unpickle to: calls `function`, but cannot be changed by BUILD."""
+  function: Callable[..., Any]
+
+  def __call__(self, *args):
+    return self.function(*args)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageRef(_Sealed):
   """Storage `key` seen as `numel` elements of `dtype` starting at element `offset` (legacy views only)."""
   key: str
   dtype: np.dtype
@@ -73,7 +117,7 @@ class _StorageRef:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TensorRef:
+class _TensorRef(_Sealed):
   """A tensor as the pickle describes it; materialised once the storages' bytes are known."""
   storage: _StorageRef
   offset: int
@@ -99,11 +143,11 @@ def _rebuild_parameter(data, *unused):
 
 
 _ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter),
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a builtin type: BUILD cannot change it
     **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
 
@@ -173,7 +217,55 @@ def _unpickle(stream: io.BytesIO, legacy: bool) -> tuple[Any, _RestrictedUnpickl
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Materialising tensors.
+# Checking every claimed size, then materialising tensors.
+
+
+def _tensors(obj: Any) -> dict[str, _TensorRef]:
+  if not isinstance(obj, dict):
+    raise ValueError(f"the file holds a {type(obj).__name__}, not a state_dict (a mapping of names to tensors)")
+  for key, value in obj.items():
+    if not isinstance(value, _TensorRef):
+      raise ValueError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+  return {str(key): value for key, value in obj.items()}
+
+
+def _check_sizes(tensors: dict[str, _TensorRef], unpickler: _RestrictedUnpickler, available: int,
+                 records: dict[str, int] | None, allowed: frozenset[str] | None) -> None:
+  """Refuses, before any storage is read, every claim the bytes do not back (see the module docstring).
+
+  `available`: the bytes the storages can come from; `records`: {storage key: uncompressed size of its zip
+  record} (None for the legacy format, whose per-storage counts are checked as they are read).
+  """
+  users = {}  # storage key -> the first tensor on it, to name in errors
+  for name, ref in tensors.items():
+    users.setdefault(ref.storage.key, name)
+  stored = 0
+  for key, numel in unpickler.root_numel.items():
+    itemsize = unpickler.root_dtype[key].itemsize
+    user = f" (tensor {users[key]!r})" if key in users else ""
+    if records is not None and records[key] != numel * itemsize:
+      raise ValueError(f"storage {key}{user} claims {numel} x {itemsize} bytes, but its zip record holds "
+                       f"{records[key]} bytes")
+    stored += numel * itemsize
+  if stored > available:
+    raise ValueError(f"the storages claim {stored} bytes in all, but the file holds only {available} bytes for "
+                     "them (truncated or crafted file)")
+  returned = 0
+  for name, ref in tensors.items():
+    view, numel = ref.storage, math.prod(ref.shape)
+    if allowed is not None and view.dtype.name not in allowed:
+      raise ValueError(f"tensor {name!r} has dtype {view.dtype.name}; allowed here: {', '.join(sorted(allowed))}")
+    if numel > view.numel:
+      raise ValueError(f"tensor {name!r} claims shape {ref.shape} ({numel} elements), but its storage {view.key} "
+                       f"holds {view.numel} elements: a state_dict's tensors never exceed their storage")
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+    if numel and last >= view.numel:
+      raise ValueError(f"tensor {name!r} of shape {ref.shape} (offset {ref.offset}, stride {ref.stride}) reaches "
+                       f"element {last} of its storage {view.key}, which holds {view.numel} elements")
+    returned += numel * view.dtype.itemsize
+  if returned > MAX_EXPANSION * stored:
+    raise ValueError(f"the tensors claim {returned} bytes in all, more than {MAX_EXPANSION} times the {stored} "
+                     "bytes their storages hold: no state_dict reads its storage over and over")
 
 
 def _as_array(raw: bytes, dtype: np.dtype, big_endian: bool) -> np.ndarray:
@@ -184,58 +276,54 @@ def _as_array(raw: bytes, dtype: np.dtype, big_endian: bool) -> np.ndarray:
 
 
 def _materialise(ref: _TensorRef, roots: dict[str, np.ndarray]) -> np.ndarray:
-  """The (contiguous, owned) array of `ref`; every element it touches must lie inside its storage view."""
+  """The (contiguous, owned) array of `ref`, whose bounds `_check_sizes` has checked."""
   view = ref.storage
   storage = roots[view.key][view.offset:view.offset + view.numel]
   if 0 in ref.shape:
     return np.zeros(ref.shape, view.dtype)
-  last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
-  if last >= storage.shape[0]:
-    raise ValueError(f"tensor of shape {ref.shape} (offset {ref.offset}, stride {ref.stride}) reaches "
-                     f"element {last} of a storage of {storage.shape[0]}")
   strides = tuple(s * storage.itemsize for s in ref.stride)
   return np.lib.stride_tricks.as_strided(storage[ref.offset:], ref.shape, strides, writeable=False).copy()
-
-
-def _state_dict(obj: Any, roots: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  if not isinstance(obj, dict):
-    raise ValueError(f"the file holds a {type(obj).__name__}, not a state_dict (a mapping of names to tensors)")
-  result = {}
-  for key, value in obj.items():
-    if not isinstance(value, _TensorRef):
-      raise ValueError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
-    result[str(key)] = _materialise(value, roots)
-  return result
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The two container formats.
 
 
-def _read_zip(data: bytes) -> dict[str, np.ndarray]:
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+  """Zip member `name`, refused unread when its uncompressed size is over `limit` bytes."""
+  size = archive.getinfo(name).file_size
+  if size > limit:
+    raise ValueError(f"zip record {name} is {size} bytes uncompressed, more than the {limit} it may have")
+  return archive.read(name)
+
+
+def _read_zip(data: bytes, allowed: frozenset[str] | None) -> dict[str, np.ndarray]:
   with zipfile.ZipFile(io.BytesIO(data)) as archive:
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    names = set(archive.namelist())
+    pickles = sorted(n for n in names if n.endswith("/data.pkl") and n.count("/") == 1)
     if len(pickles) != 1:
       raise ValueError(f"a torch zip file has exactly one <archive>/data.pkl; this one has {pickles}")
     prefix = pickles[0][:-len("data.pkl")]
-    big_endian = f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() == b"big"
-    pickled = archive.read(pickles[0])
-    obj, unpickler = _unpickle(io.BytesIO(pickled), legacy=False)
+    big_endian = (f"{prefix}byteorder" in names
+                  and _read_member(archive, f"{prefix}byteorder", _MAX_BYTEORDER_BYTES).strip() == b"big")
+    obj, unpickler = _unpickle(io.BytesIO(_read_member(archive, pickles[0], MAX_PICKLE_BYTES)), legacy=False)
+    tensors = _tensors(obj)
+    missing = sorted(f"{prefix}data/{key}" for key in unpickler.root_numel if f"{prefix}data/{key}" not in names)
+    if missing:
+      raise ValueError(f"storage record {missing[0]} is missing")
+    records = {key: archive.getinfo(f"{prefix}data/{key}").file_size for key in unpickler.root_numel}
+    _check_sizes(tensors, unpickler, len(data), records, allowed)
     roots = {}
     for key, numel in unpickler.root_numel.items():
       dtype = unpickler.root_dtype[key]
-      record = f"{prefix}data/{key}"
-      if record not in names:
-        raise ValueError(f"storage record {record} is missing")
-      raw = archive.read(record)
+      raw = _read_member(archive, f"{prefix}data/{key}", numel * dtype.itemsize)
       if len(raw) != numel * dtype.itemsize:
-        raise ValueError(f"storage {record} has {len(raw)} bytes, expected {numel} x {dtype.itemsize}")
+        raise ValueError(f"storage {key} has {len(raw)} bytes, expected {numel} x {dtype.itemsize}")
       roots[key] = _as_array(raw, dtype, big_endian)
-  return _state_dict(obj, roots)
+  return {name: _materialise(ref, roots) for name, ref in tensors.items()}
 
 
-def _read_legacy(data: bytes) -> dict[str, np.ndarray]:
+def _read_legacy(data: bytes, allowed: frozenset[str] | None) -> dict[str, np.ndarray]:
   stream = io.BytesIO(data)
   magic, _ = _unpickle(stream, legacy=True)
   if magic != LEGACY_MAGIC:
@@ -249,6 +337,8 @@ def _read_legacy(data: bytes) -> dict[str, np.ndarray]:
   keys, _ = _unpickle(stream, legacy=True)
   if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(unpickler.root_numel):
     raise ValueError(f"the storage key list {keys!r} does not match the storages the pickle uses")
+  tensors = _tensors(obj)
+  _check_sizes(tensors, unpickler, max(0, len(data) - stream.tell() - 8 * len(keys)), None, allowed)
   roots = {}
   for key in map(str, keys):  # each: int64 element count, then the raw bytes, in the list's order
     dtype, numel = unpickler.root_dtype[key], unpickler.root_numel[key]
@@ -260,19 +350,26 @@ def _read_legacy(data: bytes) -> dict[str, np.ndarray]:
     if len(raw) != numel * dtype.itemsize:
       raise ValueError(f"storage {key} is truncated: {len(raw)} of {numel * dtype.itemsize} bytes")
     roots[key] = _as_array(raw, dtype, big_endian)
-  return _state_dict(obj, roots)
+  return {name: _materialise(ref, roots) for name, ref in tensors.items()}
 
 
-def read_state_dict(data: bytes) -> dict[str, np.ndarray]:
+def read_state_dict(data: bytes, allowed_dtypes: Iterable[str] | None = DEFAULT_DTYPES) -> dict[str, np.ndarray]:
   """{name: array} of a torch state_dict file's bytes, zip or legacy format, read without torch.
 
   Arrays keep the tensors' dtypes (bfloat16 through ml_dtypes) and shapes, and are contiguous copies.
-  Raises ValueError for anything that is not a plain state_dict of tensors, in particular for any pickle
-  that names a callable outside the allowed few (nothing in it is run).
+  `allowed_dtypes`: the dtype names ('float32', 'bfloat16', ...) a tensor may have, as the caller's network
+  needs them (None: any torch storage type); by default floating types and int64 (batch norm counters).
+  Raises ValueError for anything that is not a plain state_dict of such tensors, in particular for any pickle
+  that names a callable outside the allowed few (nothing in it is run), and for any size the file's bytes do
+  not back (module docstring: Bounds), before reading or allocating it.
   """
+  allowed = None if allowed_dtypes is None else frozenset(allowed_dtypes)
+  if allowed is not None and not allowed <= set(_STORAGE_DTYPES.values()):
+    raise ValueError(f"allowed_dtypes {sorted(allowed - set(_STORAGE_DTYPES.values()))} are no torch storage "
+                     f"types; use names among {sorted(set(_STORAGE_DTYPES.values()))}")
   if data[:4] == b"PK\x03\x04":
     try:
-      return _read_zip(data)
-    except zipfile.BadZipFile as error:
-      raise ValueError(f"damaged torch zip file: {error}") from error
-  return _read_legacy(data)
+      return _read_zip(data, allowed)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as error:
+      raise ValueError(f"damaged torch zip file: {type(error).__name__}: {error}") from error
+  return _read_legacy(data, allowed)
