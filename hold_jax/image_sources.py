@@ -7,13 +7,16 @@ Three sources (config.data.dataset):
                  a manual download.
   'digits'       scikit-learn's load_digits, 1,797 8x8x1 images with 17 levels (0..16); ships in the wheel.
 
+part_size counts a part from the split's metadata without reading an image, and part_chunks yields it chunk by
+chunk: the reference statistics (hold_jax/quality_features.py) use these, so they never hold a whole split.
+
 tfds data is read from a prepared `data_dir` only: nothing is downloaded at training time (docs/training.md),
 and tensorflow is imported only here, only for the tfds sources, so the 2-D path stays light.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -53,10 +56,49 @@ def load_part(dataset: str, split: str, data_dir: str | None, process_index: int
   return tfds_part(dataset, split, data_dir, process_index, process_count, transform)
 
 
-def digits_part(split: str, process_index: int, process_count: int) -> np.ndarray:
-  """This process's contiguous part of scikit-learn's digits: (n, 8, 8, 1) uint8 levels 0..16."""
+def part_chunks(dataset: str, split: str, data_dir: str | None, process_index: int, process_count: int,
+                transform: ChunkTransform) -> Iterator[np.ndarray]:
+  """The part of load_part, in order, as transformed chunks (n <= READ_CHUNK, h, w, C) uint8: one pass over the
+  split that holds one chunk at a time instead of the whole part (the reference statistics stream with it)."""
+  if dataset == "digits":
+    images = digits_part(split, process_index, process_count)
+    for start in range(0, len(images), READ_CHUNK):
+      yield transform(images[start:start + READ_CHUNK])
+    return
+  tfds, examples = tfds_examples(dataset, split, data_dir, process_index, process_count)
+  for chunk in tfds.as_numpy(examples.map(image_of).batch(READ_CHUNK).prefetch(1)):
+    yield transform(chunk)
+
+
+def part_size(dataset: str, split: str, data_dir: str | None, process_index: int, process_count: int) -> int:
+  """The number of images load_part would return, from the split's metadata: no image is read.
+
+  Digits: their fixed count (the split is checked as digits_part checks it). tfds: the cardinality of the
+  unread tf.data pipeline, which tfds takes from the prepared split's recorded example counts (the number
+  tfds_part checks its read against), else the split's `num_examples` in the dataset info.
+  """
+  if dataset == "digits":
+    check_digits_split(split)
+    return len(np.array_split(np.arange(DIGITS_NUM_IMAGES), process_count)[process_index])
+  _, examples = tfds_examples(dataset, split, data_dir, process_index, process_count)
+  num_examples = int(examples.cardinality())
+  if num_examples < 0:  # unknown to tf.data: the info's record of the split
+    num_examples = int(examples_info(dataset, split, data_dir, process_index, process_count).num_examples)
+  return num_examples
+
+
+DIGITS_NUM_IMAGES = 1797  # scikit-learn's load_digits: all of its one split, 'train'
+
+
+def check_digits_split(split: str) -> None:
+  """ValueError naming data.split unless it is the digits' one split."""
   if split != "train":
     raise ValueError(f"data.split = {split!r}: the digits set has one split, 'train' (all 1,797 images).")
+
+
+def digits_part(split: str, process_index: int, process_count: int) -> np.ndarray:
+  """This process's contiguous part of scikit-learn's digits: (n, 8, 8, 1) uint8 levels 0..16."""
+  check_digits_split(split)
   from sklearn import datasets  # pylint: disable=g-import-not-at-top  (only the digits experiment needs it)
   images = datasets.load_digits().images.astype(np.uint8)[..., None]
   return np.array_split(images, process_count)[process_index]
@@ -98,15 +140,32 @@ def image_of(example: dict):
   return example["image"]
 
 
-def tfds_part(dataset: str, split: str, data_dir: str | None, process_index: int, process_count: int,
-              transform: ChunkTransform) -> np.ndarray:
-  """This process's part of a prepared tfds split, read in file order: (n, h, w, C) uint8."""
+def tfds_builder(dataset: str, data_dir: str | None):
+  """(tfds, the builder of `dataset` under data_dir), checked to be prepared: FileNotFoundError otherwise."""
   tfds = import_tfds_without_gpus()
   builder = tfds.builder(SOURCES[dataset].tfds_name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(not_prepared_message(dataset, data_dir, str(builder.data_path)))
+  return tfds, builder
+
+
+def tfds_examples(dataset: str, split: str, data_dir: str | None, process_index: int, process_count: int):
+  """(tfds, the unread tf.data examples of this process's part of a prepared split, in file order)."""
+  tfds, builder = tfds_builder(dataset, data_dir)
   part = tfds.even_splits(split, n=process_count)[process_index]
-  examples = builder.as_dataset(split=part, shuffle_files=False)
+  return tfds, builder.as_dataset(split=part, shuffle_files=False)
+
+
+def examples_info(dataset: str, split: str, data_dir: str | None, process_index: int, process_count: int):
+  """The dataset info's record (`.num_examples`) of this process's part of a prepared split."""
+  tfds, builder = tfds_builder(dataset, data_dir)
+  return builder.info.splits[tfds.even_splits(split, n=process_count)[process_index]]
+
+
+def tfds_part(dataset: str, split: str, data_dir: str | None, process_index: int, process_count: int,
+              transform: ChunkTransform) -> np.ndarray:
+  """This process's part of a prepared tfds split, read in file order: (n, h, w, C) uint8."""
+  tfds, examples = tfds_examples(dataset, split, data_dir, process_index, process_count)
   chunks = examples.map(image_of).batch(READ_CHUNK).prefetch(1)
   num_examples = int(examples.cardinality())
   if num_examples < 0:  # unknown size: collect the chunks, then join them

@@ -2,6 +2,10 @@
 (the FID Inception-v3, hold_jax/metrics/inception.py, or the digits classifier, metrics/digits_features.py),
 features of uint8 images in fixed-size batches, and the statistics of the reference images, cached on disk.
 
+The reference cache is looked up by a key whose image count comes from the split's metadata, so a cached
+evaluation reads none of the split; a missing entry is computed in one pass over the split, a read chunk and a
+feature batch at a time, with the moments accumulated in float64 as the batches go.
+
 Features are computed in batches of one size (a short batch padded and cut back), so the network compiles
 once; images arriving from the sampler in batches of another size wait in a `FeatureStream` until a full
 feature batch is there.
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -20,6 +24,7 @@ from hold_jax import field_checks
 from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax.metrics import inception_network
+from hold_jax.metrics import statistics
 
 FEATURE_NETWORKS = ("inception", "digits")
 RESIZE_MODES = inception_network.PREPROCESS_MODES
@@ -79,17 +84,81 @@ def features_in_batches(network: Network, images: np.ndarray, batch_size: int) -
 # Reference statistics.
 
 
-def reference_images(config) -> np.ndarray:
-  """uint8 pixels (N, H, W, C) of eval.reference_split of the training data, as a sample's pixels are made."""
+def reference_pixel_chunks(config) -> Iterator[np.ndarray]:
+  """uint8 pixels (n, H, W, C) of eval.reference_split of the training data, as a sample's pixels are made,
+  in order, one read chunk (n <= image_sources.READ_CHUNK) at a time: the split is never held whole."""
   data = config.data
   size, _, _ = image_data.image_shape(data)
   source = image_sources.SOURCES[data.dataset]
 
-  def fit(chunk: np.ndarray) -> np.ndarray:
-    return chunk if chunk.shape[1:3] == (size, size) else image_data.resize_levels(chunk, size, source.num_levels)
+  def pixels(chunk: np.ndarray) -> np.ndarray:
+    levels = chunk if chunk.shape[1:3] == (size, size) else image_data.resize_levels(chunk, size, source.num_levels)
+    return image_data.to_pixels(image_data.to_model_space(levels, source.num_levels))
 
-  levels = image_sources.load_part(data.dataset, config.eval.reference_split, data.data_dir, 0, 1, fit)
-  return image_data.to_pixels(image_data.to_model_space(levels, source.num_levels))
+  return image_sources.part_chunks(data.dataset, config.eval.reference_split, data.data_dir, 0, 1, pixels)
+
+
+def reference_count(config) -> int:
+  """The number of images of eval.reference_split, from the data's metadata (image_sources.part_size): the
+  count of the cache key, known without reading an image."""
+  image_data.image_shape(config.data)  # an unusable data config fails here, before any cache is looked at
+  return image_sources.part_size(config.data.dataset, config.eval.reference_split, config.data.data_dir, 0, 1)
+
+
+def batches_of(chunks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+  """The images of `chunks` (n_i, H, W, C), in order, regrouped into batches of batch_size and a shorter last
+  one: the batches features_in_batches cuts the joined images into, so the features come out the same.
+
+  Holds the current chunk and at most batch_size - 1 images waiting for the next one; full batches inside a
+  chunk are views of it, not copies.
+  """
+  waiting = None
+  for chunk in chunks:
+    start = 0
+    if waiting is not None:
+      start = batch_size - len(waiting)
+      waiting = np.concatenate([waiting, chunk[:start]])
+      if len(waiting) < batch_size:
+        continue
+      yield waiting
+      waiting = None
+    stop = start + (len(chunk) - start) // batch_size * batch_size
+    for first in range(start, stop, batch_size):
+      yield chunk[first:first + batch_size]
+    if stop < len(chunk):
+      waiting = chunk[stop:]
+  if waiting is not None:
+    yield waiting
+
+
+def streamed_features(network: Network, chunks: Iterable[np.ndarray], batch_size: int, num_images: int,
+                      what: str) -> tuple[statistics.FeatureStats, np.ndarray]:
+  """(FeatureStats of the features, features (num_images, D) float32) of the uint8 images of `chunks`, computed
+  batch by batch (batches_of, features_in_batches) with the moments added to float64 sums per batch.
+
+  The features equal features_in_batches' of the joined images, and the mean and covariance equal those of
+  one FeatureStats.add of them to float64 rounding. Memory: a chunk, one feature batch, the features and the
+  (D, D) sums; never the images of more than one chunk. A count other than num_images (the metadata's, which
+  named the cache entry) is a ValueError naming `what`.
+  """
+  accumulator, features, count = statistics.FeatureStats(), None, 0
+  for batch in batches_of(chunks, batch_size):
+    if count + len(batch) > num_images:
+      raise ValueError(_count_error(what, f"more than {num_images}", num_images))
+    batch_features, _ = features_in_batches(network, batch, batch_size)
+    if features is None:
+      features = np.empty((num_images, batch_features.shape[1]), np.float32)
+    features[count:count + len(batch)] = batch_features
+    accumulator.add(batch_features)
+    count += len(batch)
+  if count != num_images:
+    raise ValueError(_count_error(what, str(count), num_images))
+  return accumulator, features
+
+
+def _count_error(what: str, found: str, num_images: int) -> str:
+  return (f"{what} holds {found} images, but its metadata counts {num_images}: the prepared data is incomplete "
+          "or was changed after it was prepared; prepare it again under data.data_dir.")
 
 
 def reference_cache_dir(config) -> epath.Path:
@@ -104,24 +173,27 @@ def reference_cache_dir(config) -> epath.Path:
 
 
 def reference_statistics(config, network: Network) -> dict[str, Any]:
-  """{'mu', 'sigma', 'features' (may be None), 'key'} of the reference images, cached by reference_stats."""
+  """{'mu', 'sigma', 'features' (may be None), 'key'} of the reference images, cached by reference_stats.
+
+  The key's count comes from the split's metadata, so a cached entry is returned without reading the split.
+  On a miss every process streams the whole split (streamed_features) and process 0 writes the entry.
+  """
   from hold_jax.metrics import reference_stats  # pylint: disable=g-import-not-at-top
-  from hold_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
   if config.eval.reference_stats:
     stats = reference_stats.load_user_stats(config.eval.reference_stats)
     reference_stats.check_compatible(stats.get("metadata", {}), network.weights_sha256, network.resize)
     return {**stats, "key": str(config.eval.reference_stats)}
-  images = reference_images(config)
-  key = reference_stats.reference_key(config.data.dataset, config.eval.reference_split, len(images),
+  count = reference_count(config)
+  key = reference_stats.reference_key(config.data.dataset, config.eval.reference_split, count,
                                       network.weights_sha256, network.resize)
 
   def compute():
-    features, _ = features_in_batches(network, images, config.eval.feature_batch_size)
-    accumulator = statistics.FeatureStats(features.shape[1])
-    accumulator.add(features)
+    what = f"eval.reference_split = {config.eval.reference_split!r} of data.dataset = {config.data.dataset!r}"
+    accumulator, features = streamed_features(network, reference_pixel_chunks(config),
+                                              config.eval.feature_batch_size, count, what)
     return {"mu": accumulator.mean(), "sigma": accumulator.covariance(), "features": features,
             "metadata": {"dataset": config.data.dataset, "split": config.eval.reference_split,
-                         "num_images": len(images), "weights_sha256": network.weights_sha256,
+                         "num_images": count, "weights_sha256": network.weights_sha256,
                          "resize": network.resize, "network": network.name}}
 
   stats = reference_stats.load_or_compute(reference_cache_dir(config), key, compute, write=jax.process_index() == 0)
