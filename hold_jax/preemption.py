@@ -6,11 +6,12 @@ Every process must save the same step. In a multi-process job that step is agree
 point, the library's mechanism that orbax's CheckpointManager.reached_preemption reads: jax.distributed
 installs its own SIGTERM notifier, which tells the coordination service, which picks the step after the
 furthest any process has reached. SIGINT and SIGUSR1 are turned into SIGTERM to this process so they take
-the same path. A single process has no one to agree with, with or without jax.distributed; there the signal
-handler's flag is the request. (Through the library a single fast-stepping process could miss the sync step:
-it is set in the background to the furthest step reported plus one, which the training loop may already
-have passed.) A second SIGINT in a single process stops at once (KeyboardInterrupt), after
-the saves already started have finished.
+the same path. A multi-process job where that agreement cannot work is refused at the start
+(PreemptionSyncUnavailable), never left to per-process flags. A single process has no one to agree with,
+with or without jax.distributed; there the signal handler's flag is the request. (Through the library a
+single fast-stepping process could miss the sync step: it is set in the background to the furthest step
+reported plus one, which the training loop may already have passed.) A second SIGINT in a single process
+stops at once (KeyboardInterrupt), after the saves already started have finished.
 """
 from __future__ import annotations
 
@@ -23,16 +24,35 @@ from absl import logging
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
+class PreemptionSyncUnavailable(ValueError):
+  """A multi-process job without jax's preemption agreement: its processes could save different steps."""
+
+
 def library_sync_available() -> bool:
-  """True when several processes run jax.distributed with a preemption sync manager (the coordination
-  service's agreement)."""
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  """True when several processes must agree on the stop step through jax's preemption sync point.
+
+  Only public JAX APIs are read (jax.process_count, jax.distributed.is_initialized, the
+  jax_enable_preemption_service option). With several processes there is no safe fallback: per-process
+  signal flags would let processes stop, and save, at different steps. So a multi-process job where the
+  agreement cannot work is refused here, naming the JAX version and the fix, instead of degrading silently.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
     return False
-  return (getattr(distributed.global_state, "preemption_sync_manager", None) is not None
-          and jax.process_count() > 1)
+  try:
+    initialized = jax.distributed.is_initialized()
+    service = bool(jax.config.jax_enable_preemption_service)
+  except AttributeError as error:
+    raise PreemptionSyncUnavailable(
+        f"jax {jax.__version__} lacks a public API that multi-process preemption needs ({error}): install the "
+        "jax version of requirements.txt.") from None
+  if not initialized or not service:
+    raise PreemptionSyncUnavailable(
+        f"{jax.process_count()} processes run without jax's preemption sync (jax {jax.__version__}: "
+        f"jax.distributed initialized = {initialized}, jax_enable_preemption_service = {service}), so a stop "
+        "signal could make them save different steps: pass --distributed to hold_jax.main (it calls "
+        "jax.distributed.initialize(); docs/multihost.md) and leave JAX_ENABLE_PREEMPTION_SERVICE on.")
+  return True
 
 
 class StopRequests:
