@@ -1,8 +1,9 @@
 """The torch-free .pth reader (hold_jax/metrics/torch_weights.py) against crafted files: sizes the bytes do not
 back, zip bombs, dtypes the network cannot use, and BUILD on the reader's stand-ins.
 
-The files are written here by hand (no torch): `tensor` emits the opcodes torch pickles for a tensor, and
-`zip_file` / `legacy_file` wrap a state_dict pickle and its storages in the two formats. Memory is measured
+The files are written by hand (no torch; benchmarks/crafted_weights.py): `tensor` emits the opcodes torch
+pickles for a tensor, and `zip_file` / `legacy_file` wrap a state_dict pickle and its storages in the two
+formats. Memory is measured
 with tracemalloc, which sees numpy's buffers too: a refused file must be refused before it costs more than a
 few MB, not after.
 """
@@ -18,58 +19,13 @@ import zipfile
 import numpy as np
 import pytest
 
+from benchmarks.crafted_weights import (MIB, crafted, fragment, global_, legacy_file, state_dict_pickle, tensor,
+                                        zip_file)
 from hold_jax.metrics import inception
 from hold_jax.metrics import torch_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-MIB = 2**20
 FEW_MB = 4 * MIB  # the memory a refused file may cost, all told
-
-
-def fragment(value) -> bytes:
-  """`value` (ints, strings, None, tuples and dicts of them) as protocol-2 opcodes, without PROTO and STOP."""
-  return pickle.dumps(value, protocol=2)[2:-1]
-
-
-def global_(module: str, name: str) -> bytes:
-  return f"c{module}\n{name}\n".encode()
-
-
-def tensor(key: str, numel: int, shape, stride, storage: str = "FloatStorage", legacy: bool = False,
-           offset: int = 0) -> bytes:
-  """_rebuild_tensor_v2(storage `key` of `numel` elements, offset, shape, stride, False, OrderedDict())."""
-  pid = (b"(" + fragment("storage") + global_("torch", storage) + fragment(key) + fragment("cpu")
-         + fragment(numel) + (fragment(None) if legacy else b"") + b"t")
-  return (global_("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + b"Q" + fragment(offset)
-          + fragment(tuple(shape)) + fragment(tuple(stride)) + b"\x89" + global_("collections", "OrderedDict")
-          + b")Rt" + b"R")
-
-
-def state_dict_pickle(entries: dict[str, bytes], before: bytes = b"") -> bytes:
-  """A dict of `entries` (name -> value opcodes), after the opcodes `before` (which leave the stack empty)."""
-  return b"\x80\x02" + before + b"}(" + b"".join(fragment(k) + v for k, v in entries.items()) + b"u."
-
-
-def zip_file(pickled: bytes, storages: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
-  buffer = io.BytesIO()
-  with zipfile.ZipFile(buffer, "w", compression, compresslevel=1 if compression else None) as archive:
-    archive.writestr("archive/data.pkl", pickled)
-    archive.writestr("archive/byteorder", "little")
-    for key, raw in storages.items():
-      archive.writestr(f"archive/data/{key}", raw)
-  return buffer.getvalue()
-
-
-def legacy_file(pickled: bytes, storages: dict[str, bytes], itemsize: int = 4) -> bytes:
-  header = b"".join(pickle.dumps(obj, protocol=2) for obj in (
-      torch_weights.LEGACY_MAGIC, torch_weights.LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}))
-  return (header + pickled + pickle.dumps(sorted(storages), protocol=2)
-          + b"".join((len(storages[k]) // itemsize).to_bytes(8, "little") + storages[k] for k in sorted(storages)))
-
-
-def crafted(legacy: bool, entries: dict[str, bytes], storages: dict[str, bytes], before: bytes = b"") -> bytes:
-  pickled = state_dict_pickle(entries, before)
-  return legacy_file(pickled, storages) if legacy else zip_file(pickled, storages)
 
 
 def peak_memory_of_refusal(data: bytes, match: str) -> int:
