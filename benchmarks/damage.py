@@ -2,10 +2,12 @@
 
 Each kind is a function damage(step_dir) that changes files in place: a file deleted, truncated to half,
 overwritten with random bytes of the same length, or a few bytes flipped inside the array data (the silent
-kind: the files still decode).
+kind: the files still decode), or the checksum record rewritten without its checksums or with a shape that
+disagrees with the array metadata.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -42,6 +44,24 @@ def _flip(path: pathlib.Path, count: int = 4) -> None:
   path.write_bytes(bytes(data))
 
 
+def _edit_record(step_dir, change) -> None:
+  """Rewrites the step's checksum record (JSON) after change(record) edits it in place."""
+  path = pathlib.Path(step_dir) / FILES["checksum record"]
+  record = json.loads(path.read_text())
+  change(record)
+  path.write_text(json.dumps(record))
+
+
+def _drop_arrays(record: dict) -> None:
+  del record["arrays"]
+
+
+def _change_a_shape(record: dict) -> None:
+  """The first recorded shape with one more row: the record and the array metadata now disagree."""
+  path = next(name for name, shape in record["shapes"].items() if shape)
+  record["shapes"][path] = [record["shapes"][path][0] + 1] + record["shapes"][path][1:]
+
+
 # name -> (glob of the file inside the step directory, what to do to the largest match)
 FILES = {
     "array data": "default/**/d/*",
@@ -61,6 +81,8 @@ def kinds() -> dict[str, callable]:
       result[f"{file_name} {action_name}"] = (
           lambda step_dir, pattern=pattern, action=action: action(_largest(pathlib.Path(step_dir), pattern)))
   result["array data bytes flipped"] = lambda step_dir: _flip(_largest(pathlib.Path(step_dir), FILES["array data"]))
+  result["checksum record without arrays"] = lambda step_dir: _edit_record(step_dir, _drop_arrays)
+  result["checksum record shape changed"] = lambda step_dir: _edit_record(step_dir, _change_a_shape)
   result["step directory emptied"] = lambda step_dir: [os.remove(path) for path in pathlib.Path(step_dir).rglob("*")
                                                       if path.is_file()]
   return result

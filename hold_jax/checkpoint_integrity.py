@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import sys
 from typing import Any
@@ -90,18 +91,130 @@ def mismatched(recorded: dict[str, list[int]], tree) -> list[str]:
   return [path for path, sums in actual.items() if recorded.get(path) != sums]
 
 
+def record(tree) -> dict[str, Any]:
+  """The checksum item of a step: the format, the sums and the shape of every array of `tree`."""
+  return {"format": CHECKSUM_FORMAT, "arrays": checksums(tree),
+          "shapes": {path: list(np.shape(leaf)) for path, leaf in leaves_by_path(tree).items()}}
+
+
+def check_shapes(record: Any, metadata_shapes: dict[str, tuple[int, ...]]) -> None:
+  """Raises Damaged when a step's array metadata gives an array another shape than its checksum record, which
+  was written from the same arrays: one of the two files changed. Records written before shapes were recorded
+  have nothing to compare."""
+  if not isinstance(record, dict) or not isinstance(record.get("shapes"), dict):
+    return
+  for path, shape in metadata_shapes.items():
+    recorded = record["shapes"].get(path)
+    if recorded is not None and tuple(recorded) != tuple(shape):
+      raise Damaged(f"its array metadata gives {path!r} the shape {tuple(shape)}, its checksum record "
+                    f"{tuple(recorded)}")
+
+
 def verify(record: Any, tree) -> None:
-  """Raises Damaged unless `record` (a step's checksum item) is readable and matches every array of `tree`."""
+  """Raises Damaged unless `record` (a step's checksum item) is readable and matches every array of `tree`.
+
+  A record of another form (no 'arrays' mapping of [sum, sum] pairs) is damage to the record, and an array of
+  `tree` that it does not name fails its check: the arrays and their record are written together.
+  """
   if not isinstance(record, dict) or record.get("format") != CHECKSUM_FORMAT:
     raise Damaged("its checksum record is unreadable")
-  bad = mismatched(record["arrays"], tree)
+  arrays = record.get("arrays")
+  if not isinstance(arrays, dict) or not all(isinstance(sums, list) for sums in arrays.values()):
+    raise Damaged("its checksum record holds no checksums of its arrays")
+  bad = mismatched(arrays, tree)
   if bad:
     raise Damaged(f"checksum mismatch in {len(bad)} array(s), first {bad[0]!r}: the data changed after it "
                   "was written")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Damaged steps.
+# Damage judged on evidence.
+
+# tensorstore reports its failures as absl status codes at the start of a message line. These say the bytes on
+# disk are wrong: a file or key that a complete step must hold is missing, a read past a file's end, bytes that
+# do not decode.
+_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
+_UNDECODABLE = ("Truncated", "decompress", "Error decoding", "corrupt", "Unexpected end")
+# These say nothing about the bytes: the reader lacked memory, rights or a working connection.
+_OUT_OF_MEMORY_CODES = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+_PERMISSION_CODES = ("PERMISSION_DENIED", "UNAUTHENTICATED")
+_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "timed out", "Timeout",
+                    "Connection reset")
+
+# The kinds of a failed read. Only DAMAGED sets a step aside; the others leave every step in place.
+DAMAGED = "damaged"
+VANISHED = "vanished"  # the step directory was removed while it was read (training's clean-up of old steps)
+OUT_OF_MEMORY = "out of memory"
+PERMISSION = "permission"
+TRANSIENT = "transient storage error"
+LIBRARY = "checkpoint library error"  # a changed orbax API, or orbax failing on a well-formed step
+UNKNOWN = "unknown"
+
+FIXES = {
+    OUT_OF_MEMORY: "free host or device memory (or use a machine with more) and rerun",
+    PERMISSION: "make the workdir's files readable (and, for training, writable) by this user, or fix the "
+                "bucket's credentials, and rerun",
+    TRANSIENT: "the storage failed to answer; rerun when it does",
+    LIBRARY: "install the versions of requirements.txt (pyproject.toml bounds orbax-checkpoint to the versions "
+             "this package reads) and rerun",
+    UNKNOWN: "nothing proves the files damaged; rerun, and report the error if it repeats",
+    VANISHED: "it was removed while it was read (training keeps the newest checkpoint.keep steps); choose a "
+              "newer step",
+}
+
+
+def error_chain(error: BaseException) -> list[BaseException]:
+  """error and its causes and contexts (each once), outermost first."""
+  seen, chain = set(), []
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def _inside(path: Any, directory: epath.Path) -> bool:
+  return path is not None and os.path.abspath(str(path)).startswith(os.path.abspath(str(directory)) + os.sep)
+
+
+def classify(error: BaseException, step_dir: epath.Path) -> str:
+  """The kind of a failed read of the step in `step_dir` (one of the constants above), from evidence only.
+
+  Damage is proven by: a Damaged verdict (a checksum mismatch, a record without its arrays, a shape that
+  disagrees with its own metadata); a file of the step that is missing or cannot be parsed (JSON or UTF-8
+  errors, FileNotFoundError inside the step); tensorstore's DATA_LOSS, OUT_OF_RANGE (a truncated file) and
+  NOT_FOUND, or a decoder's complaint. Whatever else went wrong (memory, permissions, storage timeouts, the
+  library, an error nobody foresaw) is not a property of the bytes, and setting the step aside for it would
+  cost the user a good checkpoint. Resource and permission codes are looked for first: a message may carry
+  both (a timeout while reading a key that then counts as missing).
+  """
+  if not step_dir.exists():
+    return VANISHED
+  chain = error_chain(error)
+  texts = [str(link) for link in chain]
+  if any(isinstance(link, Damaged) for link in chain):
+    return DAMAGED
+  if any(isinstance(link, MemoryError) for link in chain) or any(code in text for text in texts
+                                                                  for code in _OUT_OF_MEMORY_CODES):
+    return OUT_OF_MEMORY
+  if any(isinstance(link, PermissionError) for link in chain) or any(code in text for text in texts
+                                                                      for code in _PERMISSION_CODES):
+    return PERMISSION
+  if any(isinstance(link, (TimeoutError, ConnectionError)) for link in chain) or any(
+      code in text for text in texts for code in _TRANSIENT_CODES):
+    return TRANSIENT
+  for link in chain:
+    if isinstance(link, (json.JSONDecodeError, UnicodeDecodeError)):
+      return DAMAGED
+    if isinstance(link, FileNotFoundError) and (_inside(link.filename, step_dir) or str(step_dir) in str(link)):
+      return DAMAGED
+  if any(code in text for text in texts for code in _DAMAGE_CODES):
+    return DAMAGED
+  if any("FAILED_PRECONDITION" in text and any(word in text for word in _UNDECODABLE) for text in texts):
+    return DAMAGED
+  if any(isinstance(link, (AttributeError, TypeError, ImportError, NotImplementedError)) for link in chain):
+    return LIBRARY
+  return UNKNOWN
 
 
 def raised_by_hold_jax(error: BaseException) -> bool:

@@ -2,16 +2,24 @@
 fall back past damage (the checksums and the handling of a damaged step: hold_jax/checkpoint_integrity.py).
 
 Saving. Each step directory holds two orbax items: 'default' (the train state, named so that checkpoints
-written before checksums existed still load) and 'checksums' (JSON). orbax writes a step into a temporary
-directory and renames it when complete, so a save killed at any moment leaves the older steps untouched; the
-temporary directory of a save that failed (a full disk) is removed here, and leftovers of killed saves are
-removed by orbax at the next start (cleanup_tmp_directories).
+written before checksums existed still load) and 'checksums' (JSON: the checksum and the shape of every
+array). orbax writes a step into a temporary directory and renames it when complete, so a save killed at any
+moment leaves the older steps untouched; the temporary directory of a save that failed (a full disk) is
+removed here, and leftovers of killed saves are removed by the training job's manager when it starts
+(cleanup_tmp_directories). Only the training job writes: readers open a read-only manager.
 
-Restoring. The newest step is tried first: its metadata is read and compared with the expected tree (a
-different shape is a changed config, which is an error, never a reason to fall back), the arrays are read,
-and their checksums compared with the recorded ones. Any failure other than a changed shape sets the step
-aside (moved to workdir/damaged_checkpoints/<step>, with the reason in REASON.txt; never deleted), warns with
-the step and the reason, and tries the next older one.
+Restoring for training (restore). The newest step is tried first: its checksum record and array metadata are
+read (metadata that disagrees with the record is damage; a different shape than the config builds is a
+changed config, which is an error, never a reason to fall back), the arrays are read, and their checksums
+compared with the recorded ones. A step is set aside only on evidence that its bytes are damaged
+(checkpoint_integrity.classify): it is moved to workdir/damaged_checkpoints/<step> with the reason in
+REASON.txt (never deleted), a warning names the step and the reason, and the next older one is tried. Any
+other failure (out of memory, permissions, a storage timeout, a changed orbax API, an unknown error) is one
+CheckpointError naming the step and its path, and every step stays where it is.
+
+Restoring for reading (restore_for_reading): sampling, evaluation and notebooks may run while training writes
+to the same workdir. They read the newest complete step and change nothing: no temporary directory is cleaned
+up, no step is moved; a step removed by training while it was read is passed over.
 
 Restoring a chosen step (restore_step) reads that step alone, with the same checks; when it is damaged the
 error says why, and nothing else happens: no other step is read in its place and the step is not moved,
@@ -19,10 +27,12 @@ because the user asked for that one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging as logging_lib
 import os
+import re
 import shutil
 import sys
 from typing import Any
@@ -55,11 +65,31 @@ class ChangedStructure(CheckpointError):
 def make_manager(directory: epath.Path, keep: int = 3, asynchronous: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """An orbax manager of `directory` (workdir/checkpoints) with the two items of every step."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
+  options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                         save_interval_steps=0 if read_only else 1,
+                                         enable_async_checkpointing=asynchronous,
                                          cleanup_tmp_directories=not read_only, read_only=read_only,
                                          create=not read_only)
   handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(), CHECKSUM_ITEM: ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+  with _without_read_only_notice():
+    return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+
+
+class _ReadOnlyNotice(logging_lib.Filter):
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """orbax warns 'Given directory is read only' for every read-only manager: that is the point of one (the
+  readers of a workdir), not a problem to show on the console."""
+  notice, logger = _ReadOnlyNotice(), logging_lib.getLogger("absl")
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
@@ -67,7 +97,7 @@ def save(manager: ocp.CheckpointManager, step: int, state) -> None:
 
   The checksums are computed from the same device arrays orbax writes, before the save starts.
   """
-  record = {"format": checkpoint_integrity.CHECKSUM_FORMAT, "arrays": checkpoint_integrity.checksums(state)}
+  record = checkpoint_integrity.record(state)
   try:
     manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state),
                                                   CHECKSUM_ITEM: ocp.args.JsonSave(record)}), force=True)
@@ -131,7 +161,7 @@ def _is_disk_full(error: BaseException | None) -> bool:
 
 
 def temporary_directories(directory: epath.Path) -> list[epath.Path]:
-  """orbax's directories of unfinished saves in `directory` ('<step>.orbax-checkpoint-tmp-<n>')."""
+  """orbax's directories of unfinished saves in `directory` ('<step>.orbax-checkpoint-tmp')."""
   if not directory.exists():
     return []
   return [path for path in directory.iterdir() if ".orbax-checkpoint-tmp" in path.name]
@@ -159,8 +189,20 @@ def save_error(manager: ocp.CheckpointManager, step: int | None, error: BaseExce
 
 
 def _one_line(error: BaseException) -> str:
-  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-  text = lines[0].split(" See full TensorStore details")[0] if lines else ""
+  """The error in one line. orbax wraps tensorstore's failures in 'Encountered error while reading array',
+  so the first line of the chain that carries a status code (NOT_FOUND: ..., DATA_LOSS: ...) is preferred."""
+  for link in checkpoint_integrity.error_chain(error):
+    for line in str(link).splitlines():
+      if re.match(r"\s*[A-Z_]{6,}: ", line):
+        error, text = link, line.strip()
+        break
+    else:
+      continue
+    break
+  else:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+  text = text.split(" See full TensorStore details")[0].split(" [tensorstore_spec=")[0]
   return f"{type(error).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}"
 
 
@@ -218,12 +260,21 @@ class Restored:
   set_aside: tuple[tuple[int, str], ...] = ()
 
 
-def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_tree) -> None:
-  """Raises ChangedStructure when the saved arrays differ in names, shapes or dtypes from abstract_tree."""
+def _read_record(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The checksum item of `step`, or None for a step written before checksums were recorded (no such item)."""
+  if not (epath.Path(manager.directory) / str(step) / CHECKSUM_ITEM).exists():
+    return None
+  return manager.restore(step, args=ocp.args.Composite(**{CHECKSUM_ITEM: ocp.args.JsonRestore()}))[CHECKSUM_ITEM]
+
+
+def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_tree, record: Any) -> None:
+  """Raises Damaged when the step's array metadata is unreadable or disagrees with its own checksum record,
+  and ChangedStructure when the saved arrays differ in names or shapes from abstract_tree (the config)."""
   item = manager.item_metadata(step)[STATE_ITEM]
   if item is None or getattr(item, "tree", None) is None:
     raise checkpoint_integrity.Damaged("its array metadata cannot be read")
   metadata = checkpoint_integrity.leaves_by_path(item.tree)
+  checkpoint_integrity.check_shapes(record, {path: tuple(leaf.shape) for path, leaf in metadata.items()})
   expected = checkpoint_integrity.leaves_by_path(abstract_tree)
   missing = sorted(set(expected) - set(metadata))
   if missing:
@@ -237,71 +288,119 @@ def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_tree) -
                              f"config builds {tuple(leaf.shape)}")
 
 
-def _read_verified(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool):
-  """The arrays of `step`, checked against the recorded checksums (ValueError when they differ)."""
+def _read_verified(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool, record: Any):
+  """The arrays of `step`, checked against the recorded checksums (Damaged when they differ)."""
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_tree)
   state_args = ocp.args.PyTreeRestore(item=abstract_tree, restore_args=restore_args, partial_restore=partial)
-  step_dir = epath.Path(manager.directory) / str(step)
-  has_checksums = (step_dir / CHECKSUM_ITEM).exists()
-  items = {STATE_ITEM: state_args}
-  if has_checksums:
-    items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  tree = restored[STATE_ITEM]
-  if not has_checksums:
+  tree = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: state_args}))[STATE_ITEM]
+  if record is None:
     logging.warning("The checkpoint of step %d has no checksums (written before they were recorded): its "
                     "arrays are not verified.", step)
     return tree
-  checkpoint_integrity.verify(restored[CHECKSUM_ITEM], tree)
+  checkpoint_integrity.verify(record, tree)
   return tree
 
 
-def _read_or_reason(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool):
-  """(tree, None) when `step` reads and passes its checks; (None, reason) when it is damaged. ChangedStructure
-  (the config changed) and a bug of this package are raised: neither is the checkpoint's fault."""
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+  """Why a step could not be read: its kind (checkpoint_integrity.classify) and the reason in one line."""
+
+  kind: str
+  reason: str
+
+  @property
+  def damaged(self) -> bool:
+    return self.kind == checkpoint_integrity.DAMAGED
+
+
+def _read_or_failure(manager: ocp.CheckpointManager, step: int, abstract_tree, partial: bool):
+  """(tree, None) when `step` reads and passes its checks; (None, _Failure) when it cannot be read.
+  ChangedStructure (the config changed) and a bug of this package are raised: neither is the checkpoint's
+  fault."""
+  step_dir = epath.Path(manager.directory) / str(step)
   try:
-    _check_structure(manager, step, abstract_tree)
-    return _read_verified(manager, step, abstract_tree, partial), None
+    record = _read_record(manager, step)
+    _check_structure(manager, step, abstract_tree, record)
+    return _read_verified(manager, step, abstract_tree, partial, record), None
   except ChangedStructure:
     raise
-  except Exception as error:  # pylint: disable=broad-except  (any failure to read is damage...)
+  except Exception as error:  # pylint: disable=broad-except  (judged below, on evidence)
     if checkpoint_integrity.raised_by_hold_jax(error):
-      raise  # ...except a bug of this package, which must never cost the user a checkpoint
-    return None, str(error) if isinstance(error, checkpoint_integrity.Damaged) else _one_line(error)
+      raise  # a bug of this package must never cost the user a checkpoint
+    reason = str(error) if isinstance(error, checkpoint_integrity.Damaged) else _one_line(error)
+    return None, _Failure(checkpoint_integrity.classify(error, step_dir), reason)
+
+
+def _not_damage_error(directory: epath.Path, step: int, failure: _Failure) -> CheckpointError:
+  """The one message of a read that failed for a reason other than damage: every step stays where it is."""
+  return CheckpointError(
+      f"Reading the checkpoint of step {step} in {directory / str(step)} failed ({failure.kind}): "
+      f"{failure.reason.rstrip('.')}. This is no evidence that its files are damaged, so every checkpoint was "
+      f"left in place; {checkpoint_integrity.FIXES[failure.kind]}.")
 
 
 def restore(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False) -> Restored | None:
-  """The newest readable, verified checkpoint of `manager` read into `abstract_tree`, or None when there is
-  no checkpoint at all. With partial, abstract_tree names a subset of the saved tree (e.g. the EMA params).
+  """For training: the newest readable, verified checkpoint of `manager` read into `abstract_tree`, or None when
+  there is no checkpoint at all. With partial, abstract_tree names a subset of the saved tree.
 
-  Damaged steps are set aside with a warning; ChangedStructure (the config changed) is raised as it is; when
-  every step is damaged a CheckpointError names the directory and what to do.
+  A step whose files are proven damaged (checkpoint_integrity.classify) is set aside with a warning and the
+  next older one tried; any other failure (memory, permissions, storage, the library) is a CheckpointError
+  naming the step and its path, with nothing moved. ChangedStructure (the config changed) is raised as it is;
+  when every step is damaged a CheckpointError names the directory and what to do.
   """
   with checkpoint_integrity.abandoned_reads_to_log():
-    return _restore_newest_readable(manager, abstract_tree, partial)
+    return _restore_newest_readable(manager, abstract_tree, partial, set_aside=True)
 
 
-def _restore_newest_readable(manager: ocp.CheckpointManager, abstract_tree, partial: bool) -> Restored | None:
+def restore_for_reading(manager: ocp.CheckpointManager, abstract_tree, partial: bool = False) -> Restored | None:
+  """For sampling, evaluation, notebooks: `restore` without changing anything in the workdir.
+
+  Such readers may run while training writes to the same workdir (users watch a run this way), so `manager`
+  is read-only (make_manager(read_only=True): orbax then leaves the temporary directory of training's save in
+  flight alone) and nothing is moved, renamed or deleted here. The newest complete step is read; a step that
+  disappears while it is read (training removed it as an old step) is passed over silently, and a damaged one
+  with a warning, leaving it for the training job to set aside.
+  """
+  with checkpoint_integrity.abandoned_reads_to_log():
+    return _restore_newest_readable(manager, abstract_tree, partial, set_aside=False)
+
+
+def _restore_newest_readable(manager: ocp.CheckpointManager, abstract_tree, partial: bool,
+                             set_aside: bool) -> Restored | None:
   directory = epath.Path(manager.directory)
-  set_aside_steps = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    tree, reason = _read_or_reason(manager, step, abstract_tree, partial)
-    if reason is not None:
-      moved = checkpoint_integrity.set_aside(directory, step, f"step {step} could not be restored: {reason}")
-      logging.warning("The checkpoint of step %d in %s cannot be used (%s); %s; trying the next older one.",
-                      step, directory, reason, f"moved to {moved}" if moved else "left in place")
-      set_aside_steps.append((step, reason))
+  damaged_steps, tried = [], set()
+  while True:
+    manager.reload()  # the steps as they are now: another job may have saved or removed some
+    untried = [step for step in manager.all_steps() if step not in tried]
+    if not untried:
+      break
+    step = max(untried)
+    tried.add(step)
+    tree, failure = _read_or_failure(manager, step, abstract_tree, partial)
+    if failure is None:
+      return Restored(tree, step, tuple(damaged_steps))
+    if failure.kind == checkpoint_integrity.VANISHED:
+      logging.info("The checkpoint of step %d in %s was removed while it was read; reading an older one.", step,
+                   directory)
       continue
-    if set_aside_steps:
-      manager.reload()
-    return Restored(tree, step, tuple(set_aside_steps))
-  if set_aside_steps:
-    manager.reload()
-    raise CheckpointError(
-        f"None of the {len(set_aside_steps)} checkpoints in {directory} could be read (newest: step "
-        f"{set_aside_steps[0][0]}, {set_aside_steps[0][1]}); they were moved to {directory.parent / DAMAGED_DIR}. "
-        "Rerunning training starts again from step 0; to retry a checkpoint, move it back into "
-        f"{directory}.")
+    if not failure.damaged:
+      raise _not_damage_error(directory, step, failure)
+    if set_aside:
+      moved = checkpoint_integrity.set_aside(directory, step, f"step {step} could not be restored: {failure.reason}")
+      where = f"moved to {moved}" if moved else "left in place"
+    else:
+      where = "left in place for the training job to set aside"
+    logging.warning("The checkpoint of step %d in %s cannot be used (%s); %s; trying the next older one.", step,
+                    directory, failure.reason, where)
+    damaged_steps.append((step, failure.reason))
+  if damaged_steps:
+    newest = damaged_steps[0]
+    where = (f"they were moved to {directory.parent / DAMAGED_DIR}. Rerunning training starts again from step "
+             f"0; to retry a checkpoint, move it back into {directory}." if set_aside else
+             "they were left in place. Training, when rerun, sets damaged steps aside and resumes from the newest "
+             "readable one.")
+    raise CheckpointError(f"None of the {len(damaged_steps)} checkpoints in {directory} could be read (newest: step "
+                          f"{newest[0]}, {newest[1]}); {where}")
   return None
 
 
@@ -317,9 +416,11 @@ def restore_step(manager: ocp.CheckpointManager, step: int, abstract_tree, parti
   if step not in steps:
     raise CheckpointError(_absent_step_message(directory, step, steps))
   with checkpoint_integrity.abandoned_reads_to_log():
-    tree, reason = _read_or_reason(manager, step, abstract_tree, partial)
-  if reason is not None:
-    raise CheckpointError(f"The checkpoint of step {step} in {directory} cannot be used: {reason.rstrip('.')}. It was "
+    tree, failure = _read_or_failure(manager, step, abstract_tree, partial)
+  if failure is not None and not failure.damaged:
+    raise _not_damage_error(directory, step, failure)
+  if failure is not None:
+    raise CheckpointError(f"The checkpoint of step {step} in {directory} cannot be used: {failure.reason.rstrip('.')}. It was "
                           "chosen by its step, so no other step is read in its place, and it is left where it is "
                           f"(not moved to {DAMAGED_DIR}). The steps there: {_step_list(steps)}; choose another, "
                           "or the newest readable one.")

@@ -329,8 +329,12 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
   """EMA parameters and step of a checkpoint in workdir, read alone (a partial restore, so the optimizer
   settings never matter); a CheckpointError when there is none.
 
-  step: None for the newest readable checkpoint (damaged newer ones are set aside), or the step to read: that
-  one or a CheckpointError (checkpoints.restore_step), never another step in its place.
+  step: None for the newest complete and readable checkpoint, or the step to read: that one or a
+  CheckpointError (checkpoints.restore_step), never another step in its place.
+
+  The workdir is only read (a read-only orbax manager; nothing moved, renamed or deleted), so this is safe
+  while training writes to the same workdir: its save in flight and its clean-up of old steps are untouched,
+  and damaged steps are left for training to set aside.
   """
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
@@ -338,7 +342,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
   if not directory.exists():
     raise checkpoints.CheckpointError(f"No checkpoint in {directory}: train first (python -m hold_jax.main "
                                       "--config ... --workdir ... --mode=train).")
-  manager = checkpoint_manager(workdir, config.checkpoint)
+  manager = checkpoint_manager(workdir, config.checkpoint, read_only=True)  # training may be writing there
   try:
     optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
     replicated = NamedSharding(make_mesh(), PartitionSpec())
@@ -346,7 +350,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
     wanted = {"ema_params": abstract.ema_params}
     try:
       if step is None:
-        restored = checkpoints.restore(manager, wanted, partial=True)
+        restored = checkpoints.restore_for_reading(manager, wanted, partial=True)
       else:
         restored = checkpoints.restore_step(manager, step, wanted, partial=True)
     except checkpoints.ChangedStructure as error:

@@ -153,8 +153,13 @@ def test_resume_after_damage_repeats_the_uninterrupted_run(trained_workdir, tmp_
 def test_no_readable_checkpoint_is_one_error_naming_the_directory(trained_workdir, tmp_path):
   copy, config = damaged_copy(trained_workdir, tmp_path, "array metadata garbage")
   damage.kinds()["array metadata garbage"](copy / "checkpoints" / "20")
-  with pytest.raises(checkpoints.CheckpointError, match=r"None of the 2 checkpoints in .*checkpoints could be read"):
-    train.load_ema_params(config, str(copy), (2,))
+  with pytest.raises(checkpoints.CheckpointError, match=r"None of the 2 checkpoints in .*checkpoints could be read"
+                     r".*left in place"):
+    train.load_ema_params(config, str(copy), (2,))  # a reader changes nothing...
+  assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"] and not (copy / checkpoints.DAMAGED_DIR).exists()
+  with pytest.raises(checkpoints.CheckpointError, match=r"None of the 2 checkpoints in .*checkpoints could be read"
+                     r".*moved to"):
+    full_restore(config, copy)  # ...training sets them aside
   assert sorted(os.listdir(copy / checkpoints.DAMAGED_DIR)) == ["20", "40"]
 
 
@@ -207,7 +212,9 @@ def test_a_chosen_step_that_is_absent_or_set_aside_is_named(trained_workdir, tmp
   with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint of step 30 in .*; the steps there: 20, 40\.$"):
     train.load_ema_params(config, str(workdir), (2,), 30)
   copy, config = damaged_copy(trained_workdir, tmp_path, "array metadata garbage")
-  assert train.load_ema_params(config, str(copy), (2,))[1] == 20  # the newest readable: 40 is set aside
+  assert train.load_ema_params(config, str(copy), (2,))[1] == 20  # the newest readable; 40 stays for training
+  assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"]
+  assert int(full_restore(config, copy).step) == 20  # training sets 40 aside
   with pytest.raises(checkpoints.CheckpointError, match=r"the steps there: 20\. Step 40 was set aside as damaged to "
                      r".*damaged_checkpoints/40 \(REASON.txt says why\)"):
     train.load_ema_params(config, str(copy), (2,), 40)
