@@ -5,12 +5,18 @@
 The mixture's score under the forward process is known in closed form (`exact_scores.mixture_score`), so
 the sampler can be run and judged before any network is trained: the share of samples within three
 component standard deviations of a mode measures the sampler alone.
+
+Every run writes <stem>.npz, <stem>.png and <stem>.json to the workdir, <stem> (`output_stem`) naming the
+sampler, the order and a hash of everything that can change the samples, so that runs with other settings
+(an order, a stochasticity, a seed, a mixture) sit side by side instead of replacing each other.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +30,7 @@ from hold_jax import exact_scores
 from hold_jax import plots
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
+from hold_jax.metrics import statistics
 
 
 def ring_means(num_components: int, radius: float) -> np.ndarray:
@@ -58,18 +65,45 @@ def mode_statistics(samples: np.ndarray, means: np.ndarray, component_std: float
   }
 
 
+def output_settings(config) -> dict[str, Any]:
+  """What the demo's samples are a function of, as JSON values: the whole 'sampling', 'sde' and 'data' groups
+  and the seed (with no checkpoint, the process and the mixture are settings of the run too)."""
+  groups = {group: json.loads(config[group].to_json_best_effort()) for group in ("sampling", "sde", "data")}
+  return {**groups, "seed": int(config.seed)}
+
+
+def output_stem(settings: dict[str, Any]) -> str:
+  """<method>_<grid>_<N>steps_order<n>_<hash> (ode_adaptive: ode_adaptive_<solver>_order<n>_<hash>) of
+  `output_settings`; <hash> is 8 hex digits of SHA-256 over their canonical JSON without sampling.batch_size,
+  which cannot change the samples (sample k's draws come from fold_in(PRNGKey(seed), k) in any batch)."""
+  hashed = dict(settings, sampling={field: value for field, value in settings["sampling"].items()
+                                    if field != "batch_size"})
+  digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+  sampler = settings["sampling"]
+  adaptive = sampler["method"] == "ode_adaptive"
+  steps = sampler.get("ode_solver", "tsit5") if adaptive else f"{sampler['grid']}_{sampler['num_steps']}steps"
+  return f"{sampler['method']}_{steps}_order{settings['sde']['order']}_{digest}"
+
+
 def run(config, workdir: str) -> dict[str, float]:
-  """Samples the mixture, writes samples.npz, samples.png and metrics.json to workdir."""
+  """Samples the mixture; writes <stem>.npz (samples, means, settings_json, config_json), <stem>.png (the
+  settings as a text entry) and <stem>.json (metrics and settings) to workdir, each atomically."""
   os.makedirs(workdir, exist_ok=True)
   samples, means = sample_mixture(config, jax.random.PRNGKey(config.seed))
   metrics = mode_statistics(samples, means, config.data.component_std)
-  np.savez(os.path.join(workdir, "samples.npz"), samples=samples, means=means)
+  settings = output_settings(config)
+  path = os.path.join(workdir, output_stem(settings))
+  settings_json = json.dumps(settings, sort_keys=True)
+  statistics.write_npz_atomic(path + ".npz", {"samples": samples, "means": means, "settings_json": settings_json,
+                                              "config_json": config.to_json_best_effort()})
   title = (f"order {config.sde.order}, {config.sampling.method}, {config.sampling.num_steps} steps: "
            f"{100 * metrics['on_mode_fraction']:.1f}% on a mode")
-  plots.scatter(os.path.join(workdir, "samples.png"), samples, title, markers=means,
-                limit=1.6 * np.abs(means).max())
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
-    json.dump(metrics, f, indent=2)
+  plots.scatter(path + ".png", samples, title, markers=means, limit=1.6 * np.abs(means).max(),
+                metadata={"settings": settings_json})
+  temporary = f"{path}.json.tmp-{os.getpid()}"
+  with open(temporary, "w") as f:
+    json.dump({"metrics": metrics, "settings": settings}, f, indent=2)
+  os.replace(temporary, path + ".json")
   return metrics
 
 
@@ -81,14 +115,17 @@ def main(argv, config, workdir: str) -> None:
   except ValueError as error:
     print(f"{cli.PROGRAM}: error: {error}", file=sys.stderr)
     sys.exit(cli.USAGE_ERROR_STATUS)
-  print(f"exact-score demo finished; outputs in {workdir}: {run(config, workdir)}")
+  metrics = run(config, workdir)
+  stem = os.path.join(workdir, output_stem(output_settings(config)))
+  print(f"exact-score demo finished; {stem}.npz, .png and .json: {metrics}")
 
 
 def entry_point() -> None:
   """Its own flags, defined here rather than at import so that hold_jax.main's never meet them."""
   config = config_flags.DEFINE_config_file("config", None, "configs/mixture_demo.py or a config like it.",
                                            lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Directory for samples.npz, samples.png and metrics.json.")
+  workdir = flags.DEFINE_string("workdir", None, "Directory for the samples (.npz), their plot (.png) and "
+                                "metrics (.json), named by the settings.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(lambda argv: main(argv, config.value, workdir.value), flags_parser=cli.parse_flags)
 

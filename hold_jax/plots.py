@@ -1,25 +1,38 @@
 """Pictures of samples: scatter plots of 2-D points and grids of images, written with matplotlib's Agg backend.
 
-Files are written through etils.epath, so a gs:// workdir keeps its pictures.
+Files are written through etils.epath, so a gs:// workdir keeps its pictures, and atomically (a temporary file
+renamed into place), so a killed job never leaves half a picture under its name. `metadata` becomes PNG text
+entries: a picture can carry the settings that drew it (hold_jax/sample.py writes them).
 """
 from __future__ import annotations
 
 import io
+import uuid
 
 import numpy as np
 from etils import epath
 
 
 def _write_png(path: str, draw) -> None:
-  """draw(file) writes a PNG into an in-memory file, which then goes to `path` (local or gs://) in one write."""
+  """draw(file) writes a PNG into an in-memory file, which then goes to `path` (local or gs://) under a
+  temporary name next to it, renamed onto `path` once complete (a failed write removes the temporary file)."""
   buffer = io.BytesIO()
   draw(buffer)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  path = epath.Path(path)
+  temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+  try:
+    temporary.write_bytes(buffer.getvalue())
+    temporary.replace(path)
+  except BaseException:
+    if temporary.exists():
+      temporary.unlink()
+    raise
 
 
 def scatter(path: str, samples: np.ndarray, title: str, markers: np.ndarray | None = None,
-            limit: float | None = None) -> None:
-  """Saves a PNG of samples (N, 2), with optional markers (K, 2) drawn as black crosses."""
+            limit: float | None = None, metadata: dict[str, str] | None = None) -> None:
+  """Saves a PNG of samples (N, 2), with optional markers (K, 2) drawn as black crosses and PNG text entries
+  `metadata`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -35,7 +48,7 @@ def scatter(path: str, samples: np.ndarray, title: str, markers: np.ndarray | No
     axis.set(xlim=(-limit, limit), ylim=(-limit, limit))
   axis.set(aspect="equal", title=title)
   figure.tight_layout()
-  _write_png(path, lambda file: figure.savefig(file, dpi=120, format="png"))
+  _write_png(path, lambda file: figure.savefig(file, dpi=120, format="png", metadata=metadata))
   plt.close(figure)
 
 
@@ -54,9 +67,10 @@ def tile(images: np.ndarray, columns: int | None = None) -> np.ndarray:
   return grid
 
 
-def save_image(path: str, image: np.ndarray, min_size: int = 512) -> None:
+def save_image(path: str, image: np.ndarray, min_size: int = 512, metadata: dict[str, str] | None = None) -> None:
   """Saves a uint8 image (H, W, C) with C in {1, 3} as a PNG (gray when C = 1), its pixels repeated an
-  integer number of times so that the longer side is at least min_size (a grid of 16x16 digits is legible)."""
+  integer number of times so that the longer side is at least min_size (a grid of 16x16 digits is legible),
+  with PNG text entries `metadata`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.image  # pylint: disable=g-import-not-at-top
@@ -64,6 +78,6 @@ def save_image(path: str, image: np.ndarray, min_size: int = 512) -> None:
   image = np.repeat(np.repeat(image, repeat, axis=0), repeat, axis=1)
   if image.shape[-1] == 1:
     _write_png(path, lambda file: matplotlib.image.imsave(file, image[..., 0], cmap="gray", vmin=0, vmax=255,
-                                                          format="png"))
+                                                          format="png", metadata=metadata))
   else:
-    _write_png(path, lambda file: matplotlib.image.imsave(file, image, format="png"))
+    _write_png(path, lambda file: matplotlib.image.imsave(file, image, format="png", metadata=metadata))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from hold_jax.configs import cifar10
+from hold_jax.configs import digits
 from hold_jax import optimization
+from hold_jax import sample
 from hold_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,10 +41,14 @@ def test_digits_command_line_trains_writes_grids_and_samples(tmp_path):
           "--config.training.num_steps=4", "--config.training.sample_every=4", "--config.sampling.num_steps=4"]
   trained = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert trained.returncode == 0, trained.stderr[-4000:]
-  assert os.path.isfile(tmp_path / "samples" / "grid_step4.png")
+  config = digits.get_config("local")
+  config.training.update(num_steps=4, sample_every=4)
+  config.sampling.num_steps = 4
+  assert os.listdir(tmp_path / "samples") == [sample.grid_file_name(config, 4)]  # grid_step4_<settings hash>.png
   sampled = subprocess.run(base + ["--mode=sample"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert sampled.returncode == 0, sampled.stderr[-4000:]
   path = sampled.stdout.strip().splitlines()[-1]
+  assert path == str(tmp_path / "samples" / f"{sample.sample_file_stem(config, 4)}.npz")
   with np.load(path) as archive:
     assert archive["x"].shape == (8, 8, 8, 1) and np.isfinite(archive["x"]).all()
     assert archive["pixels"].dtype == np.uint8 and archive["pixels"].shape == (8, 8, 8, 1)

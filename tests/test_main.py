@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from hold_jax import demo
 from hold_jax import sde as sde_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +35,12 @@ def test_exact_score_demo_from_the_command_line(tmp_path):
              "--config.sde.order=2"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert {"samples.npz", "samples.png", "metrics.json"} <= set(os.listdir(tmp_path))
-  metrics = json.load(open(tmp_path / "metrics.json"))
+  config = load_config(os.path.join(ROOT, "configs", "mixture_demo.py"))
+  config.sampling.update(num_samples=400, num_steps=50)
+  config.sde.order = 2
+  stem = demo.output_stem(demo.output_settings(config))  # the files are named by the command's settings
+  assert set(os.listdir(tmp_path)) == {f"{stem}.npz", f"{stem}.png", f"{stem}.json"}
+  metrics = json.load(open(tmp_path / f"{stem}.json"))["metrics"]
   assert metrics["finite_fraction"] == 1.0
   assert metrics["on_mode_fraction"] > 0.95  # 98.9% of an exact 2-D Gaussian lies within 3 std
 
