@@ -8,7 +8,9 @@ fields are of two kinds:
   repeating there.
 - run settings (RUN_SETTINGS): the training length, logging, checkpoint cadence, sampling, evaluation, where
   the prepared data lives and the multi-host timeouts. They may change on every command.
-Fields that the record lacks (a field added to the code since the run started) take the given value.
+Fields that the record lacks (a field added to the code since the run started) take the given value, except
+the learning-rate schedule's horizon (optim.schedule_horizon, `with_schedule_horizon`): a record without it
+was written by a run whose schedule ended at its recorded training.num_steps, the length it started with.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from absl import logging
 from etils import epath
 
 RECORD_NAME = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+HORIZON = "optim.schedule_horizon"
 
 # Dotted prefixes of the fields that may differ from the record.
 RUN_SETTINGS = ("training.num_steps", "training.log_every", "training.checkpoint_every", "training.sample_every",
@@ -58,15 +62,50 @@ def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def read(workdir: epath.Path) -> dict[str, Any] | None:
-  """The flattened record of workdir, or None when it has none."""
+  """The flattened record of workdir, or None when it has none. A record written before the schedule's horizon
+  was recorded gets it from its training.num_steps: the length that run started with, and so the horizon its
+  schedule had (until a first resume with another length, which then changed the schedule)."""
   path = workdir / RECORD_NAME
   if not path.exists():
     return None
   try:
-    return flatten(json.loads(path.read_text()))
+    recorded = flatten(json.loads(path.read_text()))
   except (ValueError, OSError) as error:
     raise RecordMismatch(f"{path} cannot be read ({error}); it records how this workdir's checkpoints were "
                          "trained: restore it from a copy, or remove it to accept the given config.") from None
+  if recorded.get(HORIZON) is None and "training.num_steps" in recorded:
+    recorded[HORIZON] = recorded["training.num_steps"]
+  return recorded
+
+
+def has_checkpoints(workdir: epath.Path) -> bool:
+  """Whether workdir holds a checkpoint (a step directory), so that a run there resumes and its record holds."""
+  directory = workdir / CHECKPOINTS_DIR
+  return directory.exists() and any(name.name.isdigit() for name in directory.iterdir())
+
+
+def with_schedule_horizon(config: ml_collections.ConfigDict, workdir: epath.Path) -> ml_collections.ConfigDict:
+  """A copy of config whose optim.schedule_horizon is a number.
+
+  The horizon is a trained field, so it must be a number before the record is written and when a resumed run
+  is compared with it:
+  - given (--config.optim.schedule_horizon=N): kept; on resume, check_resume then refuses it unless it is the
+    recorded one (a different horizon changes the learning rate of steps already planned);
+  - unset, resuming (checkpoints and a record): the record's (an older record's training.num_steps, `read`);
+  - unset, otherwise: training.num_steps, the length the run starts with.
+  """
+  resolved = config.copy_and_resolve_references()
+  recorded = read(workdir) if has_checkpoints(workdir) else None
+  given = resolved.optim.get("schedule_horizon")
+  if given is not None:
+    horizon = given
+  elif recorded is not None and recorded.get(HORIZON) is not None:
+    horizon = recorded[HORIZON]
+  else:
+    horizon = resolved.training.num_steps
+  with resolved.unlocked():
+    resolved.optim.schedule_horizon = horizon
+  return resolved
 
 
 def write(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:

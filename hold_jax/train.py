@@ -208,23 +208,30 @@ def nonfinite_error(state: TrainState, last_saved: int | None) -> FloatingPointE
 Callback = Callable[[int, TrainState, metric_writers.MetricWriter], None]
 
 
-def prepare_workdir(config, workdir: str, abstract: TrainState) -> None:
-  """Before any compute: the workdir can hold a checkpoint, and config agrees with its record.
+def prepare_workdir(config, workdir: str, abstract: TrainState) -> str | None:
+  """Before any compute: the workdir can hold a checkpoint, config agrees with its record, and
+  training.num_steps fits the learning-rate schedule's horizon (optimization.check_training_length: a cosine
+  run past it is an error). Returns the line saying how the training length relates to the horizon where they
+  differ, else None.
 
+  config: with optim.schedule_horizon a number (run_record.with_schedule_horizon), as the record must hold it.
   The record (config.json) is written when the workdir has no checkpoint yet; once one exists it is the
   reference a resumed run is checked against (hold_jax/run_record.py).
   """
   path = workdir_path(workdir)
   checkpoints.check_workdir(path, checkpoints.state_bytes(abstract))
-  has_checkpoints = (path / "checkpoints").exists() and any(
-      name.name.isdigit() for name in (path / "checkpoints").iterdir())
-  if has_checkpoints:
-    run_record.check_resume(path, config)
-    if run_record.read(path) is None:
-      logging.warning("%s has checkpoints but no config.json: recording the given config.", path)
-      run_record.write(path, config)
-  else:
+  if not run_record.has_checkpoints(path):
+    note = optimization.check_training_length(config.optim, config.training.num_steps)
     run_record.write(path, config)
+    return note
+  run_record.check_resume(path, config)
+  if run_record.read(path) is None:
+    note = optimization.check_training_length(config.optim, config.training.num_steps)
+    logging.warning("%s has checkpoints but no config.json: recording the given config.", path)
+    run_record.write(path, config)
+    return note
+  return optimization.check_training_length(config.optim, config.training.num_steps,
+                                            str(path / run_record.RECORD_NAME))
 
 
 def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainState:
@@ -232,7 +239,13 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
 
   SIGTERM, SIGINT and SIGUSR1 save the step reached and return early (hold_jax/preemption.py); the returned
   state's step then falls short of training.num_steps.
+
+  The learning-rate schedule's horizon is the run's, not the command's: optim.schedule_horizon, else the
+  record's on resume, else training.num_steps at the start (run_record.with_schedule_horizon). A resumed
+  'constant' run may extend at the same rate; a 'cosine' run stops early with its recorded schedule and
+  refuses to train past its horizon (optimization.check_training_length). Either is said at the start.
   """
+  config = run_record.with_schedule_horizon(config, workdir_path(workdir))
   training = config.training
   mesh = make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -243,7 +256,7 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   optimizer = optimization.make_optimizer(config.optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
   make_fresh_state = lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed)
-  prepare_workdir(config, workdir, abstract_state(make_fresh_state, replicated))
+  schedule_note = prepare_workdir(config, workdir, abstract_state(make_fresh_state, replicated))
   train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=0)
@@ -251,6 +264,8 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   manager = checkpoint_manager(workdir, config.checkpoint)
   try:
     state = restore_or_init(manager, make_fresh_state, replicated)
+    if schedule_note and jax.process_index() == 0:
+      console.say(schedule_note)
     start = int(state.step)
     if start > training.num_steps:
       raise checkpoints.CheckpointError(
@@ -276,6 +291,8 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
                                            every_steps=training.log_every)] if main_process else []
   progress = console.Progress(start, training.num_steps)
+  # The optimizer's own schedule (train() resolved config.optim.schedule_horizon for both), logged at the step
+  # whose update it scaled: Adam evaluates it at its count, which equals the step.
   schedule = optimization.learning_rate_schedule(config.optim, training.num_steps)
   global_shape = (training.batch_size,) + stream.data_shape
   pending = []

@@ -113,12 +113,16 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.max_steps = 4096  # solver steps per example; an example that needs more fails the run loudly
 
   # Training (hold_jax/train.py). The image recipe's values; toy2d.py and images.py override what differs.
-  # Adam with linear warm-up from 0, then 'constant' or 'cosine' (decay to 0 at training.num_steps); the global
+  # Adam with linear warm-up from 0, then 'constant' or 'cosine' (decay to 0 at schedule_horizon); the global
   # gradient norm is clipped to grad_clip (<= 0: no clipping).
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 2e-4
   optim.warmup_steps = 5000
   optim.schedule = "constant"
+  # The step where the schedule ends (the cosine reaches 0). Unset: training.num_steps when the run starts. The
+  # number is recorded in workdir/config.json and kept on resume, so a later training.num_steps never changes
+  # the learning rate of a step already planned; a cosine run refuses to train past it (docs/training.md).
+  optim.schedule_horizon = config_dict.placeholder(int)
   optim.beta1 = 0.9
   optim.beta2 = 0.999
   optim.eps = 1e-8
