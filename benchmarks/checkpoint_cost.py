@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hold_jax import checkpoint_integrity  # noqa: E402
+from hold_jax import checkpoint_restore  # noqa: E402
 from hold_jax import checkpoints  # noqa: E402
 from hold_jax import input_pipeline  # noqa: E402
 from hold_jax import models  # noqa: E402
@@ -54,7 +55,7 @@ def measure(config_name: str, rounds: int) -> dict:
       checkpoints.wait(manager, 1)
       save = time.perf_counter() - started
       started = time.perf_counter()
-      restored = checkpoints.restore(manager, abstract)  # includes one checksum verification
+      restored = checkpoint_restore.restore(manager, abstract)  # includes one checksum verification
       jax.block_until_ready(restored.tree)
       restore = time.perf_counter() - started
       started = time.perf_counter()

@@ -1,5 +1,5 @@
 """The integrity of a checkpoint: a checksum of every array, recorded at save and verified at restore, and
-what becomes of a step that fails (hold_jax/checkpoints.py saves and restores).
+what becomes of a step that fails (hold_jax/checkpoints.py saves, checkpoint_restore.py restores).
 
 Checksums. For every array the words of its bytes w_i (uint32) give (sum_i w_i, sum_i (2i + 1) w_i) mod 2^32,
 computed on the devices in one jit. Changing any one word changes both sums (2i + 1 is odd, hence invertible
@@ -91,10 +91,121 @@ def mismatched(recorded: dict[str, list[int]], tree) -> list[str]:
   return [path for path, sums in actual.items() if recorded.get(path) != sums]
 
 
-def record(tree) -> dict[str, Any]:
-  """The checksum item of a step: the format, the sums and the shape of every array of `tree`."""
-  return {"format": CHECKSUM_FORMAT, "arrays": checksums(tree),
+def record(tree, step: int) -> dict[str, Any]:
+  """The checksum item of checkpoint `step`: the format, the step, the sums and the shape of every array."""
+  return {"format": CHECKSUM_FORMAT, "step": int(step), "arrays": checksums(tree),
           "shapes": {path: list(np.shape(leaf)) for path, leaf in leaves_by_path(tree).items()}}
+
+
+def check_step(record: Any, step: int) -> None:
+  """Raises Damaged when the record names another step than the folder it sits in: a step folder renamed by
+  hand would otherwise resume (and label samples) as a step it is not, and the run would later fail to save
+  the step it names. Records written before the step was recorded have nothing to compare."""
+  if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] != step:
+    raise Damaged(f"its checksum record says it is the checkpoint of step {record['step']}, not {step} (a folder "
+                  "renamed?)")
+
+
+def nonfinite_arrays(tree) -> list[str]:
+  """Paths of the floating arrays of `tree` that hold a NaN or an infinity."""
+  return [path for path, leaf in leaves_by_path(tree).items()
+          if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating) and not bool(jnp.isfinite(leaf).all())]
+
+
+def nonfinite_checkpoint_message(params, step: int, what: str = "the EMA parameters") -> str | None:
+  """The sentence that blames the checkpoint when `params` of checkpoint `step` are not finite, or None: then
+  non-finite samples or bounds come from the checkpoint, and no sampler setting can fix them."""
+  bad = nonfinite_arrays(params)
+  if not bad:
+    return None
+  return (f"{what} of the checkpoint of step {step} are not finite ({len(bad)} array(s), first {bad[0]!r}): the "
+          "checkpoint holds a diverged state, so no sampling setting can help; use an earlier checkpoint "
+          "(eval.checkpoint_step) or train again from one.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whether a step must have checksums.
+
+INTEGRITY_RECORD = "checkpoint_integrity.json"  # in the workdir, beside config.json
+
+
+def checksums_since(workdir: epath.Path) -> int | None:
+  """The first step of this run saved with checksums (workdir/checkpoint_integrity.json), or None when the run
+  has not recorded one (a run of an earlier version, or one that never saved). An unreadable record is None:
+  the step metadata still says which steps were saved with checksums (listed_items)."""
+  path = workdir / INTEGRITY_RECORD
+  try:
+    return int(json.loads(path.read_text())["checksums_from_step"]) if path.exists() else None
+  except (ValueError, KeyError, TypeError, OSError):
+    logging.warning("%s cannot be read; the step metadata still says which steps carry checksums.", path)
+    return None
+
+
+def note_checksums_since(workdir: epath.Path, step: int) -> None:
+  """Records (once, process 0) that the checkpoints of this run carry checksums from `step` on, so that a
+  later step whose checksum record is missing is damage, never an old checkpoint to load unverified."""
+  path = workdir / INTEGRITY_RECORD
+  if jax.process_index() != 0 or path.exists():
+    return
+  temporary = workdir / (INTEGRITY_RECORD + ".tmp")
+  temporary.write_text(json.dumps({"checksums_from_step": int(step), "format": CHECKSUM_FORMAT}) + "\n")
+  temporary.replace(path)
+
+
+def listed_items(step_dir: epath.Path) -> set[str]:
+  """The items orbax's step metadata (_CHECKPOINT_METADATA) says the step was saved with; empty when that file
+  is missing or unreadable (it is bookkeeping, not evidence about the arrays)."""
+  try:
+    return set(json.loads((step_dir / "_CHECKPOINT_METADATA").read_text()).get("item_handlers") or {})
+  except (ValueError, OSError, AttributeError):
+    return set()
+
+
+def missing_record_is_damage(step_dir: epath.Path, step: int, item: str) -> str | None:
+  """Why a step without its checksum item `item` is damaged, or None for a step of a run that never recorded
+  checksums (an earlier version's), which loads unverified with a warning."""
+  if item in listed_items(step_dir):
+    return "its checksum record is missing, though its step metadata lists one"
+  since = checksums_since(step_dir.parent.parent)
+  if since is not None and step >= since:
+    return f"its checksum record is missing, and this run records checksums from step {since} on"
+  return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Step folders that cannot be read at all.
+
+
+def unusable_step_entries(checkpoints_dir: epath.Path) -> list[tuple[epath.Path, str]]:
+  """(path, reason) of each entry named like a step that is not a readable checkpoint folder: a symbolic link
+  whose target is gone, or a file. orbax does not list them as steps, so they are never restored, but a save
+  of that step later fails on them; they are damage (their data is not there)."""
+  if not checkpoints_dir.exists():
+    return []
+  found = []
+  for entry in checkpoints_dir.iterdir():
+    if not entry.name.isdigit():
+      continue
+    if os.path.islink(str(entry)) and not entry.exists():
+      found.append((entry, f"a symbolic link to {os.readlink(str(entry))}, which does not exist"))
+    elif entry.exists() and not entry.is_dir():
+      found.append((entry, "a file, not a checkpoint folder"))
+  return found
+
+
+def unreadable_step_folders(checkpoints_dir: epath.Path) -> list[tuple[epath.Path, str]]:
+  """(path, error) of each step folder this user cannot list: not damage (the bytes may be fine), so the
+  training job names them and stops instead of setting them aside."""
+  if not checkpoints_dir.exists() or "://" in str(checkpoints_dir):
+    return []
+  found = []
+  for entry in checkpoints_dir.iterdir():
+    if entry.name.isdigit() and entry.is_dir():
+      try:
+        os.listdir(str(entry))
+      except PermissionError as error:
+        found.append((entry, f"{type(error).__name__}: {error.strerror}"))
+  return found
 
 
 def check_shapes(record: Any, metadata_shapes: dict[str, tuple[int, ...]]) -> None:
@@ -229,22 +340,29 @@ def raised_by_hold_jax(error: BaseException) -> bool:
   return traceback is not None and os.path.abspath(traceback.tb_frame.f_code.co_filename).startswith(package)
 
 
-def set_aside(checkpoints_dir: epath.Path, step: int, reason: str) -> epath.Path | None:
-  """Moves checkpoints_dir/<step> to workdir/damaged_checkpoints/<step>[-k] with REASON.txt (process 0)."""
-  source = checkpoints_dir / str(step)
+def set_aside(checkpoints_dir: epath.Path, step: int, reason: str, entry: epath.Path | None = None
+              ) -> epath.Path | None:
+  """Moves checkpoints_dir/<step> (or `entry`, a thing named like that step) to
+  workdir/damaged_checkpoints/<step>[-k] with the reason in REASON.txt inside it (process 0), or beside it as
+  <step>[-k].REASON.txt when it is not a folder (a file, a dangling link). Returns the new path, or None when
+  it could not be moved."""
+  source = entry if entry is not None else checkpoints_dir / str(step)
   target_dir = checkpoints_dir.parent / DAMAGED_DIR
   target = target_dir / str(step)
   if jax.process_index() == 0:
     target_dir.mkdir(parents=True, exist_ok=True)
     suffix = 1
-    while target.exists():
+    while target.exists() or os.path.islink(str(target)):
       target, suffix = target_dir / f"{step}-{suffix}", suffix + 1
     try:
       source.rename(target)
-      (target / "REASON.txt").write_text(reason + "\n")
     except OSError as error:
       logging.warning("Could not move the damaged checkpoint %s aside (%s); it stays in place.", source, error)
       target = None
+    if target is not None:
+      note = target / "REASON.txt" if target.is_dir() and not os.path.islink(str(target)) else (
+          target_dir / f"{target.name}.REASON.txt")
+      note.write_text(reason + "\n")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"hold_jax_set_aside_{step}")

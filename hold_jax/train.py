@@ -24,6 +24,7 @@ from clu import periodic_actions
 from etils import epath
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
 from hold_jax import console
 from hold_jax import field_checks
@@ -156,13 +157,13 @@ def abstract_state(make_fresh_state: Callable[[], TrainState], sharding: NamedSh
 def restore_or_init(manager: ocp.CheckpointManager, make_fresh_state: Callable[[], TrainState],
                     sharding: NamedSharding) -> TrainState:
   """The newest readable checkpoint of the workdir if there is one, else make_fresh_state(); placed with
-  `sharding`. Damaged checkpoints are set aside and older ones tried (hold_jax/checkpoints.py).
+  `sharding`. Damaged checkpoints are set aside and older ones tried (hold_jax/checkpoint_restore.py).
 
   On resume the fresh state is only traced (eval_shape) for its structure, never computed.
   """
   abstract = abstract_state(make_fresh_state, sharding)
   try:
-    restored = checkpoints.restore(manager, abstract)
+    restored = checkpoint_restore.restore(manager, abstract)
   except checkpoints.ChangedStructure as error:
     raise checkpoints.CheckpointError(f"Cannot resume from {manager.directory}: {error}. The model or optimizer "
                                       "config differs from the one the run was trained with; use that config, "
@@ -347,7 +348,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
   settings never matter); a CheckpointError when there is none.
 
   step: None for the newest complete and readable checkpoint, or the step to read: that one or a
-  CheckpointError (checkpoints.restore_step), never another step in its place.
+  CheckpointError (checkpoint_restore.restore_step), never another step in its place.
 
   The workdir is only read (a read-only orbax manager; nothing moved, renamed or deleted), so this is safe
   while training writes to the same workdir: its save in flight and its clean-up of old steps are untouched,
@@ -367,9 +368,9 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
     wanted = {"ema_params": abstract.ema_params}
     try:
       if step is None:
-        restored = checkpoints.restore_for_reading(manager, wanted, partial=True)
+        restored = checkpoint_restore.restore_for_reading(manager, wanted, partial=True)
       else:
-        restored = checkpoints.restore_step(manager, step, wanted, partial=True)
+        restored = checkpoint_restore.restore_step(manager, step, wanted, partial=True)
     except checkpoints.ChangedStructure as error:
       raise checkpoints.CheckpointError(f"Cannot read the EMA parameters in {directory}: {error}. The model config "
                                         "differs from the one in the workdir's config.json.") from None

@@ -16,6 +16,7 @@ from etils import epath
 from benchmarks import damage
 from hold_jax.configs import toy2d
 from hold_jax import checkpoint_integrity
+from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
 from hold_jax import run_record
 from hold_jax import optimization
@@ -175,7 +176,7 @@ def test_a_changed_model_is_an_error_not_damage(trained_workdir, tmp_path):
 
 
 def chosen_restore(config, workdir, step):
-  """checkpoints.restore_step of the whole train state at `step`: every array read, so every kind of damage
+  """checkpoint_restore.restore_step of the whole train state at `step`: every array read, so every kind of damage
   reaches it."""
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model, (2,))
@@ -184,7 +185,7 @@ def chosen_restore(config, workdir, step):
   abstract = train.abstract_state(lambda: train.init_state(model, (2,), 3, optimizer, 0), replicated)
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)
   try:
-    return checkpoints.restore_step(manager, step, abstract)
+    return checkpoint_restore.restore_step(manager, step, abstract)
   finally:
     manager.close()
 
