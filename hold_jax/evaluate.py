@@ -1,6 +1,6 @@
 """`--mode=eval`: the negative log-likelihood bound of a workdir's EMA parameters (the newest readable
 checkpoint, or step eval.checkpoint_step) over a data split (docs/likelihood.md; the computation is
-hold_jax/likelihood.py), written to workdir/eval/<name>.json.
+hold_jax/likelihood.py), written to workdir/eval/<label>_<hash>.json.
 
 Which examples. Image data: the first eval.num_examples images of eval.split (-1: all of them), read by the
 training pipeline with its flips off, each dequantised once with its own noise. A user's point cloud
@@ -9,10 +9,25 @@ k (its dequantisation noise, generated point, auxiliaries and Hutchinson probes)
 (eval.seed, k), never on the batch size, the device count or the number of processes: every example is
 evaluated exactly once, and a rerun gives the same report.
 
+Report names. <label> is nll_<split>_<aux_distribution>_<divergence>_ckpt<step> (<split> is 'points' for a
+user's point cloud, 'generated' for fresh 2-D points; <divergence> the one used, 'auto' resolved), and <hash> is
+sample.canonical_hash of `report_settings`: every eval field the bound reads (ROUND_FIELDS) but round_size, the
+checkpoint step and the data set. So an NLL run with other settings writes a new report beside the earlier
+ones, and the same settings rewrite the same file. Left out, because no reported number depends on them:
+eval.batch_size and eval.round_size (example k's bound depends on (eval.seed, k) alone, whichever batch or
+round holds it), eval.checkpoint_step as written (-1 and the step it resolves to give one report), and the
+fields of the sample-quality metrics. The trained fields (process, model, parametrization) are fixed for a
+workdir by its config.json. A field that cannot matter for these data (eval.split for point data, num_probes
+for the exact divergence) is hashed all the same: at worst the same report gets a second file. The report
+records `report_settings` under 'hashed_settings' (`report_stem` gives its name again) and the whole eval
+group under 'settings'; it is written under a temporary name and renamed, so a killed job never leaves half a
+report under the final name.
+
 Rounds. The examples are bounded in rounds of eval.round_size consecutive indices; after each round the
-per-example results go to workdir/eval/<name>_rounds_<hash>/round<r>.npz (atomically, with a checksum; the hash
-covers every setting the results depend on). A job killed at any moment resumes at its first missing round and
-reports the same numbers as an uninterrupted one; a damaged round file is computed again.
+per-example results go to workdir/eval/<label>_rounds_<tag>/round<r>.npz (atomically, with a checksum; the tag
+hashes ROUND_FIELDS, round_size included, the step and the data set, so the settings of a report decide its
+rounds folder, which the report names under 'rounds'). A job killed at any moment resumes at its first missing
+round and reports the same numbers as an uninterrupted one; a damaged round file is computed again.
 
 Multi-host: each process bounds its own share of each round on its local devices; the per-example results
 are gathered after every round, and process 0 writes the round files and the report.
@@ -24,6 +39,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from typing import Any
 
 import jax
@@ -42,6 +58,7 @@ from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import models
 from hold_jax import round_files
+from hold_jax import sample
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
@@ -214,8 +231,9 @@ RESULT_NAMES = ("nll_bound", "nfe", "solved")
 
 
 def rounds_folder(config, step: int, name: str) -> epath.Path:
-  """workdir-relative folder of a bound's round files, named after the report and a hash of everything that
-  decides the per-example results (not the batch size, which changes none of them)."""
+  """workdir-relative folder of a bound's round files: <name>_rounds_<tag>, `name` the report's label and <tag>
+  a hash of everything that decides the per-example results and the rounds' boundaries (not the batch size,
+  which changes neither)."""
   settings = {field: config.eval[field] for field in ROUND_FIELDS}
   settings.update(step=step, dataset=config.data.dataset)
   tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -225,6 +243,42 @@ def rounds_folder(config, step: int, name: str) -> epath.Path:
 # The eval fields the per-example bounds depend on (with the checkpoint step and the trained config).
 ROUND_FIELDS = ("split", "num_examples", "seed", "divergence", "num_probes", "aux_distribution", "solver",
                 "ode_rtol", "ode_atol", "max_steps", "round_size")
+# Fields of ROUND_FIELDS that decide which round files are written, never a reported number (module docstring).
+UNREPORTED_ROUND_FIELDS = ("round_size",)
+
+
+def examples_label(config) -> str:
+  """The examples' part of a report's name: eval.split for image data, 'points' for a user's point cloud
+  ('npy:PATH'), 'generated' for fresh 2-D points."""
+  dataset = config.data.dataset
+  if dataset in image_sources.SOURCES:
+    return config.eval.split
+  return "points" if dataset.startswith("npy:") else "generated"
+
+
+def report_settings(config, step: int, data_shape: tuple[int, ...]) -> dict[str, Any]:
+  """What the NLL report of `config` from checkpoint `step` is a function of within a workdir, as JSON values;
+  its sample.canonical_hash is the name's (module docstring).
+
+  'eval': ROUND_FIELDS but UNREPORTED_ROUND_FIELDS; 'checkpoint_step' and 'dataset'; 'examples' and
+  'divergence_used', the name's readable parts, follow from those and `data_shape`.
+  """
+  values = json.loads(config.eval.to_json_best_effort())
+  return {"eval": {field: values[field] for field in ROUND_FIELDS if field not in UNREPORTED_ROUND_FIELDS},
+          "checkpoint_step": int(step), "dataset": config.data.dataset, "examples": examples_label(config),
+          "divergence_used": likelihood.settings_from_config(config.eval, data_shape).divergence}
+
+
+def report_label(settings: dict[str, Any]) -> str:
+  """nll_<split>_<aux_distribution>_<divergence>_ckpt<step> of `report_settings`: the readable part that a
+  report and its rounds folder share."""
+  return (f"nll_{settings['examples']}_{settings['eval']['aux_distribution']}_{settings['divergence_used']}_"
+          f"ckpt{settings['checkpoint_step']}")
+
+
+def report_stem(settings: dict[str, Any]) -> str:
+  """<report_label>_<canonical_hash> of `report_settings`: a report's file name less .json."""
+  return f"{report_label(settings)}_{sample.canonical_hash(settings)}"
 
 
 def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, rounds_dir: epath.Path,
@@ -275,7 +329,8 @@ def on_every_process(flag: bool) -> bool:
 
 
 def evaluate(config, workdir: str) -> str:
-  """Bounds the NLL of the examples of config.eval and writes workdir/eval/<name>.json; returns its path."""
+  """Bounds the NLL of the examples of config.eval and writes workdir/eval/<report_stem>.json; returns its
+  path."""
   started = time.time()
   eval_config = config.eval
   data_shape = input_pipeline.data_shape(config.data)
@@ -297,11 +352,10 @@ def evaluate(config, workdir: str) -> str:
   params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(eval_config))
   params = jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))  # this host's devices
   bound = make_batch_bound(config, data_shape, settings)
-  split = eval_config.split if examples.num_levels is not None else (
-      "points" if config.data.dataset.startswith("npy:") else "generated")
-  name = f"nll_{split}_{eval_config.aux_distribution}_{settings.divergence}_ckpt{step}"
+  recorded = report_settings(config, step, data_shape)
+  name = report_stem(recorded)
   directory = train.workdir_path(workdir) / "eval"
-  rounds_dir = directory / rounds_folder(config, step, name)
+  rounds_dir = directory / rounds_folder(config, step, report_label(recorded))
   gathered = bound_in_rounds(bound, params, examples, config, mesh, rounds_dir, num_coords)
   nll_bound, nfe, solved = gathered["nll_bound"], gathered["nfe"], gathered["solved"].astype(bool)
   failed = ~solved | ~np.isfinite(nll_bound)
@@ -325,6 +379,7 @@ def evaluate(config, workdir: str) -> str:
       "nfe_max": int(np.max(nfe)),
       "checkpoint_step": step,
       "rounds": rounds_dir.name,
+      "hashed_settings": recorded,
       "seconds": round(time.time() - started, 1),
       "settings": {**eval_config.to_dict(), "divergence_used": settings.divergence,
                    "num_probes_used": settings.num_probes if settings.divergence == "hutchinson" else num_coords,
@@ -333,12 +388,30 @@ def evaluate(config, workdir: str) -> str:
   }
   path = directory / f"{name}.json"
   if jax.process_index() == 0:
-    directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=json_default))
+    write_report(path, report)
     logging.info("eval: %s = %.4f +- %.4f nats per example%s", name, report["nll_bound_nats"],
                  report["nll_bound_nats_stderr"], f", {report['bits_per_dim']:.4f} bits/dim"
                  if "bits_per_dim" in report else "")  # main prints the report's path and summary
   return str(path)
+
+
+def write_report(path, report: dict[str, Any]) -> epath.Path:
+  """Writes `report` as indented JSON at `path` (local or gs://) so that readers never see half a report: the
+  text is made first (an unserialisable value writes nothing), goes to a uniquely named temporary file next to
+  `path` and is renamed onto it, as statistics.write_npz_atomic does for arrays. A failed write removes its
+  temporary file. Returns the path."""
+  path = epath.Path(path)
+  text = json.dumps(report, indent=2, default=json_default)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+  try:
+    temporary.write_text(text)
+    temporary.replace(path)
+  except BaseException:
+    if temporary.exists():
+      temporary.unlink()
+    raise
+  return path
 
 
 def json_default(value: Any):

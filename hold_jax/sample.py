@@ -56,14 +56,20 @@ def sample_settings(config, step: int, num_samples: int | None = None) -> dict[s
           "sde_order": int(config.sde.order), "dataset": config.data.get("dataset")}
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-  """8 hex digits of SHA-256 over the canonical JSON (sorted keys) of the parts of `sample_settings` that can
-  change the samples: 'sampling' without UNHASHED_SAMPLING_FIELDS, 'seed' and 'checkpoint_step'."""
-  hashed = {"sampling": {field: value for field, value in settings["sampling"].items()
-                         if field not in UNHASHED_SAMPLING_FIELDS},
-            "seed": settings["seed"], "checkpoint_step": settings["checkpoint_step"]}
-  text = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+def canonical_hash(value: Any) -> str:
+  """8 hex digits of SHA-256 over the canonical JSON of `value` (sorted keys, no spaces), so that the same
+  settings give the same digits in any field order and on any machine. Sample files and the evaluation reports
+  (hold_jax/evaluate.py, hold_jax/quality.py) are named with it."""
+  text = json.dumps(value, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+  """`canonical_hash` of the parts of `sample_settings` that can change the samples: 'sampling' without
+  UNHASHED_SAMPLING_FIELDS, 'seed' and 'checkpoint_step'."""
+  return canonical_hash({"sampling": {field: value for field, value in settings["sampling"].items()
+                                      if field not in UNHASHED_SAMPLING_FIELDS},
+                         "seed": settings["seed"], "checkpoint_step": settings["checkpoint_step"]})
 
 
 def sampler_label(sampling_settings: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ not diagonal and Hutchinson's estimator is really random.
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ import pytest
 
 from hold_jax.configs import default
 from hold_jax import config_checks
+from hold_jax import evaluate
 from hold_jax import exact_scores
 from hold_jax import image_data
 from hold_jax import likelihood
@@ -351,8 +353,10 @@ def test_eval_mode_end_to_end_from_the_command_line(tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   path = evaluated.stdout.strip().splitlines()[-1]
-  assert path == str(tmp_path / "eval" / "nll_generated_kernel_exact_ckpt20.json")
+  assert os.path.dirname(path) == str(tmp_path / "eval")
+  assert re.fullmatch(r"nll_generated_kernel_exact_ckpt20_[0-9a-f]{8}\.json", os.path.basename(path))
   report = json.load(open(path))
+  assert evaluate.report_stem(report["hashed_settings"]) + ".json" == os.path.basename(path)
   assert report["num_examples"] == 12 and report["checkpoint_step"] == 20 and report["num_dims"] == 2
   for field in ("nll_bound_nats", "nll_bound_nats_stderr", "nll_bound_nats_per_dim", "nfe_mean", "aux_entropy_nats"):
     assert np.isfinite(report[field]) and report[field] != 0, (field, report[field])

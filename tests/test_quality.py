@@ -1,6 +1,7 @@
 """Sample-quality evaluation (hold_jax/quality.py) end to end on the digits, with the bundled classifier."""
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -176,9 +177,11 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
   sweep = (f"{method}:{grid}:1", f"{method}:{grid}:2")
   path = quality.evaluate_quality(with_eval(config, sampler_sweep=sweep), str(workdir))
   assert calls == {"reference_statistics": 1, "load_network": 1, "load_ema_params": 1}  # loaded once each
-  assert os.path.basename(path) == "quality_vs_nfe_ckpt4_digits-classifier-v1.json"
+  assert re.fullmatch(r"quality_vs_nfe_ckpt4_digits-classifier-v1_[0-9a-f]{8}\.json", os.path.basename(path))
   with open(path) as file:
     table = json.load(file)
+  assert quality.table_stem(table["hashed_settings"]) + ".json" == os.path.basename(path)
+  assert table["hashed_settings"]["sampler_sweep"] == list(sweep)
   rows = table["rows"]
   assert [(row["method"], row["grid"], row["num_steps"], row["nfe"]) for row in rows] == [
       (method, grid, 1, 1), (method, grid, 2, 2)]
@@ -188,6 +191,7 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
       report = json.load(file)
     assert report["sampling"]["num_steps"] == num_steps and report["summary"] == {
         name: value for name, value in row.items() if name.endswith(("_mean", "_min"))}
+    assert quality.report_stem(report["hashed_settings"]) + ".json" == row["report"]  # named by its record
     assert os.path.isdir(workdir / "eval" / report["run"])
   assert rows[0]["fd_digits_mean"] != rows[1]["fd_digits_mean"]
   assert rows[0]["report"] != rows[1]["report"]
