@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import console
 from hold_jax import generation
@@ -190,9 +189,8 @@ def sample_to_disk(config, workdir: str) -> str:
   name = settings_stem(recorded)
   bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
   if bad.any():
-    cause = checkpoint_integrity.nonfinite_checkpoint_message(params, step) or sampling.non_finite_advice(settings)
     raise FloatingPointError(f"{bad.sum()} of {len(samples)} samples are not finite ({name}, NFE {nfe}); nothing "
-                             f"was written. {cause}")
+                             f"was written. {sampling.non_finite_advice(settings)}")
   console.say(f"{len(samples)} samples ({name}): {nfe} network evaluations per batch")
   directory = train.workdir_path(workdir) / "samples"
   path = directory / f"{name}.npz"

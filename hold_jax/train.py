@@ -24,6 +24,7 @@ from clu import periodic_actions
 from etils import epath
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from hold_jax import checkpoint_integrity
 from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
 from hold_jax import console
@@ -345,7 +346,8 @@ def chosen_step(eval_config) -> int | None:
 def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None
                     ) -> tuple[Any, int]:
   """EMA parameters and step of a checkpoint in workdir, read alone (a partial restore, so the optimizer
-  settings never matter); a CheckpointError when there is none.
+  settings never matter); a CheckpointError when there is none, or when its EMA parameters are not finite
+  (samples and bounds from them would be too, whatever the settings).
 
   step: None for the newest complete and readable checkpoint, or the step to read: that one or a
   CheckpointError (checkpoint_restore.restore_step), never another step in its place.
@@ -379,4 +381,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
   if restored is None:
     raise checkpoints.CheckpointError(f"No checkpoint in {directory}: train first (python -m hold_jax.main "
                                       "--config ... --workdir ... --mode=train).")
+  not_finite = checkpoint_integrity.nonfinite_checkpoint_message(restored.tree["ema_params"], restored.step)
+  if not_finite:  # no sampler or evaluation setting could give finite results from these
+    raise checkpoints.CheckpointError(f"{not_finite[0].upper()}{not_finite[1:]} ({directory})")
   return restored.tree["ema_params"], restored.step

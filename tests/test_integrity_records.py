@@ -91,15 +91,19 @@ def test_an_unreadable_step_folder_stops_training_by_name_and_changes_nothing(tr
   assert sorted(listdir(copy / "checkpoints")) == ["20", "40"] and not (copy / checkpoints.DAMAGED_DIR).exists()
 
 
-def test_non_finite_samples_from_a_non_finite_checkpoint_blame_the_checkpoint(trained_workdir, monkeypatch):
+def test_a_checkpoint_with_non_finite_parameters_is_named_before_any_sampling(trained_workdir, monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
+  from hold_jax import checkpoint_restore  # pylint: disable=g-import-not-at-top
   from hold_jax import sample  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained_workdir
-  params, step = train.load_ema_params(config, str(workdir), (2,))
-  poisoned = jax.tree.map(lambda leaf: leaf * np.nan, params)
-  monkeypatch.setattr(train, "load_ema_params", lambda *args, **kwargs: (poisoned, step))
-  config = config.copy_and_resolve_references()
-  config.sampling.num_samples, config.sampling.num_steps = 16, 5
-  with pytest.raises(FloatingPointError, match=r"samples are not finite .*EMA parameters of the checkpoint of step "
-                     r"40 are not finite .*no sampling setting can help"):
+  read = checkpoint_restore.restore_for_reading
+
+  def poisoned(*args, **kwargs):  # a diverged state that was saved (a run of an earlier version, say)
+    restored = read(*args, **kwargs)
+    return checkpoint_restore.Restored(jax.tree.map(lambda leaf: leaf * np.nan, restored.tree), restored.step)
+
+  monkeypatch.setattr(checkpoint_restore, "restore_for_reading", poisoned)
+  monkeypatch.setattr(sample, "draw", lambda *args, **kwargs: pytest.fail("sampled from non-finite parameters"))
+  with pytest.raises(checkpoints.CheckpointError, match=r"The EMA parameters of the checkpoint of step 40 are not "
+                     r"finite .*no sampling setting can help"):
     sample.sample_to_disk(config, str(workdir))
