@@ -11,7 +11,7 @@ evaluated exactly once, and a rerun gives the same report.
 
 Report names. <label> is nll_<split>_<aux_distribution>_<divergence>_ckpt<step> (<split> is 'points' for a
 user's point cloud, 'generated' for fresh 2-D points; <divergence> the one used, 'auto' resolved), and <hash> is
-sample.canonical_hash of `report_settings`: every eval field the bound reads (ROUND_FIELDS) but round_size, the
+report_files.canonical_hash of `report_settings`: every eval field the bound reads (ROUND_FIELDS) but round_size, the
 checkpoint step and the data set. So an NLL run with other settings writes a new report beside the earlier
 ones, and the same settings rewrite the same file. Left out, because no reported number depends on them:
 eval.batch_size and eval.round_size (example k's bound depends on (eval.seed, k) alone, whichever batch or
@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import time
-import uuid
 from typing import Any
 
 import jax
@@ -57,8 +56,8 @@ from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import models
+from hold_jax import report_files
 from hold_jax import round_files
-from hold_jax import sample
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
@@ -258,7 +257,7 @@ def examples_label(config) -> str:
 
 def report_settings(config, step: int, data_shape: tuple[int, ...]) -> dict[str, Any]:
   """What the NLL report of `config` from checkpoint `step` is a function of within a workdir, as JSON values;
-  its sample.canonical_hash is the name's (module docstring).
+  its report_files.canonical_hash is the name's (module docstring).
 
   'eval': ROUND_FIELDS but UNREPORTED_ROUND_FIELDS; 'checkpoint_step' and 'dataset'; 'examples' and
   'divergence_used', the name's readable parts, follow from those and `data_shape`.
@@ -278,7 +277,7 @@ def report_label(settings: dict[str, Any]) -> str:
 
 def report_stem(settings: dict[str, Any]) -> str:
   """<report_label>_<canonical_hash> of `report_settings`: a report's file name less .json."""
-  return f"{report_label(settings)}_{sample.canonical_hash(settings)}"
+  return f"{report_label(settings)}_{report_files.canonical_hash(settings)}"
 
 
 def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, rounds_dir: epath.Path,
@@ -388,35 +387,8 @@ def evaluate(config, workdir: str) -> str:
   }
   path = directory / f"{name}.json"
   if jax.process_index() == 0:
-    write_report(path, report)
+    report_files.write_json_atomic(path, report)
     logging.info("eval: %s = %.4f +- %.4f nats per example%s", name, report["nll_bound_nats"],
                  report["nll_bound_nats_stderr"], f", {report['bits_per_dim']:.4f} bits/dim"
                  if "bits_per_dim" in report else "")  # main prints the report's path and summary
   return str(path)
-
-
-def write_report(path, report: dict[str, Any]) -> epath.Path:
-  """Writes `report` as indented JSON at `path` (local or gs://) so that readers never see half a report: the
-  text is made first (an unserialisable value writes nothing), goes to a uniquely named temporary file next to
-  `path` and is renamed onto it, as statistics.write_npz_atomic does for arrays. A failed write removes its
-  temporary file. Returns the path."""
-  path = epath.Path(path)
-  text = json.dumps(report, indent=2, default=json_default)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-  try:
-    temporary.write_text(text)
-    temporary.replace(path)
-  except BaseException:
-    if temporary.exists():
-      temporary.unlink()
-    raise
-  return path
-
-
-def json_default(value: Any):
-  if isinstance(value, (np.integer, np.floating)):
-    return value.item()
-  if isinstance(value, tuple):
-    return list(value)
-  raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -14,40 +14,24 @@ comparable only with each other, never with published FIDs.
 
 Rounds. Generation runs in rounds of eval.round_size samples; after each round process 0 writes the round's
 features and logits atomically (temporary file + rename) with a SHA-256 of their bytes, into
-workdir/eval/<run>/ (`run_name`: quality_<sampler>_ckpt<step>_<network>_<tag>, the tag hashing what the rounds'
-contents depend on: the sampling fields, the seed, eval.round_size and the feature network). A job killed at
+workdir/eval/<run>/ (quality_files.run_name, a hash of what the rounds' contents depend on). A job killed at
 any moment resumes at the first round without a valid file and ends with the same numbers as an
 uninterrupted one; a round file that fails its checksum or has the wrong shape is regenerated. Images are
 never held beyond one sampling batch; features (a few KB per image) are.
 
-Reports. The report is workdir/eval/quality_<sampler>_ckpt<step>_<network>_<hash>.json (`report_stem`), the
-readable part its rounds folder's, <hash> sample.canonical_hash of `report_settings`: every sampling field but
-UNHASHED_SAMPLING_FIELDS, the seed, the checkpoint step, the feature network (name, weights' SHA-256, resize),
-the image metrics asked for and REPORT_EVAL_FIELDS (the sample count, the repeats, the reference, the KID
-subsets and IS splits). So a run with other settings writes a new report beside the earlier ones, and the same
-settings rewrite the same file. Left out, because no reported number depends on them: the sampling and
-feature batch sizes and eval.round_size (sample k of repeat r comes from fold_in(PRNGKey(seed + r), k)
-whichever batch or round holds it; a network's features of an image do not depend on its batch),
-sampling.num_samples (eval.num_samples is drawn), the weights' path (their hash is kept), the statistics cache
-folder, eval.checkpoint_step as written (-1 and the step it resolves to give one report) and the NLL bound's
-fields. The trained fields are fixed for a workdir by its config.json. The report records `report_settings`
-under 'hashed_settings' (`report_stem` gives its name again), the whole sampling and eval groups, the seed, the
-step and its rounds folder ('run'); it is written under a temporary name and renamed
-(evaluate.write_report), so a killed job never leaves half a report under the final name.
+Reports. Each run's report, and a sweep's table, are named by a hash of every setting that changes them, so
+that no run overwrites one of other settings (hold_jax/quality_files.py).
 
 Quality versus NFE. eval.sampler_sweep lists "method:grid:num_steps" entries, all checked before any work
 (hold_jax/sampler_sweep.py); each is one evaluation as above with those three sampling fields replaced (its
 own rounds folder and its own report, since both name the sampler), sharing the feature network, the
 reference statistics and the parameters, which are loaded once.
-workdir/eval/quality_vs_nfe_ckpt<step>_<network>_<hash>.json (`table_stem`) then holds one row per entry (its
-NFE and summary metrics, and its report's name), also logged as a text table; <hash> covers `table_settings`:
-those of a report, with the sweep's entries in their order in place of the three sampling fields they replace.
+workdir/eval/quality_vs_nfe_ckpt<step>_<network>_<hash>.json then holds one row per entry (its NFE and summary
+metrics, and its report's name), also logged as a text table.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from typing import Any
@@ -66,25 +50,18 @@ from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import models
 from hold_jax import quality_features
+from hold_jax import quality_files
+from hold_jax import report_files
 from hold_jax import round_files
-from hold_jax import sample
 from hold_jax import sampler_sweep
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
-IMAGE_METRICS = ("fid", "kid", "is")
+IMAGE_METRICS = quality_files.IMAGE_METRICS
 METRICS = ("nll",) + IMAGE_METRICS  # what eval.metrics may name: the NLL bound (evaluate.py) and these
 
 # Fields of config.sampling that no reported number depends on, left out of a report's hash (module docstring).
-UNHASHED_SAMPLING_FIELDS = ("batch_size", "num_samples")
-# The eval fields a quality report depends on, besides the feature network and eval.metrics.
-REPORT_EVAL_FIELDS = ("num_samples", "num_repeats", "reference_split", "reference_stats", "kid_subset_size",
-                      "is_splits")
-# The sampling fields each entry of eval.sampler_sweep replaces (sampler_sweep.entry_config).
-SWEPT_SAMPLING_FIELDS = ("method", "grid", "num_steps")
-
-
 def check_settings(eval_config) -> None:
   """Raises ValueError naming the first bad sample-quality field of `config.eval` (the fields it shares with
   the NLL bound, eval.round_size and eval.checkpoint_step, are evaluate.check_settings'); every entry of
@@ -124,67 +101,6 @@ def read_round(path: epath.Path, num_images: int) -> tuple[np.ndarray, np.ndarra
   """(features, logits, nfe) of a valid round file of num_images rows; None (a warning if damaged) otherwise."""
   found = round_files.read(path, ("features", "logits", "nfe"), num_images)
   return None if found is None else (found["features"], found["logits"], int(found["nfe"]))
-
-
-def sampler_part(sampling_settings) -> str:
-  """<method>_<grid>_<N>steps, or <method>_adaptive, of config.sampling or its JSON dict: the sampler's part of
-  the names of a run's rounds folder and report."""
-  method = sampling_settings["method"]
-  if method == "ode_adaptive":
-    return f"{method}_adaptive"
-  return f"{method}_{sampling_settings['grid']}_{sampling_settings['num_steps']}steps"
-
-
-def run_name(config, network: quality_features.Network, step: int) -> str:
-  """The folder of an evaluation's rounds: what decides their contents (sampler, seed, round size, step,
-  network), so that rounds are resumed only by a run that would write the same ones; a run with more samples
-  or repeats, or another reference, reuses them."""
-  settings = {field: config.sampling[field] for field in sorted(config.sampling.keys())
-              if field not in ("num_samples", "batch_size")}
-  settings.update(seed=config.seed, round_size=config.eval.round_size, network=network.name,
-                  weights=network.weights_sha256, resize=network.resize)
-  tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-  return f"quality_{sampler_part(config.sampling)}_ckpt{step}_{network.name}_{tag}"
-
-
-def report_settings(config, network: quality_features.Network, step: int) -> dict[str, Any]:
-  """What the quality report of `config` from checkpoint `step` with `network` is a function of within a
-  workdir, as JSON values; its sample.canonical_hash is the name's (module docstring). 'metrics' lists the
-  image metrics asked for in IMAGE_METRICS' order, so ('fid', 'kid') and ('nll', 'kid', 'fid') give one name."""
-  sampling_settings = json.loads(config.sampling.to_json_best_effort())
-  eval_settings = json.loads(config.eval.to_json_best_effort())
-  return {"sampling": {field: value for field, value in sampling_settings.items()
-                       if field not in UNHASHED_SAMPLING_FIELDS},
-          "seed": int(config.seed), "checkpoint_step": int(step),
-          "network": {"name": network.name, "weights_sha256": network.weights_sha256, "resize": network.resize},
-          "metrics": [name for name in IMAGE_METRICS if name in eval_settings["metrics"]],
-          "eval": {field: eval_settings[field] for field in REPORT_EVAL_FIELDS}}
-
-
-def report_stem(settings: dict[str, Any]) -> str:
-  """quality_<sampler_part>_ckpt<step>_<network>_<canonical_hash> of `report_settings`: a report's file name
-  less .json."""
-  return (f"quality_{sampler_part(settings['sampling'])}_ckpt{settings['checkpoint_step']}_"
-          f"{settings['network']['name']}_{sample.canonical_hash(settings)}")
-
-
-def table_settings(config, network: quality_features.Network, step: int) -> dict[str, Any]:
-  """What the quality-versus-NFE table of config.eval.sampler_sweep is a function of: `report_settings` less
-  the sampling fields the entries replace, with 'sampler_sweep', the entries as "method:grid:num_steps" in
-  their order (the rows')."""
-  settings = report_settings(config, network, step)
-  settings["sampling"] = {field: value for field, value in settings["sampling"].items()
-                          if field not in SWEPT_SAMPLING_FIELDS}
-  settings["sampler_sweep"] = [f"{entry.method}:{entry.grid}:{entry.num_steps}" for entry in
-                               sampler_sweep.parse_sampler_sweep(config.eval.get("sampler_sweep", ()))]
-  return settings
-
-
-def table_stem(settings: dict[str, Any]) -> str:
-  """quality_vs_nfe_ckpt<step>_<network>_<canonical_hash> of `table_settings`: a table's file name less .json
-  (workdir_view.quality_tables finds them by the quality_vs_nfe_ prefix)."""
-  return (f"quality_vs_nfe_ckpt{settings['checkpoint_step']}_{settings['network']['name']}_"
-          f"{sample.canonical_hash(settings)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,19 +174,19 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
   text and returns its path. The table records the settings its name hashes ('hashed_settings') and the whole
   eval group beside its own fields."""
   network = loaded.network
-  recorded = table_settings(config, network, loaded.step)
-  path = train.workdir_path(workdir) / "eval" / f"{table_stem(recorded)}.json"
+  recorded = quality_files.table_settings(config, network, loaded.step)
+  path = train.workdir_path(workdir) / "eval" / f"{quality_files.table_stem(recorded)}.json"
   table = {"checkpoint_step": loaded.step, "rows": rows,
            "feature_network": {"name": network.name, "weights_sha256": network.weights_sha256,
                                "resize": network.resize},
            "reference": loaded.reference["key"], "num_samples": config.eval.num_samples,
            "num_repeats": config.eval.num_repeats, "seed": config.seed,
            "other_sampling_fields": {name: value for name, value in config.sampling.to_dict().items()
-                                     if name not in SWEPT_SAMPLING_FIELDS},
+                                     if name not in quality_files.SWEPT_SAMPLING_FIELDS},
            "eval": config.eval.to_dict(), "hashed_settings": recorded,
            "seconds": round(seconds, 1)}
   if jax.process_index() == 0:
-    evaluate.write_report(path, table)
+    report_files.write_json_atomic(path, table)
     console.say(f"eval: quality versus NFE at step {loaded.step} ({path}):\n{format_table(rows)}")
   return str(path)
 
@@ -281,7 +197,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   writes the report (process 0, with its summary to `writer`); returns its path and the report. `started` is
   when its clock began (the report's seconds and the ETA count from there)."""
   settings, network, step = config.eval, loaded.network, loaded.step
-  run_dir = train.workdir_path(workdir) / "eval" / run_name(config, network, step)
+  run_dir = train.workdir_path(workdir) / "eval" / quality_files.run_name(config, network, step)
   if jax.process_index() == 0:
     checkpoints.check_workdir(run_dir, 0, "the round files")
   sde = sde_lib.from_config(config.sde)
@@ -319,9 +235,9 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   report = _report(config, network, loaded.reference, step, repeats, time.time() - started, run_dir.name)
   if loaded.baselines is not None:
     report["baselines"] = loaded.baselines
-  path = train.workdir_path(workdir) / "eval" / f"{report_stem(report['hashed_settings'])}.json"
+  path = train.workdir_path(workdir) / "eval" / f"{quality_files.report_stem(report['hashed_settings'])}.json"
   if jax.process_index() == 0:
-    evaluate.write_report(path, report)
+    report_files.write_json_atomic(path, report)
     writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})
     writer.flush()
     console.say(f"eval: {report['summary']}")
@@ -401,7 +317,7 @@ def _report(config, network: quality_features.Network, reference, step, repeats,
     summary[f"{name}_mean"], summary[f"{name}_min"] = float(values.mean()), float(values.min())
   return {
       "run": run,
-      "hashed_settings": report_settings(config, network, step),
+      "hashed_settings": quality_files.report_settings(config, network, step),
       "checkpoint_step": step,
       "seed": config.seed,
       "repeats": repeats,

@@ -16,7 +16,6 @@ The files record what produced them (`sample_settings`), from which `settings_st
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Callable
 
@@ -31,6 +30,7 @@ from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import models
 from hold_jax import plots
+from hold_jax import report_files
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
@@ -55,18 +55,10 @@ def sample_settings(config, step: int, num_samples: int | None = None) -> dict[s
           "sde_order": int(config.sde.order), "dataset": config.data.get("dataset")}
 
 
-def canonical_hash(value: Any) -> str:
-  """8 hex digits of SHA-256 over the canonical JSON of `value` (sorted keys, no spaces), so that the same
-  settings give the same digits in any field order and on any machine. Sample files and the evaluation reports
-  (hold_jax/evaluate.py, hold_jax/quality.py) are named with it."""
-  text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-  return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
 def settings_hash(settings: dict[str, Any]) -> str:
-  """`canonical_hash` of the parts of `sample_settings` that can change the samples: 'sampling' without
+  """`report_files.canonical_hash` of the parts of `sample_settings` that can change the samples: 'sampling' without
   UNHASHED_SAMPLING_FIELDS, 'seed' and 'checkpoint_step'."""
-  return canonical_hash({"sampling": {field: value for field, value in settings["sampling"].items()
+  return report_files.canonical_hash({"sampling": {field: value for field, value in settings["sampling"].items()
                                       if field not in UNHASHED_SAMPLING_FIELDS},
                          "seed": settings["seed"], "checkpoint_step": settings["checkpoint_step"]})
 

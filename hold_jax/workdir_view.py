@@ -37,7 +37,7 @@ def read_scalars(directory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def quality_tables(workdir) -> list[epath.Path]:
   """workdir/eval/quality_vs_nfe_ckpt<step>_<network>_<hash>.json (written by --mode=eval with
-  eval.sampler_sweep, one per step, network and settings: quality.table_stem), newest first. Tables being
+  eval.sampler_sweep, one per step, network and settings: quality_files.table_stem), newest first. Tables being
   written are hidden temporary files until renamed, so each one found is whole."""
   directory = epath.Path(workdir) / "eval"
   if not directory.exists():

@@ -16,7 +16,9 @@ from etils import epath
 
 from hold_jax import evaluate
 from hold_jax import quality
+from hold_jax import report_files
 from hold_jax import quality_features
+from hold_jax import quality_files
 from hold_jax import train
 from hold_jax import workdir_view
 from hold_jax.configs import digits
@@ -99,7 +101,7 @@ def stand_in_network(weights_sha256: str = "ab" * 32) -> quality_features.Networ
 
 
 def quality_stem(config, step: int = 4, network=None) -> str:
-  return quality.report_stem(quality.report_settings(config, network or stand_in_network(), step))
+  return quality_files.report_stem(quality_files.report_settings(config, network or stand_in_network(), step))
 
 
 # Every setting a quality report depends on, with a value other than digits:local's.
@@ -139,9 +141,9 @@ def test_what_cannot_change_the_numbers_leaves_the_quality_report_name(fields):
 def test_quality_rounds_are_found_again_by_a_run_with_more_samples_or_another_reference():
   config = digits.get_config("local")
   network = stand_in_network()
-  folder = quality.run_name(config, network, 4)
+  folder = quality_files.run_name(config, network, 4)
   for fields in ({"eval.num_samples": 99}, {"eval.num_repeats": 3}, {"eval.reference_split": "heldout"}):
-    assert quality.run_name(changed(config, **fields), network, 4) == folder  # its rounds are resumed
+    assert quality_files.run_name(changed(config, **fields), network, 4) == folder  # its rounds are resumed
     assert quality_stem(changed(config, **fields), network=network) != quality_stem(config, network=network)
   readable = folder[:folder.rindex("_")]
   assert quality_stem(config, network=network).startswith(readable + "_")
@@ -177,7 +179,7 @@ def test_a_sweep_with_other_settings_keeps_the_earlier_table(tmp_path, fields):
   assert second != first and epath.Path(first).read_text() == kept
   assert re.fullmatch(rf"quality_vs_nfe_ckpt4_digits-classifier-v1_{HASH}\.json", os.path.basename(second))
   table = json.loads(epath.Path(second).read_text())
-  assert quality.table_stem(table["hashed_settings"]) + ".json" == os.path.basename(second)  # named by its record
+  assert quality_files.table_stem(table["hashed_settings"]) + ".json" == os.path.basename(second)  # named by its record
   assert table["seed"] == sweep_config(**fields).seed and table["checkpoint_step"] == 4
   assert tuple(table["eval"]["sampler_sweep"]) == tuple(sweep_config(**fields).eval.sampler_sweep)
 
@@ -220,7 +222,7 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(tmp_path, interrupte
   path.parent.mkdir()
   path.write_text(json.dumps({"nll_bound_nats": 1.0}))  # an earlier, whole report (os's writer, not epath's)
   with pytest.raises(KeyboardInterrupt):
-    evaluate.write_report(path, {"nll_bound_nats": 2.0, "seed": np.int64(0)})
+    report_files.write_json_atomic(path, {"nll_bound_nats": 2.0, "seed": np.int64(0)})
   assert json.loads(path.read_text()) == {"nll_bound_nats": 1.0}
   assert os.listdir(path.parent) == ["report.json"]  # the half-written temporary file was removed
 
@@ -237,9 +239,9 @@ def test_an_interrupted_table_never_stands_under_its_name(tmp_path, interrupted_
 def test_a_report_that_cannot_be_serialised_writes_nothing(tmp_path):
   path = tmp_path / "report.json"
   with pytest.raises(TypeError, match="object is not JSON serialisable"):
-    evaluate.write_report(path, {"value": object()})
+    report_files.write_json_atomic(path, {"value": object()})
   assert os.listdir(tmp_path) == []
-  evaluate.write_report(path, {"steps": (1, 2), "nfe": np.float32(3.5)})
+  report_files.write_json_atomic(path, {"steps": (1, 2), "nfe": np.float32(3.5)})
   assert json.loads(path.read_text()) == {"steps": [1, 2], "nfe": 3.5}
 
 

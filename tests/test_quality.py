@@ -14,6 +14,7 @@ from hold_jax import checkpoints
 from hold_jax import evaluate
 from hold_jax import quality
 from hold_jax import quality_features
+from hold_jax import quality_files
 from hold_jax import train
 
 
@@ -180,7 +181,7 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
   assert re.fullmatch(r"quality_vs_nfe_ckpt4_digits-classifier-v1_[0-9a-f]{8}\.json", os.path.basename(path))
   with open(path) as file:
     table = json.load(file)
-  assert quality.table_stem(table["hashed_settings"]) + ".json" == os.path.basename(path)
+  assert quality_files.table_stem(table["hashed_settings"]) + ".json" == os.path.basename(path)
   assert table["hashed_settings"]["sampler_sweep"] == list(sweep)
   rows = table["rows"]
   assert [(row["method"], row["grid"], row["num_steps"], row["nfe"]) for row in rows] == [
@@ -191,7 +192,7 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
       report = json.load(file)
     assert report["sampling"]["num_steps"] == num_steps and report["summary"] == {
         name: value for name, value in row.items() if name.endswith(("_mean", "_min"))}
-    assert quality.report_stem(report["hashed_settings"]) + ".json" == row["report"]  # named by its record
+    assert quality_files.report_stem(report["hashed_settings"]) + ".json" == row["report"]  # named by its record
     assert os.path.isdir(workdir / "eval" / report["run"])
   assert rows[0]["fd_digits_mean"] != rows[1]["fd_digits_mean"]
   assert rows[0]["report"] != rows[1]["report"]
