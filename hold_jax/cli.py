@@ -3,12 +3,16 @@
 ml_collections applies `--config.a.b=value` overrides while absl parses flags, so a mistyped field name dies
 there with a long traceback that ends in `AttributeError: '\\'num_stepz\\'\\nDid you mean ...'`, and a value of
 the wrong type gets absl's 'FATAL Flags parsing error' without the type the field takes. `parse_flags`
-(for `app.run(main, flags_parser=cli.parse_flags)`) turns both into one line on stderr and exit status 2;
-`config_field_error` does the same for a field a user's own config file lacks, met later by any job.
+(for `app.run(main, flags_parser=cli.parse_flags)`) turns both into one line on stderr and exit status 2, as
+it does for a --config file that gives no config (a variant it does not know, a file that is not Python: a
+traceback from ml_collections' loader otherwise) and an empty --workdir; `config_field_error` does the same
+for a field a user's own config file lacks, met later by any job.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging as logging_lib
 import os
 import re
 import sys
@@ -20,7 +24,10 @@ from ml_collections import config_dict
 from ml_collections.config_flags import config_flags  # the module: is_config_flag is not re-exported
 from ml_collections.config_flags import config_path
 
+from hold_jax import config_file
+
 PROGRAM = "hold_jax"
+ERROR_PREFIX = f"{PROGRAM}: error: "  # every one-line error of the command line and of main starts so
 # The stock configs ship inside the package, so `--config configs/toy2d.py` works from any directory.
 PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 USAGE_ERROR_STATUS = 2  # the shell's convention for a bad command line; absl's own flag errors exit with 1
@@ -216,6 +223,72 @@ def missing_config_file(argv: list[str], flag_values: flags.FlagValues) -> str |
   return None
 
 
+def config_file_error(argv: list[str], flag_values: flags.FlagValues, given_argv: list[str] | None = None
+                      ) -> str | None:
+  """The message for a --config file that exists but gives no config (config_file.problem), which
+  ml_collections reports as a traceback (from inside absl's parser, or later from main); None when every
+  config file given gives one. argv holds the paths that are loaded (with_stock_configs); given_argv, the
+  command line as typed, names the flag in the message."""
+  for name, flag in _config_flags(flag_values).items():
+    argument = _flag_argument(argv, name)
+    if argument is None or not isinstance(flag.parser, config_flags.ConfigFileFlagParser):
+      continue
+    path, colon, variant = argument.partition(":")
+    if not os.path.isfile(path):
+      continue  # missing_config_file's case
+    problem = config_file.problem(path, variant if colon else None)
+    if problem is not None:
+      shown = _flag_argument(given_argv, name) if given_argv else None
+      shown_path = (shown or argument).partition(":")[0]
+      problem = problem.replace(path, shown_path)
+      return f"--{name}={shown or argument}: {problem}" + ("" if problem.endswith(".") else ".")
+  return None
+
+
+def _gives_configs(flag_values: flags.FlagValues) -> bool:
+  """Whether every config-file flag that was given holds a ConfigDict (not None, a dict, or ml_collections'
+  stand-in for a file it could not read)."""
+  return all(isinstance(flag.value, config_dict.ConfigDict) for flag in _config_flags(flag_values).values()
+             if isinstance(flag.parser, config_flags.ConfigFileFlagParser) and flag.present)
+
+
+def _forget_loaded_configs(flag_values: flags.FlagValues) -> None:
+  """Drops the modules ml_collections loaded config files into (sys.modules['<flag>_config']): it runs a file
+  again in the namespace of the module of that name, so a second parse in one process (a notebook, a test)
+  would keep the names of the file read first, e.g. its get_config for a file that has none."""
+  for name in _config_flags(flag_values):
+    sys.modules.pop(f"{name}_config", None)
+
+
+class _LoaderWarnings(logging_lib.Filter):
+  """Drops ml_collections' warning that get_config() returned None: config_file_error says it as the error, and
+  absl, not yet parsed, would print it on stderr with a line about logging before flag parsing."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return "get_config() returned None" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _without_loader_warnings():
+  logger = logging_lib.getLogger("absl")
+  loader_warnings = _LoaderWarnings()
+  logger.addFilter(loader_warnings)
+  try:
+    yield
+  finally:
+    logger.removeFilter(loader_warnings)
+
+
+def workdir_problem(workdir: str | None) -> str | None:
+  """What is wrong with the --workdir value itself: an empty or blank one would put checkpoints, logs and
+  samples in the current directory, unasked. None when it names a directory (whether it is usable is checked
+  on the disk, checkpoints.check_workdir)."""
+  if workdir is None or workdir.strip():
+    return None
+  return (f"--workdir is {'empty' if not workdir else f'blank ({workdir!r})'}: give a directory for the "
+          "run's checkpoints, log and samples, e.g. --workdir runs/toy2d (use --workdir . for the current one).")
+
+
 def override_error(error: Exception, argv: list[str], flag_values: flags.FlagValues) -> str | None:
   """The one-line message for `error`, raised while `flag_values` parsed argv, when it comes from a
   --config.a.b=value override: an unknown field (AttributeError or KeyError from ml_collections) or a value of
@@ -251,20 +324,34 @@ def _exit_with_absl_usage(error: flags.Error) -> None:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """absl.app.run's flags_parser: flag_values(argv), with a bad --config.a.b=value override reported as
-  `hold_jax: --config.a.b=value: <what is wrong and the fix>` on stderr and exit status 2, no traceback.
-  A missing --config file is reported the same way. Returns the arguments left after the flags, as absl's
-  own parser does. `configs/NAME.py` falls back to the packaged stock config (stock_config_path)."""
+  `hold_jax: error: --config.a.b=value: <what is wrong and the fix>` on stderr and exit status 2, no
+  traceback. A missing --config file, one that gives no config (not Python, a variant its get_config()
+  refuses: config_file_error) and an empty --workdir are reported the same way. Returns the arguments left
+  after the flags, as absl's own parser does. `configs/NAME.py` falls back to the packaged stock config
+  (stock_config_path)."""
+  given_argv = argv
   argv = with_stock_configs(argv, flag_values)
   message = missing_config_file(argv, flag_values)
   if message is None:
+    _forget_loaded_configs(flag_values)
     try:
-      return flag_values(argv)
-    except (AttributeError, KeyError, flags.Error) as error:
-      message = override_error(error, argv, flag_values)
+      with _without_loader_warnings():
+        remaining = flag_values(argv)
+    except Exception as error:  # pylint: disable=broad-except  (a config file can raise anything)
+      message = config_file_error(argv, flag_values, given_argv)
+      if message is None and isinstance(error, (AttributeError, KeyError, flags.Error)):
+        message = override_error(error, argv, flag_values)
       if message is None and isinstance(error, flags.Error):
         _exit_with_absl_usage(error)
       if message is None:
         raise
-  sys.stderr.write(f"{PROGRAM}: {message}\n")
+    else:
+      if not _gives_configs(flag_values):
+        message = config_file_error(argv, flag_values, given_argv)
+      if message is None and "workdir" in flag_values:
+        message = workdir_problem(flag_values["workdir"].value)
+      if message is None:
+        return remaining
+  sys.stderr.write(f"{ERROR_PREFIX}{message}\n")
   sys.exit(USAGE_ERROR_STATUS)
 

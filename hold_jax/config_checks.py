@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from hold_jax import evaluate
+from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
@@ -24,6 +25,8 @@ def check(config) -> None:
     raise ValueError(f"the config has no {', '.join(missing)}: it does not train a network. The exact-score demo "
                      "(configs/mixture_demo.py) runs with `python -m hold_jax.demo --config configs/mixture_demo.py "
                      "--workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
+  if "seed" in config:
+    field_checks.require_seed("seed", config.seed)
   sampling.check_settings(sde_lib.from_config(config.sde), config.sampling)
   if "eval" in config:
     check_eval(config.eval)
@@ -39,6 +42,8 @@ def check(config) -> None:
 def check_eval(eval_config) -> None:
   """The fields of `config.eval` (configs/default.py), each by the module that reads it; the data-dependent
   ones are checked by evaluate."""
+  if "seed" in eval_config:
+    field_checks.require_seed("eval.seed", eval_config.seed)
   evaluate.check_settings(eval_config)
   if "metrics" in eval_config:
     quality.check_settings(eval_config)

@@ -10,6 +10,10 @@ back to the console.
 How: absl's handler writes INFO and above to its stream and copies records at or above `--stderrthreshold`
 to stderr when that stream is not stderr. Pointing the stream at the log file and the threshold (unless given
 on the command line) at WARNING gives the split above with absl's semantics intact.
+
+The log file must not drown the console either: a log file that cannot be opened or written at the start is
+one error (LogFileError), and one that fails later (its disk filled up) is one warning on the console, after
+which its lines are dropped (LogStream); Python's logging would print a traceback for every record instead.
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ from absl import flags
 from absl import logging
 
 LOG_NAME = "log.txt"
+PROGRAM = "hold_jax"
+
+
+class LogFileError(Exception):
+  """The log file cannot be opened or written at the start of a run; the message names it and the fix."""
 
 
 @contextlib.contextmanager
@@ -87,9 +96,10 @@ def hold_library_logs() -> None:
 
 
 def log_to_file(workdir: str, process_index: int = 0) -> str | None:
-  """Sends absl's log lines (and what `hold_library_logs` held) to log_path(workdir); returns that path,
-  or None when the file cannot be opened (an unusable workdir is reported by the job's own checks) or the
-  user asked for the console only (--logtostderr)."""
+  """Sends absl's log lines (and what `hold_library_logs` held) to log_path(workdir); returns that path, or
+  None when the user asked for the console only (--logtostderr). Raises LogFileError naming the file and the
+  fix when it cannot be opened or written (a read-only or full disk): falling back to the console would
+  print a hundred lines of log before the job's own error."""
   if _only_console():
     return None
   handler = logging.get_absl_handler().python_handler
@@ -97,17 +107,96 @@ def log_to_file(workdir: str, process_index: int = 0) -> str | None:
   path = log_path(workdir, process_index)
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    stream = open(path, "a", encoding="utf-8", buffering=1)  # pylint: disable=consider-using-with
-  except OSError:
-    if held:
-      sys.stderr.write(held)
-    handler.stream = sys.stderr
-    return None
-  stream.write(held)
-  handler.stream = stream
+    file = open(path, "a", encoding="utf-8", buffering=1)  # pylint: disable=consider-using-with
+    try:
+      file.write(held)
+      file.flush()
+    except OSError:
+      _close_quietly(file)
+      raise
+  except OSError as error:
+    raise LogFileError(f"the log file {path} cannot be written ({_reason(error)}): free space on its disk, fix "
+                       "its permissions or choose another --workdir (or keep the log on the console with "
+                       "--logtostderr).") from None
+  handler.stream = LogStream(file, path)
   if not flags.FLAGS["stderrthreshold"].present:
     flags.FLAGS.stderrthreshold = "warning"
   return path
+
+
+def _reason(error: OSError) -> str:
+  """'No space left on device' (the OS's words), else the error's own message."""
+  return error.strerror or str(error) or type(error).__name__
+
+
+def _close_quietly(file) -> None:
+  try:
+    file.close()
+  except OSError:  # its buffer could not be flushed either
+    pass
+
+
+class LogStream:
+  """The log file as the stream of absl's handler. A write or flush that fails (the disk filled up, a network
+  file system went away) is said once on the console, and the file is given up: later lines are dropped, while
+  warnings and errors still reach the console (absl copies them to stderr). Python's logging would otherwise
+  print '--- Logging error ---' and a traceback for every record, thousands of lines around the one message
+  that says what failed (such as a checkpoint save on the same full disk)."""
+
+  def __init__(self, file, path: str):
+    self._file = file
+    self.name = path
+
+  @property
+  def closed(self) -> bool:
+    return self._file is None or self._file.closed
+
+  def write(self, text: str) -> int:
+    if self._file is not None:
+      try:
+        return self._file.write(text)
+      except OSError as error:
+        self._give_up(error)
+    return len(text)
+
+  def flush(self) -> None:
+    if self._file is not None:
+      try:
+        self._file.flush()
+      except OSError as error:
+        self._give_up(error)
+
+  def isatty(self) -> bool:
+    return False
+
+  def close(self) -> None:
+    if self._file is not None:
+      _close_quietly(self._file)
+
+  def _give_up(self, error: OSError) -> None:
+    file, self._file = self._file, None
+    _close_quietly(file)
+    sys.stderr.write(f"{PROGRAM}: warning: the log file {self.name} cannot be written ({_reason(error)}); its "
+                     "later lines are dropped, warnings and errors still show here.\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def library_warnings_in_log():
+  """While the block runs, absl's warnings go to the log file only (errors still reach the console): for a
+  library call whose warnings say less than the error its caller raises, such as tfds' 'Variant folder ... has
+  no dataset_info.json' before image_sources says how to prepare the data. Changes nothing when absl's flags
+  are not parsed or the user chose what reaches the console (--stderrthreshold, --alsologtostderr,
+  --logtostderr)."""
+  if not flags.FLAGS.is_parsed() or flags.FLAGS["stderrthreshold"].present or _libraries_to_console():
+    yield
+    return
+  saved = flags.FLAGS.stderrthreshold
+  flags.FLAGS.stderrthreshold = "error"
+  try:
+    yield
+  finally:
+    flags.FLAGS.stderrthreshold = saved
 
 
 def say(message: str) -> None:

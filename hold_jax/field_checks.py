@@ -46,3 +46,13 @@ def require_positive(field: str, value: Any) -> None:
 def require_unit_interval(field: str, value: Any) -> None:
   """value is a finite number in [0, 1): a decay, a dropout rate or an Adam beta (1 never forgets)."""
   require(is_finite(value) and 0 <= value < 1, field, value, "a finite number in [0, 1)")
+
+
+SEED_LIMIT = 2**63  # jax.random.PRNGKey takes a C long; numpy's SeedSequence takes integers >= 0
+
+
+def require_seed(field: str, value: Any) -> None:
+  """value is a seed that both numpy (np.random.default_rng([seed, ...]): >= 0) and jax (PRNGKey: a C long)
+  take: an integer in [0, 2**63). Either library's own error names no field."""
+  require(is_int(value) and 0 <= value < SEED_LIMIT, field, value, "an integer in [0, 2**63) (numpy's and jax's "
+          "random generators take no negative or larger seed)")

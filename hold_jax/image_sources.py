@@ -20,6 +20,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from hold_jax import console
+
+
+class NotPrepared(FileNotFoundError):
+  """The tfds data of a source is not under config.data.data_dir; the message says how to prepare it."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageSource:
@@ -141,11 +147,15 @@ def image_of(example: dict):
 
 
 def tfds_builder(dataset: str, data_dir: str | None):
-  """(tfds, the builder of `dataset` under data_dir), checked to be prepared: FileNotFoundError otherwise."""
+  """(tfds, the builder of `dataset` under data_dir), checked to be prepared: NotPrepared (a
+  FileNotFoundError) otherwise. tfds' own warnings about the folder it searched (a version folder without
+  dataset_info.json) go to the log file only: the message raised here says more, and alone."""
   tfds = import_tfds_without_gpus()
-  builder = tfds.builder(SOURCES[dataset].tfds_name, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(not_prepared_message(dataset, data_dir, str(builder.data_path)))
+  with console.library_warnings_in_log():
+    builder = tfds.builder(SOURCES[dataset].tfds_name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if not prepared:
+    raise NotPrepared(not_prepared_message(dataset, data_dir, str(builder.data_path)))
   return tfds, builder
 
 

@@ -6,6 +6,7 @@ libraries' log lines go to <workdir>/log.txt (hold_jax/console.py).
 """
 import importlib
 import sys
+from typing import NoReturn
 
 from hold_jax import console
 
@@ -22,6 +23,7 @@ from hold_jax import checkpoints
 from hold_jax import cli
 from hold_jax import config_checks
 from hold_jax import evaluate
+from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import quality
 from hold_jax import run_record
@@ -73,20 +75,52 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
   return sample.sample_to_disk(config, workdir)
 
 
+def fail(message, status: int = 1) -> NoReturn:
+  """Ends the command with `hold_jax: error: <message>` on stderr: bad input is that one line, no traceback."""
+  print(f"{cli.ERROR_PREFIX}{message}", file=sys.stderr)
+  sys.exit(status)
+
+
+# Room a run needs in its workdir before any checkpoint: the log file and config.json (checked with the
+# workdir's writability at the start; train checks the room for a checkpoint itself).
+START_BYTES = 2**20
+
+
+def check_workdir(workdir: str) -> None:
+  """CheckpointError unless a local workdir has room for START_BYTES and can be created and written, so that
+  an unusable one is one line before the log file opens (a bucket's is checked by the job that writes there).
+  The room comes first: on a full disk the writability probe fails too, with a fix that would not help."""
+  if "://" in workdir:
+    return
+  path = train.workdir_path(workdir)
+  free = checkpoints.free_bytes(path)
+  if free is not None and free < START_BYTES:
+    raise checkpoints.CheckpointError(
+        f"{path} is on a disk with {free / 2**20:.1f} MiB free, and a run needs about {START_BYTES / 2**20:.0f} MiB "
+        "there to start (its log file and config.json): free space or choose a --workdir on a larger disk.")
+  checkpoints.check_workdir(path, 0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.hold_library_logs()
+  problem = cli.workdir_problem(_WORKDIR.value)  # cli.parse_flags says it first; another flags parser may not
+  if problem:
+    fail(problem, cli.USAGE_ERROR_STATUS)
   config = _CONFIG.value
   if _DISTRIBUTED.value:
     initialize_distributed(config)
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)
   except ValueError as error:
-    print(f"hold_jax: error: {error}", file=sys.stderr)
-    sys.exit(2)
+    fail(error, cli.USAGE_ERROR_STATUS)
   checkpoints.shorten_library_tracebacks()
-  log_file = console.log_to_file(_WORKDIR.value, jax.process_index())
+  try:  # before anything is logged or written: a workdir or log file that cannot be written is one line
+    check_workdir(_WORKDIR.value)
+    log_file = console.log_to_file(_WORKDIR.value, jax.process_index())
+  except (checkpoints.CheckpointError, console.LogFileError) as error:
+    fail(error)
   console.say(f"hold_jax {_MODE.value}: workdir {_WORKDIR.value}" + (f", log {log_file}" if log_file else ""))
   logging.info("TensorFlow's notices on import:\n%s", "".join(_IMPORT_NOTICES))
   logging.info("Config:\n%s", config)
@@ -99,13 +133,14 @@ def main(argv):
     message = cli.config_field_error(error, config) if isinstance(error, (AttributeError, KeyError)) else None
     if isinstance(error, (AttributeError, KeyError)) and message is None:
       raise
-    print(f"hold_jax: error: {message or error}", file=sys.stderr)
-    sys.exit(1)
+    fail(message or error)
 
 
 # Errors whose message is the whole story (bad input, damaged or missing checkpoints, a changed config, a
-# failed save, non-finite training); a config field lookup that fails is named by cli.config_field_error.
-USER_ERRORS = (ValueError, FloatingPointError, checkpoints.CheckpointError, AttributeError, KeyError)
+# failed save, non-finite training, tfds data that is not prepared); a config field lookup that fails is named
+# by cli.config_field_error.
+USER_ERRORS = (ValueError, FloatingPointError, checkpoints.CheckpointError, image_sources.NotPrepared,
+               AttributeError, KeyError)
 
 
 def entry_point() -> None:

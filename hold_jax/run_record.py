@@ -32,7 +32,27 @@ RUN_SETTINGS = ("training.num_steps", "training.log_every", "training.checkpoint
 
 
 class RecordMismatch(ValueError):
-  """The given config would change a trained field of the workdir's run."""
+  """The given config would change a trained field of the workdir's run, or the record cannot say what they
+  were (damaged)."""
+
+
+def damaged(path: epath.Path, what: str) -> RecordMismatch:
+  """The error for a record that cannot be used: `path what; it records ...: restore it ... or remove it`."""
+  return RecordMismatch(f"{path} {what}; it records how this workdir's checkpoints were trained: restore it from "
+                        "a copy, or remove it to accept the given config.")
+
+
+def _describe_json(value: Any) -> str:
+  """'a JSON list', 'null', 'the number 5', ...: what a record holds where an object was expected."""
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return f"the value {json.dumps(value)}"
+  if isinstance(value, (int, float)):
+    return f"the number {value!r}"
+  if isinstance(value, str):
+    return "a string"
+  return "a JSON list" if isinstance(value, list) else f"a {type(value).__name__}"
 
 
 def is_run_setting(field: str) -> bool:
@@ -69,10 +89,12 @@ def read(workdir: epath.Path) -> dict[str, Any] | None:
   if not path.exists():
     return None
   try:
-    recorded = flatten(json.loads(path.read_text()))
+    tree = json.loads(path.read_text())
   except (ValueError, OSError) as error:
-    raise RecordMismatch(f"{path} cannot be read ({error}); it records how this workdir's checkpoints were "
-                         "trained: restore it from a copy, or remove it to accept the given config.") from None
+    raise damaged(path, f"cannot be read ({error})") from None
+  if not isinstance(tree, dict):  # a list, null or a number: no field to compare or take
+    raise damaged(path, f"holds {_describe_json(tree)}, not an object of config fields")
+  recorded = flatten(tree)
   if recorded.get(HORIZON) is None and "training.num_steps" in recorded:
     recorded[HORIZON] = recorded["training.num_steps"]
   return recorded
@@ -96,6 +118,8 @@ def with_schedule_horizon(config: ml_collections.ConfigDict, workdir: epath.Path
   """
   resolved = config.copy_and_resolve_references()
   recorded = read(workdir) if has_checkpoints(workdir) else None
+  if recorded is not None:
+    check_fields(workdir, recorded, config_fields(resolved))
   given = resolved.optim.get("schedule_horizon")
   if given is not None:
     horizon = given
@@ -142,6 +166,49 @@ def trained_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list
           if field in recorded and not is_run_setting(field) and _plain(recorded[field]) != _plain(value)]
 
 
+_KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+          ((list, tuple), "a list"))
+
+
+def _kind(value: Any) -> str:
+  """How a message names the values a field takes, from its value in the given config."""
+  return next((phrase for types, phrase in _KINDS if isinstance(value, types)), f"a {type(value).__name__}")
+
+
+def check_fields(workdir: epath.Path, recorded: dict[str, Any], given: dict[str, Any]) -> None:
+  """Raises RecordMismatch when a field of workdir's record cannot stand for the given config's field of that
+  name: a single value where the config has a group of fields (`"sde": 5`), a group where it has a single
+  value, or a value of another type (`"sde": {"order": "three"}`, refused as ConfigDict refuses it). Such a
+  record was damaged, or written with another config file; unchecked, its fields are silently skipped (a
+  group) or fail deep inside a job (a type).
+
+  recorded: `read(workdir)`; given: `config_fields(config)`. Fields that only one of them has are fine (a
+  field added to, or removed from, the code since the run started).
+  """
+  groups = {field.rsplit(".", k)[0] for field in given for k in range(1, field.count(".") + 1)}
+  path = workdir / RECORD_NAME
+  for field, value in recorded.items():
+    if field in groups:
+      raise damaged(path, f"records {field} = {value!r}, but {field} is a group of fields in the config "
+                    f"({', '.join(sorted(name for name in given if name.startswith(field + '.'))[:3])}, ...)")
+    parents = [field.rsplit(".", k)[0] for k in range(field.count("."), 0, -1)]
+    leaf = next((parent for parent in parents if parent in given), None)
+    if leaf is not None:
+      raise damaged(path, f"records {leaf} as a group of fields ({field} = {value!r}), but {leaf} is a single "
+                    f"value in the config ({given[leaf]!r})")
+    if field not in given or value is None or given[field] is None:
+      continue
+    probe = ml_collections.ConfigDict({"value": _tuples(given[field])})
+    try:
+      if isinstance(value, bool) != isinstance(given[field], bool):  # ConfigDict takes True for an integer
+        raise TypeError(field)
+      probe.value = _tuples(value)
+    except TypeError:
+      raise damaged(path, f"records {field} = {value!r}, but {field} takes {_kind(given[field])} (the given config "
+                    f"has {given[field]!r}): the record is damaged, or was written with another config "
+                    "file") from None
+
+
 def _describe(differences: list[tuple[str, Any, Any]], workdir: epath.Path, what: str) -> str:
   lines = [f"  {field}: trained with {trained!r}, given {given!r}" for field, trained, given in differences]
   return (f"{what} {workdir} with a config that changes how its checkpoints were trained "
@@ -156,7 +223,9 @@ def check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> None
   recorded = read(workdir)
   if recorded is None:
     return
-  differences = trained_differences(recorded, config_fields(config))
+  given = config_fields(config)
+  check_fields(workdir, recorded, given)
+  differences = trained_differences(recorded, given)
   if differences:
     raise RecordMismatch(_describe(differences, workdir, "Resuming"))
 
@@ -181,6 +250,7 @@ def for_inference(workdir: epath.Path, config: ml_collections.ConfigDict,
   if recorded is None:
     return config
   given = config_fields(config)
+  check_fields(workdir, recorded, given)
   conflicts = [(field, recorded[field], value) for field, value in overrides.items()
                if field in recorded and not is_run_setting(field) and _plain(recorded[field]) != _plain(value)]
   if conflicts:

@@ -230,8 +230,8 @@ def test_absl_app_run_with_parse_flags_prints_no_traceback():
                            "--config.training.num_stepz=5"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "main ran" not in result.stdout
-  assert result.stderr == ("hold_jax: --config.training.num_stepz=5: config has no field training.num_stepz; the "
-                           "nearest valid name is training.num_steps.\n"), result.stderr
+  assert result.stderr == ("hold_jax: error: --config.training.num_stepz=5: config has no field training.num_stepz; "
+                           "the nearest valid name is training.num_steps.\n"), result.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------
