@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging as logging_lib
 import os
 import re
@@ -73,12 +74,16 @@ def _without_read_only_notice():
     logger.removeFilter(notice)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state) -> None:
-  """Starts saving `state` as `step` (asynchronously if the manager is), with its checksums.
+def save(manager: ocp.CheckpointManager, step: int, state, config=None) -> None:
+  """Starts saving `state` as `step` (asynchronously if the manager is), with its checksums and a copy of the
+  run's `config` (its fields as JSON, the same record as workdir/config.json: hold_jax/run_record.py reads it
+  when config.json is gone).
 
   The checksums are computed from the same device arrays orbax writes, before the save starts.
   """
   record = checkpoint_integrity.record(state, step)
+  if config is not None:
+    record["config"] = json.loads(config.to_json_best_effort())
   checkpoint_integrity.note_checksums_since(epath.Path(manager.directory).parent, step)
   try:
     manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state),

@@ -5,10 +5,23 @@ everything else is importable from a notebook. The console shows the run's progr
 libraries' log lines go to <workdir>/log.txt (hold_jax/console.py).
 """
 import importlib
+import signal
 import sys
 from typing import NoReturn
 
 from hold_jax import console
+from hold_jax import preemption
+
+
+def _stopped_while_starting(signum, frame) -> None:
+  """A stop signal during the imports (10-15 s) ends the command with one line, not a traceback or -15."""
+  del frame
+  print(f"hold_jax: stopped by {signal.Signals(signum).name} while starting; nothing was written.", flush=True)
+  raise SystemExit(0)
+
+
+for _signal in preemption.SIGNALS:
+  signal.signal(_signal, _stopped_while_starting)
 
 with console.native_stderr_captured() as _IMPORT_NOTICES:
   importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
@@ -75,6 +88,15 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
   return sample.sample_to_disk(config, workdir)
 
 
+# What a stop signal outside the training loop leaves (preemption.exit_on_signals; in the loop, training saves
+# the step reached and stops).
+WHAT_A_STOP_KEEPS = {
+    "train": "the checkpoints in {workdir} are as they were, and the same command resumes from the newest.",
+    "sample": "no samples were written; the same command starts again.",
+    "eval": "the finished evaluation rounds in {workdir}/eval are kept, and the same command resumes from them.",
+}
+
+
 def fail(message, status: int = 1) -> NoReturn:
   """Ends the command with `hold_jax: error: <message>` on stderr: bad input is that one line, no traceback."""
   print(f"{cli.ERROR_PREFIX}{message}", file=sys.stderr)
@@ -111,6 +133,8 @@ def main(argv):
   config = _CONFIG.value
   if _DISTRIBUTED.value:
     initialize_distributed(config)
+  # After jax.distributed (which installs its SIGTERM notifier, and must come before any other jax call).
+  preemption.exit_on_signals(WHAT_A_STOP_KEEPS[_MODE.value].format(workdir=_WORKDIR.value))
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)
   except ValueError as error:
@@ -127,6 +151,10 @@ def main(argv):
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   try:
     print(run(config, _WORKDIR.value, _MODE.value, overrides))
+  except preemption.SecondInterrupt:
+    print(f"hold_jax: stopped at once by a second SIGINT, without a final save; the newest complete checkpoint in "
+          f"{_WORKDIR.value}/checkpoints resumes.", flush=True)
+    sys.exit(130)
   except USER_ERRORS as error:
     # What the user can fix is said in one message; the traceback stays in the log (--verbosity=1 shows it).
     logging.debug("Traceback of the error below:", exc_info=True)

@@ -11,7 +11,11 @@ the same path. A multi-process job where that agreement cannot work is refused a
 with or without jax.distributed; there the signal handler's flag is the request. (Through the library a
 single fast-stepping process could miss the sync step: it is set in the background to the furthest step
 reported plus one, which the training loop may already have passed.) A second SIGINT in a single process
-stops at once (KeyboardInterrupt), after the saves already started have finished.
+stops at once (SecondInterrupt), after the saves already started have finished.
+
+Outside the training loop (imports, start-up, restoring, sampling, evaluation) the same signals end the
+command at once with one line and status 0 (exit_on_signals): there is nothing to save there, and evaluation
+rounds already on disk resume.
 """
 from __future__ import annotations
 
@@ -22,6 +26,31 @@ from typing import Callable
 from absl import logging
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class SecondInterrupt(KeyboardInterrupt):
+  """A second SIGINT while training saves and stops: stop at once (hold_jax.main says so in one line)."""
+
+
+def exit_on_signals(what_is_kept: str) -> None:
+  """Until training's StopRequests takes over (and after it hands back): SIGTERM, SIGINT and SIGUSR1 end the
+  command at once with one line on stdout, `hold_jax: stopped by SIGTERM; <what_is_kept>`, and exit status 0,
+  the status of training's clean stop. For the phases with nothing to save (imports, start-up, restoring,
+  sampling, evaluation, whose rounds are written atomically and resume), where the default handlers would print
+  a KeyboardInterrupt traceback or end the process with status -15. SystemExit unwinds the stack, so open
+  managers are closed and saves already started complete. Several processes leave SIGTERM to jax.distributed's
+  preemption notifier, which must see it."""
+  import jax  # pylint: disable=g-import-not-at-top  (jax is imported by now wherever this is called)
+
+  def stop(signum, frame) -> None:
+    del frame
+    print(f"hold_jax: stopped by {signal.Signals(signum).name}; {what_is_kept}", flush=True)
+    raise SystemExit(0)
+
+  multi_process = jax.process_count() > 1
+  for signum in SIGNALS:
+    if not (multi_process and signum == signal.SIGTERM):
+      signal.signal(signum, stop)
 
 
 class PreemptionSyncUnavailable(ValueError):
@@ -72,7 +101,7 @@ class StopRequests:
     del frame
     name = signal.Signals(signum).name
     if self.received is not None and not self._use_library and signum == signal.SIGINT:
-      raise KeyboardInterrupt(f"second {name}: stopping without a final save")
+      raise SecondInterrupt(f"second {name}: stopping without a final save")
     self.received = self.received or name
     logging.warning("Received %s: training will save the current step and stop.", name)
     if self._use_library and signum != signal.SIGTERM:

@@ -8,7 +8,9 @@ fields are of two kinds:
   repeating there.
 - run settings (RUN_SETTINGS): the training length, logging, checkpoint cadence, sampling, evaluation, where
   the prepared data lives and the multi-host timeouts. They may change on every command.
-Fields that the record lacks (a field added to the code since the run started) take the given value, except
+Every checkpoint also keeps a copy of the record (in its checksum item), so a deleted config.json is read from
+the newest checkpoint's copy instead of being replaced by whatever config is given next. Fields that the
+record lacks (a field added to the code since the run started) take the given value, except
 the learning-rate schedule's horizon (optim.schedule_horizon, `with_schedule_horizon`): a record without it
 was written by a run whose schedule ended at its recorded training.num_steps, the length it started with.
 """
@@ -24,6 +26,7 @@ from etils import epath
 
 RECORD_NAME = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
+CONFIG_COPY = "checksums/metadata"  # in a step folder: orbax's JSON item 'checksums', which holds 'config'
 HORIZON = "optim.schedule_horizon"
 
 # Dotted prefixes of the fields that may differ from the record.
@@ -87,17 +90,44 @@ def read(workdir: epath.Path) -> dict[str, Any] | None:
   schedule had (until a first resume with another length, which then changed the schedule)."""
   path = workdir / RECORD_NAME
   if not path.exists():
-    return None
+    copy = copy_in_checkpoints(workdir)
+    if copy is None:
+      return None
+    tree, step = copy
+    logging.warning("%s is missing: the trained fields come from its copy in the checkpoint of step %d.", path,
+                    step)
+    return _with_horizon(flatten(tree))
   try:
     tree = json.loads(path.read_text())
   except (ValueError, OSError) as error:
     raise damaged(path, f"cannot be read ({error})") from None
   if not isinstance(tree, dict):  # a list, null or a number: no field to compare or take
     raise damaged(path, f"holds {_describe_json(tree)}, not an object of config fields")
-  recorded = flatten(tree)
+  return _with_horizon(flatten(tree))
+
+
+def _with_horizon(recorded: dict[str, Any]) -> dict[str, Any]:
   if recorded.get(HORIZON) is None and "training.num_steps" in recorded:
     recorded[HORIZON] = recorded["training.num_steps"]
   return recorded
+
+
+def copy_in_checkpoints(workdir: epath.Path) -> tuple[dict[str, Any], int] | None:
+  """(config, step) of the newest checkpoint whose checksum record holds the run's config (each save stores
+  one, hold_jax/checkpoints.py), or None: so a deleted config.json never lets a resumed run, or a sampling
+  command, take another process for the one the checkpoints were trained with. Read as plain JSON: the file
+  is orbax's JSON item, and readers must not need a manager."""
+  directory = workdir / CHECKPOINTS_DIR
+  if not directory.exists():
+    return None
+  for step in sorted((int(path.name) for path in directory.iterdir() if path.name.isdigit()), reverse=True):
+    try:
+      config = json.loads((directory / str(step) / CONFIG_COPY).read_text()).get("config")
+    except (ValueError, OSError, AttributeError):
+      continue
+    if isinstance(config, dict):
+      return config, step
+  return None
 
 
 def has_checkpoints(workdir: epath.Path) -> bool:

@@ -226,10 +226,14 @@ def prepare_workdir(config, workdir: str, abstract: TrainState) -> str | None:
     note = optimization.check_training_length(config.optim, config.training.num_steps)
     run_record.write(path, config)
     return note
-  run_record.check_resume(path, config)
-  if run_record.read(path) is None:
+  run_record.check_resume(path, config)  # against config.json, or its copy in the newest checkpoint
+  if not (path / run_record.RECORD_NAME).exists():
     note = optimization.check_training_length(config.optim, config.training.num_steps)
-    logging.warning("%s has checkpoints but no config.json: recording the given config.", path)
+    if run_record.copy_in_checkpoints(path) is None:  # checkpoints of an earlier version: nothing to compare
+      logging.warning("%s has checkpoints but no config.json: recording the given config.", path)
+    else:
+      logging.warning("%s has no config.json: writing it again (the given config agrees with the copy in its "
+                      "newest checkpoint).", path)
     run_record.write(path, config)
     return note
   return optimization.check_training_length(config.optim, config.training.num_steps,
@@ -320,7 +324,7 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
         if main_process:
           console.say(progress.line(step + 1, summary))
       if save:
-        checkpoints.save(manager, step + 1, state)
+        checkpoints.save(manager, step + 1, state, config)
         last_saved = step + 1
         if main_process:
           console.say(f"saving the checkpoint of step {step + 1}")

@@ -107,3 +107,19 @@ def test_a_checkpoint_with_non_finite_parameters_is_named_before_any_sampling(tr
   with pytest.raises(checkpoints.CheckpointError, match=r"The EMA parameters of the checkpoint of step 40 are not "
                      r"finite .*no sampling setting can help"):
     sample.sample_to_disk(config, str(workdir))
+
+
+def test_a_deleted_config_json_is_read_from_the_checkpoints_copy(trained_workdir, copy):
+  from hold_jax import run_record  # pylint: disable=g-import-not-at-top
+  _, config, _ = trained_workdir
+  (copy / run_record.RECORD_NAME).unlink()
+  changed = local_config(num_steps=60)
+  changed.sde.beta_0 = 2.0  # another process than the one the checkpoints were trained with
+  with pytest.raises(run_record.RecordMismatch, match=r"sde.beta_0"):
+    train.train(changed, str(copy))
+  assert not (copy / run_record.RECORD_NAME).exists() and sorted(os.listdir(copy / "checkpoints")) == ["20", "40"]
+  inference = run_record.for_inference(copy, changed, {})  # sampling takes the trained process from the copy
+  assert inference.sde.beta_0 == config.sde.beta_0
+  state = train.train(local_config(num_steps=40), str(copy))  # the same config resumes and writes it again
+  assert int(state.step) == 40
+  assert json.loads((copy / run_record.RECORD_NAME).read_text())["sde"]["beta_0"] == config.sde.beta_0
