@@ -5,6 +5,7 @@ everything else is importable from a notebook. The console shows the run's progr
 libraries' log lines go to <workdir>/log.txt (hold_jax/console.py).
 """
 import importlib
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -14,8 +15,11 @@ from hold_jax import preemption
 
 
 def _stopped_while_starting(signum, frame) -> None:
-  """A stop signal during the imports (10-15 s) ends the command with one line, not a traceback or -15."""
+  """A stop signal during the imports (10-15 s) ends the command with one line, not a traceback or -15; a
+  second one while it unwinds is ignored."""
   del frame
+  for other in preemption.SIGNALS:
+    signal.signal(other, signal.SIG_IGN)
   print(f"hold_jax: stopped by {signal.Signals(signum).name} while starting; nothing was written.", flush=True)
   raise SystemExit(0)
 
@@ -115,6 +119,12 @@ def check_workdir(workdir: str) -> None:
   if "://" in workdir:
     return
   path = train.workdir_path(workdir)
+  existing = str(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if os.statvfs(existing).f_flag & os.ST_RDONLY:  # said as it is, before its room (none to take) or a probe
+    raise checkpoints.CheckpointError(f"{path} is on a read-only file system ({existing}): choose a --workdir on a "
+                                      "writable disk.")
   free = checkpoints.free_bytes(path)
   if free is not None and free < START_BYTES:
     raise checkpoints.CheckpointError(

@@ -42,8 +42,13 @@ def exit_on_signals(what_is_kept: str) -> None:
   preemption notifier, which must see it."""
   import jax  # pylint: disable=g-import-not-at-top  (jax is imported by now wherever this is called)
 
+  stopping = []
+
   def stop(signum, frame) -> None:
     del frame
+    if stopping:  # a second signal while the first unwinds (closing managers, finishing saves): already stopping
+      return
+    stopping.append(signum)
     print(f"hold_jax: stopped by {signal.Signals(signum).name}; {what_is_kept}", flush=True)
     raise SystemExit(0)
 

@@ -338,3 +338,11 @@ def test_the_command_line_says_an_unusable_workdir_in_one_line_and_nothing_else(
                           env=dict(os.environ, PYTHONPATH=ROOT))
   assert result.returncode == 1 and result.stdout == "", result.stdout[-2000:]
   assert_one_line(result.stderr, f"{tmp_path / 'file' / 'run'} is not writable (")
+
+
+def test_a_workdir_on_a_read_only_file_system_is_named_as_such(tmp_path):
+  import run_helpers  # pylint: disable=g-import-not-at-top  (tests/run_helpers.py)
+  from hold_jax import main  # pylint: disable=g-import-not-at-top
+  with run_helpers.tmpfs(tmp_path / "ro", "ro,size=8m") as mount:
+    with pytest.raises(checkpoints.CheckpointError, match=r"run is on a read-only file system .*writable disk"):
+      main.check_workdir(str(mount / "run"))
