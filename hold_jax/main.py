@@ -24,8 +24,9 @@ def _stopped_while_starting(signum, frame) -> None:
   raise SystemExit(0)
 
 
-for _signal in preemption.SIGNALS:
-  signal.signal(_signal, _stopped_while_starting)
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "hold-jax":  # the command, not an import of it
+  for _signal in preemption.SIGNALS:
+    signal.signal(_signal, _stopped_while_starting)
 
 with console.native_stderr_captured() as _IMPORT_NOTICES:
   importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
