@@ -346,3 +346,16 @@ def test_a_workdir_on_a_read_only_file_system_is_named_as_such(tmp_path):
   with run_helpers.tmpfs(tmp_path / "ro", "ro,size=8m") as mount:
     with pytest.raises(checkpoints.CheckpointError, match=r"run is on a read-only file system .*writable disk"):
       main.check_workdir(str(mount / "run"))
+
+
+def test_a_disk_that_fills_while_a_job_writes_is_one_line(tmp_path, run_main, monkeypatch):
+  from hold_jax import main as main_lib  # pylint: disable=import-outside-toplevel
+
+  def fills(*args):
+    raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "samples" / ".x.npz.tmp-1"))
+
+  monkeypatch.setattr(main_lib, "run", fills)
+  status, out, err = run_main("--workdir", str(tmp_path / "run"), "--mode=sample")
+  assert status == 1
+  assert_one_line(err, f"writing {tmp_path / 'run' / 'samples' / '.x.npz.tmp-1'} failed: No space left on device. "
+                  "Nothing was written under its final name")
