@@ -30,7 +30,7 @@ from hold_jax import exact_scores
 from hold_jax import plots
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
-from hold_jax.metrics import statistics
+from hold_jax.metrics import npz_files
 
 
 def ring_means(num_components: int, radius: float) -> np.ndarray:
@@ -94,7 +94,7 @@ def run(config, workdir: str) -> dict[str, float]:
   settings = output_settings(config)
   path = os.path.join(workdir, output_stem(settings))
   settings_json = json.dumps(settings, sort_keys=True)
-  statistics.write_npz_atomic(path + ".npz", {"samples": samples, "means": means, "settings_json": settings_json,
+  npz_files.write_npz_atomic(path + ".npz", {"samples": samples, "means": means, "settings_json": settings_json,
                                               "config_json": config.to_json_best_effort()})
   title = (f"order {config.sde.order}, {config.sampling.method}, {config.sampling.num_steps} steps: "
            f"{100 * metrics['on_mode_fraction']:.1f}% on a mode")

@@ -35,6 +35,7 @@ from absl import logging
 from etils import epath
 
 from hold_jax.metrics import reference_stats
+from hold_jax.metrics import npz_files
 from hold_jax.metrics import statistics
 
 RESIZE_MODES = ("tf1", "half_pixel")
@@ -126,7 +127,7 @@ def open_input(path: str) -> Input:
   if not location.exists():
     raise ValueError(f"{path} does not exist; give a folder of .png images, an .npz with uint8 'pixels', or a "
                      "statistics .npz with 'mu' and 'sigma'.")
-  arrays = statistics.read_npz(location, lambda names: ["pixels"] if "pixels" in names else names)
+  arrays = npz_files.read_npz(location, lambda names: ["pixels"] if "pixels" in names else names)
   if "pixels" in arrays:
     return Input(path, images=NpzImages(check_pixels(arrays["pixels"], path)))
   if "mu" in arrays or "sigma" in arrays:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hold_jax import memory_budget
+
 DATA_AXIS = "data"
 
 
@@ -39,15 +41,24 @@ def to_host(array: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def generate(sampler: Callable, params: Any, rng: jax.Array, ids: np.ndarray, mesh: Mesh) -> tuple[np.ndarray, int]:
+def generate(sampler: Callable, params: Any, rng: jax.Array, ids: np.ndarray, mesh: Mesh,
+             batch_field: str = "sampling.batch_size") -> tuple[np.ndarray, int]:
   """(samples (len(ids), *data_shape), nfe) of sampler(params, rng, ids) run on every device of `mesh`.
 
   sampler is `sampling.make_sampler(..., return_nfe=True)`; nfe is the largest over the batch (it differs
-  between samples only for the adaptive ODE solver).
+  between samples only for the adaptive ODE solver). A batch too large for the devices' memory is a ValueError
+  that names batch_field, the setting that made the batch: before it runs, from XLA's count of the compiled
+  sampler's buffers (jax keeps that compilation for the call), or when an allocation fails all the same.
   """
   ids = np.asarray(ids, np.int32)
-  result = sampler(params, rng, shard_ids(padded_ids(ids, mesh.size), mesh))
-  return to_host(result.x)[:len(ids)], int(jax.device_get(result.nfe))
+  global_ids = shard_ids(padded_ids(ids, mesh.size), mesh)
+  subject = f"{batch_field}: a batch of {len(ids):,} samples"
+  if hasattr(sampler, "lower"):  # a jitted sampler; a plain function has nothing compiled to count
+    memory_budget.check_compiled(sampler, (params, rng, global_ids), batch_field, len(ids), len(global_ids),
+                                 subject=subject, what=" (XLA's count of the compiled sampler's buffers)")
+  with memory_budget.out_of_memory_named(batch_field, subject):
+    result = sampler(params, rng, global_ids)
+    return to_host(result.x)[:len(ids)], int(jax.device_get(result.nfe))
 
 
 def id_batches(start: int, stop: int, batch_size: int) -> Iterator[np.ndarray]:

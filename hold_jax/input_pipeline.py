@@ -7,6 +7,7 @@ an uninterrupted one would have, and each process draws only its own share of th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Callable
 
@@ -72,51 +73,78 @@ def describe_non_npy(head: bytes, size: int) -> str | None:
   return f"{size} bytes of something else (it starts with {head[:16]!r}). {NPY_FIX}"
 
 
-def _read_npy_header(path: str) -> tuple[tuple[int, ...], np.dtype] | None:
-  """(shape, dtype) from the header of the .npy file `path`, without reading (or unpickling) its data; None
-  for a format version numpy has no public header reader for (3.0: np.load's own check then stands)."""
-  readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def read_npy_header(path: str) -> tuple[tuple[int, int], tuple[int, ...] | None, np.dtype | None, int]:
+  """(format version, shape, dtype, bytes before the data) of the .npy file `path`, from its header alone:
+  its data is neither read nor unpickled. Shape and dtype are None for a version without a public header
+  reader (3.0, which numpy writes only for structured arrays whose field names are not Latin-1); ValueError
+  for a damaged header."""
   with open(path, "rb") as file:
-    read = readers.get(np.lib.format.read_magic(file))
+    version = np.lib.format.read_magic(file)
+    read = NPY_HEADER_READERS.get(version)
     if read is None:
-      return None
+      return version, None, None, file.tell()
     shape, _, dtype = read(file)
-  return shape, dtype
+    return version, shape, dtype, file.tell()
+
+
+def check_point_layout(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+  """ValueError unless an array of `shape` and `dtype` is a point cloud: (N, D), N >= 2, D >= 1, real numbers."""
+  if len(shape) != 2 or shape[0] < 2 or shape[1] < 1:
+    raise ValueError(f"{name} holds an array of shape {tuple(shape)}; it must be (N, D) "
+                     "with N >= 2 points of D >= 1 coordinates.")
+  if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    raise ValueError(f"{name} holds dtype {dtype}; it must be numeric (real integers or floats). {NPY_FIX}")
 
 
 def load_point_cloud(path: str) -> np.ndarray:
   """An (N, D) float array from a .npy file, checked: config.data.dataset = 'npy:PATH'.
 
   Pickles are never loaded (allow_pickle=False): a file that is not a numeric .npy array gets a ValueError
-  that says what it holds and how to save the right thing, instead of numpy's own message.
+  that says what it holds and how to save the right thing, instead of numpy's own message. Everything is
+  checked from the header before the data is read: the dtype, the shape, and that the file holds exactly
+  prod(shape) * itemsize bytes after the header. np.load would allocate what the header claims before
+  finding the data short (a header that claims 10^12 rows is a MemoryError for 15 TiB), and would read the
+  first array of a file with more bytes and ignore the rest.
   """
   name = f"data.dataset = 'npy:{path}'"
   if not os.path.isfile(path):
     raise ValueError(f"{name}: no such file. Point it at an (N, D) array saved with numpy.save.")
+  size = os.path.getsize(path)
   with open(path, "rb") as file:
-    found = describe_non_npy(file.read(64), os.path.getsize(path))
+    found = describe_non_npy(file.read(64), size)
   if found:
     raise ValueError(f"{name} is not a .npy array file: it is {found}")
   try:
-    header = _read_npy_header(path)
-  except ValueError as error:
+    version, shape, dtype, offset = read_npy_header(path)
+  except (ValueError, OSError, EOFError) as error:
     raise ValueError(f"{name} has a damaged .npy header ({error}). {NPY_FIX}") from None
-  if header and header[1].hasobject:
-    raise ValueError(f"{name} holds an array of Python objects (dtype {header[1]}, shape {header[0]}), which "
+  if shape is None:
+    raise ValueError(f"{name} is a .npy file of format version {version[0]}.{version[1]}, which numpy writes only "
+                     f"for structured arrays (named fields), never for an (N, D) numeric array. {NPY_FIX}")
+  if dtype.hasobject:
+    raise ValueError(f"{name} holds an array of Python objects (dtype {dtype}, shape {shape}), which "
                      "numpy can only unpickle, and pickles are never loaded (e.g. a list of arrays of different "
                      "lengths). "
                      "Stack it into one numeric array first: numpy.save(PATH, numpy.asarray(points, "
                      "dtype=numpy.float32)).")
+  check_point_layout(name, shape, dtype)
+  claimed, held = math.prod(shape) * dtype.itemsize, size - offset
+  if held < claimed:
+    raise ValueError(f"{name} could not be read as a .npy array: its header claims shape {shape} of {dtype}, "
+                     f"{claimed:,} bytes, but the file holds {held:,} bytes after its {offset}-byte header (a copy "
+                     f"or a save that did not finish, or an edited header). {NPY_FIX}")
+  if held > claimed:
+    raise ValueError(f"{name} holds {held - claimed:,} bytes more than the array of shape {shape} of {dtype} "
+                     f"({claimed:,} bytes) that its header describes, and numpy would read that array alone "
+                     f"(several arrays saved into one file?). {NPY_FIX}")
   try:
     points = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError) as error:  # e.g. a file cut short while it was written
+  except (ValueError, OSError, EOFError) as error:  # e.g. a file changed since its header was read
     raise ValueError(f"{name} could not be read as a .npy array ({error}). {NPY_FIX}") from None
-  if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 1:
-    raise ValueError(f"{name} holds an array of shape {points.shape}; it must be (N, D) "
-                     "with N >= 2 points of D >= 1 coordinates.")
-  if not (np.issubdtype(points.dtype, np.integer) or np.issubdtype(points.dtype, np.floating)):
-    raise ValueError(f"{name} holds dtype {points.dtype}; it must be numeric (real integers or floats). "
-                     f"{NPY_FIX}")
+  check_point_layout(name, points.shape, points.dtype)
   points = points.astype(np.float32)
   bad = ~np.isfinite(points).all(axis=1)
   if bad.any():

@@ -26,7 +26,7 @@ def canonical_hash(value: Any) -> str:
 def write_json_atomic(path, report: dict[str, Any]) -> epath.Path:
   """Writes `report` as indented JSON at `path` (local or gs://) so that readers never see half a report: the
   text is made first (an unserialisable value writes nothing), goes to a uniquely named temporary file next to
-  `path` and is renamed onto it, as statistics.write_npz_atomic does for arrays. A failed write removes its
+  `path` and is renamed onto it, as npz_files.write_npz_atomic does for arrays. A failed write removes its
   temporary file. Returns the path."""
   path = epath.Path(path)
   text = json.dumps(report, indent=2, default=json_default)

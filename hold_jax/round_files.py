@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from hold_jax.metrics import statistics
+from hold_jax.metrics import npz_files
 
 _CHECKSUM = "sha256"
 
@@ -34,7 +34,7 @@ def write(path, arrays: dict[str, np.ndarray]) -> None:
   arrays = {name: np.asarray(value) for name, value in arrays.items()}
   if _CHECKSUM in arrays:
     raise ValueError(f"A round file cannot hold an array named {_CHECKSUM!r}: the checksum uses that name.")
-  statistics.write_npz_atomic(path, {**arrays, _CHECKSUM: np.asarray(digest(arrays))})
+  npz_files.write_npz_atomic(path, {**arrays, _CHECKSUM: np.asarray(digest(arrays))})
 
 
 def read(path, names: tuple[str, ...], num_rows: int) -> dict[str, np.ndarray] | None:

@@ -28,13 +28,14 @@ from hold_jax import console
 from hold_jax import generation
 from hold_jax import image_data
 from hold_jax import input_pipeline
+from hold_jax import memory_budget
 from hold_jax import models
 from hold_jax import plots
 from hold_jax import report_files
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
-from hold_jax.metrics import statistics
+from hold_jax.metrics import npz_files
 
 # Fields of config.sampling that cannot change the samples, left out of settings_hash (see above).
 UNHASHED_SAMPLING_FIELDS = ("batch_size",)
@@ -171,6 +172,8 @@ def sample_to_disk(config, workdir: str) -> str:
   under a temporary name and renamed, so a killed run never leaves half a file under the final name.
   """
   data_shape = input_pipeline.data_shape(config.data)
+  memory_budget.check_sampling(config.sampling.num_samples, config.sampling.batch_size, config.sde.order,
+                               data_shape)  # before the checkpoint is read; generate checks XLA's count
   params, step = train.load_ema_params(config, workdir, data_shape)
   if jax.process_index() == 0:  # a read-only or full disk is found before the sampling, not after it
     checkpoints.check_workdir(train.workdir_path(workdir) / "samples",
@@ -194,7 +197,7 @@ def sample_to_disk(config, workdir: str) -> str:
          if field in settings} if adaptive else {}
   if settings.method == "gddim":
     ode = {field: settings[field] for field in ("multistep_order", "time_variable") if field in settings}
-  statistics.write_npz_atomic(path, dict(
+  npz_files.write_npz_atomic(path, dict(
       x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid, denoise=settings.denoise,
       nfe=nfe, seed=config.seed, checkpoint_step=step, settings_json=json.dumps(recorded, sort_keys=True),
       config_json=config.to_json_best_effort(), **ode, **images))

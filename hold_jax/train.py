@@ -31,6 +31,7 @@ from hold_jax import console
 from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
+from hold_jax import memory_budget
 from hold_jax import models
 from hold_jax import optimization
 from hold_jax import preemption
@@ -262,10 +263,12 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   optimizer = optimization.make_optimizer(config.optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
   make_fresh_state = lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed)
-  schedule_note = prepare_workdir(config, workdir, abstract_state(make_fresh_state, replicated))
+  abstract = abstract_state(make_fresh_state, replicated)
+  schedule_note = prepare_workdir(config, workdir, abstract)
   train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=0)
+  memory_budget.check_train_step(train_step, abstract, (training.batch_size,) + stream.data_shape, batch_sharding)
 
   manager = checkpoint_manager(workdir, config.checkpoint)
   try:

@@ -10,7 +10,6 @@ few MB, not after.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tracemalloc

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from hold_jax.metrics import npz_files
 from hold_jax.metrics import statistics
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -57,13 +58,13 @@ def as_reference(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
       raise ValueError(f"{what}: features must be (M, {mu.shape[0]}); got shape {features.shape}.")
     features = features.astype(np.float32)
   n = int(arrays["n"]) if "n" in arrays and arrays["n"].ndim == 0 else None
-  return {"mu": mu, "sigma": sigma, "features": features, "n": n, "metadata": statistics.metadata_of(arrays)}
+  return {"mu": mu, "sigma": sigma, "features": features, "n": n, "metadata": npz_files.metadata_of(arrays)}
 
 
 def load_user_stats(path) -> dict[str, Any]:
   """A statistics .npz from anywhere: `mu` and `sigma` required (pytorch-fid, EDM, TTUR, clean-fid, ours);
   `features`, `n` and metadata strings used when present. Returns the dict of load_or_compute."""
-  return as_reference(statistics.read_npz(path), str(path))
+  return as_reference(npz_files.read_npz(path), str(path))
 
 
 def load_or_compute(cache_dir, key: str, compute_fn: Callable[[], dict], write: bool = True) -> dict[str, Any]:
@@ -90,10 +91,10 @@ def load_or_compute(cache_dir, key: str, compute_fn: Callable[[], dict], write: 
     arrays["features"] = np.asarray(result["features"], np.float32)
   if result.get("n") is not None:
     arrays["n"] = np.asarray(int(result["n"]), np.int64)
-  arrays.update(statistics.metadata_arrays({"key": key, **result.get("metadata", {})}))
+  arrays.update(npz_files.metadata_arrays({"key": key, **result.get("metadata", {})}))
   reference = as_reference(arrays, f"computed reference {key}")  # checks shapes before anything is written
   if write:
-    statistics.write_npz_atomic(path, arrays)
+    npz_files.write_npz_atomic(path, arrays)
     logging.info("Reference statistics written to %s.", path)
   return reference
 

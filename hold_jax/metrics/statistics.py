@@ -15,14 +15,13 @@ StyleGAN2-ADA, torchmetrics, TF-GAN) all accumulate in float64.
 """
 from __future__ import annotations
 
-import io
-import uuid
-import zipfile
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from absl import logging
 from etils import epath
+
+from hold_jax.metrics import npz_files
 
 # torch-fidelity's defaults (its `defaults.py` and metric_kid.py / metric_isc.py), which follow Binkowski et
 # al.'s MMD-GAN `compute_scores.py` for KID and OpenAI's improved-gan for IS.
@@ -32,62 +31,6 @@ KID_DEGREE = 3
 KID_COEF0 = 1.0
 IS_SPLITS = 10
 SEED = 2020  # torch-fidelity's rng_seed: its KID subsets and (when shuffling) its IS permutation
-
-ARRAY_KEYS = ("mu", "sigma", "n", "features")  # every other key of a statistics .npz is a metadata string
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Files.
-
-
-def write_npz_atomic(path, arrays: dict[str, np.ndarray]) -> epath.Path:
-  """Writes `arrays` as an uncompressed .npz at `path` (local or gs://) so that readers never see half a file.
-
-  The bytes go to a uniquely named temporary file next to `path`, which is then renamed onto it: a rename is
-  atomic on a POSIX file system, and on GCS (copy + delete) the object appears only once complete. A failed
-  write removes its temporary file. Returns the path.
-  """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-  try:
-    temporary.write_bytes(buffer.getvalue())
-    temporary.replace(path)
-  except BaseException:
-    if temporary.exists():
-      temporary.unlink()
-    raise
-  return path
-
-
-def read_npz(path, select: Callable[[list[str]], list[str]] | None = None) -> dict[str, np.ndarray]:
-  """The arrays of the .npz at `path` (local or gs://), read without pickles; ValueError when it is not one.
-
-  select(names) -> the names to read (default all): members are read one by one from the open file, so a
-  large unwanted array (the float samples `x` next to `pixels`) is never loaded.
-  """
-  path = epath.Path(path)
-  try:
-    with path.open("rb") as file, np.load(file, allow_pickle=False) as data:
-      return {key: data[key] for key in (data.files if select is None else select(list(data.files)))}
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # missing, damaged, pickled, not an npz
-    raise ValueError(f"{path} is not a readable .npz file ({type(error).__name__}: {error}).") from None
-
-
-def metadata_arrays(metadata: dict) -> dict[str, np.ndarray]:
-  """{key: 0-d unicode array}: metadata values stored as strings, readable without allow_pickle."""
-  clashes = sorted(set(metadata) & set(ARRAY_KEYS))
-  if clashes:
-    raise ValueError(f"Metadata keys {clashes} clash with the statistics arrays {list(ARRAY_KEYS)}.")
-  return {key: np.asarray(str(value)) for key, value in metadata.items()}
-
-
-def metadata_of(arrays: dict[str, np.ndarray]) -> dict[str, str]:
-  """The metadata strings of a statistics .npz: its 0-d string entries other than the statistics arrays."""
-  return {key: str(value[()]) for key, value in arrays.items()
-          if key not in ARRAY_KEYS and value.ndim == 0 and value.dtype.kind == "U"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -174,7 +117,7 @@ class FeatureStats:
   def to_npz(self, path, **metadata) -> epath.Path:
     """Writes `mu` (D,), `sigma` (D, D) float64, `n` and the metadata as strings to `path`, atomically."""
     arrays = {"mu": self.mean(), "sigma": self.covariance(), "n": np.asarray(self.n, np.int64)}
-    return write_npz_atomic(path, {**arrays, **metadata_arrays({**self.metadata, **metadata})})
+    return npz_files.write_npz_atomic(path, {**arrays, **npz_files.metadata_arrays({**self.metadata, **metadata})})
 
   @classmethod
   def from_npz(cls, path) -> "FeatureStats":
@@ -183,7 +126,7 @@ class FeatureStats:
     They are restored as shift = mu, S1 = 0, S2 = (n - 1) sigma, which gives back mu and sigma exactly (up to
     one rounding) and merges like the original sums.
     """
-    arrays = read_npz(path)
+    arrays = npz_files.read_npz(path)
     missing = [key for key in ("mu", "sigma", "n") if key not in arrays]
     if missing:
       raise ValueError(f"{path} lacks {missing}: not a statistics file of FeatureStats.to_npz.")
@@ -193,29 +136,83 @@ class FeatureStats:
     stats._start(mu)  # pylint: disable=protected-access
     stats.n = n
     stats._scatter = sigma * (n - 1)  # pylint: disable=protected-access
-    stats.metadata = metadata_of(arrays)
+    stats.metadata = npz_files.metadata_of(arrays)
     return stats
 
 
-def check_gaussian(mu: np.ndarray, sigma: np.ndarray, what: str) -> None:
-  """ValueError unless mu is (D,) and sigma (D, D), both finite."""
+# A covariance's rounding, relative: sigma must be symmetric to SYMMETRY_TOLERANCE of its largest entry, and
+# sigma + COVARIANCE_TOLERANCE ||sigma||_F I positive definite (check_covariance says why these sizes).
+SYMMETRY_TOLERANCE = 1e-6
+COVARIANCE_TOLERANCE = 1e-6
+SIGMA_FIX = ("sigma must be the features' covariance, numpy.cov(features, rowvar=False): recompute the statistics, "
+             "or give the images themselves")
+
+
+def check_covariance(sigma: np.ndarray, what: str, eigenvalues: np.ndarray | None = None) -> None:
+  """ValueError unless the finite (D, D) sigma is a covariance up to rounding: symmetric and positive
+  semi-definite. FID's square roots clip negative eigenvalues to 0 (trace_sqrt_product), so any other matrix
+  (a precision matrix, a damaged or hand-made file) gives a number, not an error. eigenvalues (D,), ascending:
+  sigma's, when the caller has them (frechet_distance), in place of the test below.
+
+  Tolerances. A real covariance comes out with tiny negative eigenvalues where it is singular (fewer samples
+  than dimensions, constant features), and larger ones where it was stored in float32: rounding each entry to
+  relative precision u moves every eigenvalue by at most ||E||_2 <= ||E||_F <= u ||sigma||_F (Weyl), 6e-8
+  ||sigma||_F for float32 (u = 2^-24) and 1e-16 for float64; float64 accumulation adds far less. So sigma is
+  refused only for an eigenvalue below -COVARIANCE_TOLERANCE ||sigma||_F, 1e-6, 16 times float32's bound
+  (||sigma||_F >= the largest eigenvalue, so every refused sigma has one below -1e-6 times its largest). A
+  wrong matrix has negative eigenvalues of the size of its positive ones, far past any such tolerance. The
+  test: sigma + 1e-6 ||sigma||_F I has a Cholesky factor, which float64 Cholesky finds whenever its smallest
+  eigenvalue is that far above 0 (Higham, Accuracy and Stability, Thm 10.7: the bound is 20 D^1.5 eps, 2e-10
+  at D = 2048). A Cholesky costs a third of an eigvalsh, so every FID affords it; the eigenvalues are computed
+  only when it fails (they decide at the bound, and the message gives them). Symmetry: float32 storage keeps
+  a symmetric matrix exactly symmetric, and np.cov's and FeatureStats' are symmetric to the last bit or close.
+  """
+  scale = np.abs(sigma).max(initial=0.0)
+  asymmetry = np.abs(sigma - sigma.T)
+  if asymmetry.max(initial=0.0) > SYMMETRY_TOLERANCE * scale:
+    i, j = np.unravel_index(np.argmax(asymmetry), asymmetry.shape)
+    raise ValueError(f"{what}: sigma is not symmetric (sigma[{i}, {j}] = {sigma[i, j]:.6g} but sigma[{j}, {i}] = "
+                     f"{sigma[j, i]:.6g}), so it is not a covariance; {SIGMA_FIX}.")
+  norm = np.linalg.norm(sigma)
+  if norm == 0:  # features that never vary: the zero covariance
+    return
+  w = eigenvalues
+  if w is None:
+    try:
+      np.linalg.cholesky(sigma + COVARIANCE_TOLERANCE * norm * np.eye(sigma.shape[0]))
+      return
+    except np.linalg.LinAlgError:
+      w = np.linalg.eigvalsh(sigma)  # at the bound rounding decides Cholesky's way: the eigenvalues rule
+  if w[0] < -COVARIANCE_TOLERANCE * norm:
+    raise ValueError(f"{what}: sigma is not a covariance: it has the eigenvalue {w[0]:.6g} (the largest is "
+                     f"{w[-1]:.6g}), and a covariance has none below 0 beyond rounding ({COVARIANCE_TOLERANCE:g} "
+                     f"times its Frobenius norm, {norm:.6g}); {SIGMA_FIX}.")
+
+
+def check_gaussian(mu: np.ndarray, sigma: np.ndarray, what: str, covariance: bool = True) -> None:
+  """ValueError unless mu is (D,) and sigma (D, D), both finite, and (with `covariance`) sigma a covariance
+  (check_covariance)."""
   if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
     raise ValueError(f"{what}: mu must be (D,) and sigma (D, D); got {mu.shape} and {sigma.shape}.")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
     raise ValueError(f"{what}: mu or sigma contains non-finite values.")
+  if covariance:
+    check_covariance(sigma, what)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # FID.
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-  """The symmetric square root V diag(sqrt(max(w, 0))) V^T of a symmetric PSD matrix (D, D)."""
-  w, v = np.linalg.eigh(matrix)
+def _sqrt_psd(matrix: np.ndarray, eigh: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+  """The symmetric square root V diag(sqrt(max(w, 0))) V^T of a symmetric PSD matrix (D, D); eigh: its
+  (w, V) when already computed."""
+  w, v = np.linalg.eigh(matrix) if eigh is None else eigh
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray,
+                       eigh1: tuple[np.ndarray, np.ndarray] | None = None) -> float:
   """tr sqrt(S1 S2) = tr sqrt(A S2 A), A = sqrt(S1), for symmetric PSD S1, S2 (D, D), in float64.
 
   S1 S2 is not symmetric, but it is similar to A S2 A (A^-1 (A S2 A) A = S1 S2 when S1 is invertible, and by
@@ -235,7 +232,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   the protocol wants N well above D. (Summing the singular values of sqrt(S2) sqrt(S1) instead is exact when the
   null spaces coincide but takes several times as long at D = 2048; not worth it for the full-rank case.)
   """
-  a = _sqrt_psd(sigma1)
+  a = _sqrt_psd(sigma1, eigh1)
   m = a @ sigma2 @ a
   w = np.linalg.eigvalsh((m + m.T) / 2)
   return float(np.sqrt(np.clip(w, 0.0, None)).sum())
@@ -248,15 +245,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
   computed in float64 on the host with trace_sqrt_product. Identical statistics give 0 up to float64
   rounding; the value is not clipped at 0, so a tiny negative result shows rounding rather than hiding it.
+  Both sigmas must be covariances (check_covariance): the first is checked with the eigenvalues its square
+  root needs anyway, so the checks cost one Cholesky factorisation.
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  check_gaussian(mu1, sigma1, "first statistics")
+  check_gaussian(mu1, sigma1, "first statistics", covariance=False)
   check_gaussian(mu2, sigma2, "second statistics")
   if mu1.shape != mu2.shape:
     raise ValueError(f"The statistics have different feature sizes: {mu1.shape[0]} and {mu2.shape[0]}.")
+  eigh1 = np.linalg.eigh(sigma1)
+  check_covariance(sigma1, "first statistics", eigh1[0])
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2.0 * trace_sqrt_product(sigma1, sigma2, eigh1))
 
 
 # ----------------------------------------------------------------------------------------------------------
