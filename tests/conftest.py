@@ -72,3 +72,16 @@ def prepared_mock_tfds(no_network):
   prepared = mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True)
   with tfds.testing.mock_data(num_examples=20), prepared, download:
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """(workdir, config, flat final parameters) of a toy run (configs/toy2d.py:local, synchronous saves) with
+  checkpoints at steps 20 and 40, trained once per test process and shared: a test that changes a workdir
+  copies this one first."""
+  from test_fault_tolerance import flat, local_config  # pylint: disable=g-import-not-at-top
+  from hold_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("trained")
+  config = local_config(num_steps=40, checkpoint_every=20)
+  state = train.train(config, str(workdir))
+  return workdir, config, flat(state.params)

@@ -88,15 +88,6 @@ def test_checksums_are_the_documented_sums():
 # Fallback past damage.
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  """A toy run with checkpoints at steps 20 and 40."""
-  workdir = tmp_path_factory.mktemp("trained")
-  config = local_config(num_steps=40, checkpoint_every=20)
-  state = train.train(config, str(workdir))
-  return workdir, config, flat(state.params)
-
-
 def damaged_copy(trained_workdir, tmp_path, kind):
   workdir, config, _ = trained_workdir
   copy = tmp_path / "run"

@@ -13,7 +13,7 @@ from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import train
 
-from test_fault_tolerance import flat, full_restore, local_config, trained_workdir  # noqa: F401  (a fixture)
+from test_fault_tolerance import flat, full_restore, local_config
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from types import SimpleNamespace
 
 import ml_collections
@@ -39,12 +40,12 @@ def read(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A toy run with a checkpoint at step 40, and the sample file of `sampling_config` (path, its arrays)."""
-  workdir = tmp_path_factory.mktemp("trained")
-  config = toy2d.get_config("local")
-  config.checkpoint.asynchronous = False
-  train.train(config, str(workdir))
+def trained(trained_workdir, tmp_path_factory):
+  """A copy of the shared toy run (configs/toy2d.py:local, checkpoints at steps 20 and 40), and the sample file
+  of `sampling_config` (path, its arrays)."""
+  workdir = tmp_path_factory.mktemp("sampled") / "run"
+  shutil.copytree(trained_workdir[0], workdir)
+  config = trained_workdir[1]
   path = sample.sample_to_disk(sampling_config(config), str(workdir))
   return workdir, config, path, read(path)
 

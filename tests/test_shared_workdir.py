@@ -19,7 +19,7 @@ from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import train
 
-from test_fault_tolerance import flat, full_restore, local_config, trained_workdir  # noqa: F401  (a fixture)
+from test_fault_tolerance import flat, full_restore, local_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

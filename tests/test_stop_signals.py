@@ -13,7 +13,6 @@ from hold_jax import checkpoints
 from hold_jax import preemption
 from hold_jax import train
 
-from test_fault_tolerance import trained_workdir  # noqa: F401  (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
