@@ -209,7 +209,7 @@ def error_cases(config_name, scratch, trained):
 def disk_full_case(config_name, scratch):
   mount = scratch / "small_disk"
   mount.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True)
   if mounted.returncode != 0:
     return [row("disk full", "disk", message=f"not measured: cannot mount a tmpfs ({mounted.stderr.strip()})")]
   try:

@@ -167,13 +167,6 @@ def main(argv):
     print(f"hold_jax: stopped at once by a second SIGINT, without a final save; the newest complete checkpoint in "
           f"{_WORKDIR.value}/checkpoints resumes.", flush=True)
     sys.exit(130)
-  except OSError as error:
-    if error.errno not in DISK_ERRNOS:
-      raise
-    logging.debug("Traceback of the error below:", exc_info=True)
-    fail(f"writing {error.filename or 'to ' + str(_WORKDIR.value)} failed: {error.strerror}. Nothing was written "
-         "under its final name (files are written under a temporary name and renamed); free space or choose a "
-         "--workdir on another disk, and rerun.")
   except USER_ERRORS as error:
     # What the user can fix is said in one message; the traceback stays in the log (--verbosity=1 shows it).
     logging.debug("Traceback of the error below:", exc_info=True)
@@ -181,6 +174,13 @@ def main(argv):
     if isinstance(error, (AttributeError, KeyError)) and message is None:
       raise
     fail(message or error)
+  except OSError as error:  # after USER_ERRORS: a FileNotFoundError there (NotPrepared) is one already
+    if error.errno not in DISK_ERRNOS:
+      raise
+    logging.debug("Traceback of the error below:", exc_info=True)
+    fail(f"writing {error.filename or 'to ' + str(_WORKDIR.value)} failed: {error.strerror}. Nothing was written "
+         "under its final name (files are written under a temporary name and renamed); free space or choose a "
+         "--workdir on another disk, and rerun.")
 
 
 # A disk that fills, turns read-only or exceeds a quota while a job writes (samples, reports, rounds).

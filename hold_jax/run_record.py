@@ -94,8 +94,7 @@ def read(workdir: epath.Path) -> dict[str, Any] | None:
     if copy is None:
       return None
     tree, step = copy
-    logging.warning("%s is missing: the trained fields come from its copy in the checkpoint of step %d.", path,
-                    step)
+    logging.info("%s is missing: the trained fields come from its copy in the checkpoint of step %d.", path, step)
     return _with_horizon(flatten(tree))
   try:
     tree = json.loads(path.read_text())

@@ -359,3 +359,15 @@ def test_a_disk_that_fills_while_a_job_writes_is_one_line(tmp_path, run_main, mo
   assert status == 1
   assert_one_line(err, f"writing {tmp_path / 'run' / 'samples' / '.x.npz.tmp-1'} failed: No space left on device. "
                   "Nothing was written under its final name")
+
+
+def test_data_that_is_not_prepared_is_one_line_through_main(tmp_path, run_main, monkeypatch):
+  from hold_jax import main as main_lib  # pylint: disable=import-outside-toplevel
+
+  def not_prepared(*args):
+    raise image_sources.NotPrepared("config.data.dataset = 'cifar10': the tfds dataset 'cifar10' is not prepared")
+
+  monkeypatch.setattr(main_lib, "run", not_prepared)
+  status, out, err = run_main("--workdir", str(tmp_path / "run"))
+  assert status == 1
+  assert_one_line(err, "the tfds dataset 'cifar10' is not prepared")
