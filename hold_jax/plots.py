@@ -7,26 +7,18 @@ entries: a picture can carry the settings that drew it (hold_jax/sample.py write
 from __future__ import annotations
 
 import io
-import uuid
 
 import numpy as np
-from etils import epath
+
+from hold_jax import report_files
 
 
 def _write_png(path: str, draw) -> None:
-  """draw(file) writes a PNG into an in-memory file, which then goes to `path` (local or gs://) under a
-  temporary name next to it, renamed onto `path` once complete (a failed write removes the temporary file)."""
+  """draw(file) writes a PNG into an in-memory file, which then goes to `path` (local or gs://) in one atomic
+  write (report_files.write_bytes_atomic)."""
   buffer = io.BytesIO()
   draw(buffer)
-  path = epath.Path(path)
-  temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-  try:
-    temporary.write_bytes(buffer.getvalue())
-    temporary.replace(path)
-  except BaseException:
-    if temporary.exists():
-      temporary.unlink()
-    raise
+  report_files.write_bytes_atomic(path, buffer.getvalue())
 
 
 def scatter(path: str, samples: np.ndarray, title: str, markers: np.ndarray | None = None,

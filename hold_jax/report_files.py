@@ -23,23 +23,27 @@ def canonical_hash(value: Any) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def write_json_atomic(path, report: dict[str, Any]) -> epath.Path:
-  """Writes `report` as indented JSON at `path` (local or gs://) so that readers never see half a report: the
-  text is made first (an unserialisable value writes nothing), goes to a uniquely named temporary file next to
-  `path` and is renamed onto it, as npz_files.write_npz_atomic does for arrays. A failed write removes its
-  temporary file. Returns the path."""
+def write_bytes_atomic(path, data: bytes) -> epath.Path:
+  """Writes `data` at `path` (local or gs://) so that readers never see half a file: the bytes go to a uniquely
+  named temporary file next to `path`, which is then renamed onto it (atomic on a POSIX file system; on GCS the
+  object appears only once complete). A failed write removes its temporary file. Returns the path."""
   path = epath.Path(path)
-  text = json.dumps(report, indent=2, default=json_default)
   path.parent.mkdir(parents=True, exist_ok=True)
   temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
   try:
-    temporary.write_text(text)
+    temporary.write_bytes(data)
     temporary.replace(path)
   except BaseException:
     if temporary.exists():
       temporary.unlink()
     raise
   return path
+
+
+def write_json_atomic(path, report: dict[str, Any]) -> epath.Path:
+  """Writes `report` as indented JSON at `path` with write_bytes_atomic; the text is made first, so an
+  unserialisable value writes nothing. Returns the path."""
+  return write_bytes_atomic(path, json.dumps(report, indent=2, default=json_default).encode())
 
 
 def json_default(value: Any):

@@ -4,12 +4,13 @@ round files use them)."""
 from __future__ import annotations
 
 import io
-import uuid
 import zipfile
 from typing import Callable
 
 import numpy as np
 from etils import epath
+
+from hold_jax import report_files
 
 ARRAY_KEYS = ("mu", "sigma", "n", "features")  # every other key of a statistics .npz is a metadata string
 
@@ -22,19 +23,9 @@ def write_npz_atomic(path, arrays: dict[str, np.ndarray]) -> epath.Path:
   atomic on a POSIX file system, and on GCS (copy + delete) the object appears only once complete. A failed
   write removes its temporary file. Returns the path.
   """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-  try:
-    temporary.write_bytes(buffer.getvalue())
-    temporary.replace(path)
-  except BaseException:
-    if temporary.exists():
-      temporary.unlink()
-    raise
-  return path
+  return report_files.write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_npz(path, select: Callable[[list[str]], list[str]] | None = None) -> dict[str, np.ndarray]:
