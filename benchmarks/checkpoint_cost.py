@@ -39,7 +39,7 @@ def measure(config_name: str, rounds: int) -> dict:
   data_shape = input_pipeline.data_shape(config.data)
   model = models.create_model(config.model, data_shape)
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  order = sde_lib.from_config(config.sde).order
+  order = train.input_blocks(sde_lib.from_config(config.sde).order, config.loss.parametrization)
   replicated = NamedSharding(train.make_mesh(), PartitionSpec())
   make_state = lambda: train.init_state(model, data_shape, order, optimizer, config.seed)
   state = jax.device_put(make_state(), replicated)

@@ -2,10 +2,12 @@
 IS of trained digits workdirs, for several samplers at several NFE, with the real-vs-real and noise baselines.
 
   python benchmarks/digits_quality.py --workdirs W1 W3 [--sweep ENTRY ...] [--num_samples 2000]
+      [--processes vp cld hold]
 
 Each workdir (trained with configs/digits.py, any order) is evaluated as `--mode=eval` does with
 eval.sampler_sweep = the entries (hold_jax/quality.py): the same rounds and reports in W/eval, so a rerun
-reads what is already there. The process of each row is read from the workdir's config.json.
+reads what is already there. The process of each row is read from the workdir's config.json, or for a denoiser
+workdir taken from --processes (common.STOCK_PROCESSES): one network sampled with each.
 """
 import argparse
 import json
@@ -31,8 +33,11 @@ def describe_process(sde) -> str:
   return f"order {sde.order}, {schedule}, eps {sde.eps:g}"
 
 
-def evaluate_workdir(workdir: str, sweep, num_samples: int, batch_size: int) -> dict:
-  config = run_record.load_config(workdir)
+def evaluate_workdir(workdir: str, sweep, num_samples: int, batch_size: int, process=None,
+                     sampling_fields=()) -> dict:
+  config = common.with_process(run_record.load_config(workdir), process)
+  for field, value in sampling_fields:
+    config.sampling[field] = type(config.sampling[field])(value)
   config.eval.metrics = ("fid", "kid", "is")
   config.eval.feature_network = "digits"
   config.eval.num_samples = num_samples
@@ -43,6 +48,7 @@ def evaluate_workdir(workdir: str, sweep, num_samples: int, batch_size: int) -> 
   with open(os.path.join(workdir, "eval", table["rows"][0]["report"])) as file:
     baselines = json.load(file)["baselines"]
   return dict(workdir=workdir, process=describe_process(config.sde), order=config.sde.order,
+              parametrization=config.loss.parametrization, seed=int(config.seed),
               checkpoint_step=table["checkpoint_step"], rows=table["rows"], baselines=baselines)
 
 
@@ -52,19 +58,26 @@ def main():
   parser.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP), help="method:grid:num_steps entries")
   parser.add_argument("--num_samples", type=int, default=2000)
   parser.add_argument("--batch_size", type=int, default=500)
+  parser.add_argument("--processes", nargs="+", default=[None], choices=[None, *common.STOCK_PROCESSES],
+                      help="for denoiser workdirs: sample each with these processes")
+  parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                      help="config.sampling fields for every row, e.g. stochasticity=1")
   parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "digits_quality.json"))
   args = parser.parse_args()
-  results = [evaluate_workdir(workdir, args.sweep, args.num_samples, args.batch_size) for workdir in args.workdirs]
+  fields = [tuple(item.split("=", 1)) for item in args.set]
+  results = [evaluate_workdir(workdir, args.sweep, args.num_samples, args.batch_size, process, fields)
+             for workdir in args.workdirs for process in args.processes]
   print("| process | sampler | grid | NFE | FD digits | KID digits | IS digits |")
   print("|---|---|---|---|---|---|---|")
   for result in results:
     for row in result["rows"]:
-      print(f"| {result['process']} | {row['method']} | {row['grid']} | {row['nfe']} | "
+      print(f"| {result['process']}, {result['parametrization']}, seed {result['seed']} | {row['method']} | {row['grid']} | {row['nfe']} | "
             + " | ".join(f"{row[name + '_mean']:.3f}" for name in METRICS) + " |")
   for name, baseline in results[0]["baselines"].items():
     print(f"| baseline: {name} ({baseline['num_samples']} images) | - | - | - | "
           + " | ".join(f"{baseline[metric]:.3f}" for metric in METRICS) + " |")
-  common.write_results(args.output, results, num_samples=args.num_samples, sweep=args.sweep)
+  common.write_results(args.output, results, num_samples=args.num_samples, sweep=args.sweep,
+                       sampling_fields=dict(fields))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def build_step(config, order):
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, shape)
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  state = jax.device_put(train.init_state(model, shape, order, optimizer, config.seed), replicated)
+  blocks = train.input_blocks(order, config.loss.parametrization)
+  state = jax.device_put(train.init_state(model, shape, blocks, optimizer, config.seed), replicated)
   batch_size = config.training.batch_size
   batch = np.random.default_rng(0).uniform(-1, 1, (batch_size,) + shape).astype(np.float32)
   batch = jax.device_put(batch, batch_sharding)

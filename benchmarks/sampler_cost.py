@@ -40,7 +40,7 @@ def setup(config):
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, shape)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, sde.order) + shape), jnp.ones((1,)))["params"]
-  return sde, train.make_score_fn(sde, model, config.loss.parametrization), params, shape, config.sampling.batch_size
+  return sde, train.make_score_fn(sde, model, config.loss), params, shape, config.sampling.batch_size
 
 
 def build_sampler(sde, score_fn, shape, method, num_steps, grid):

@@ -13,7 +13,11 @@ table, then the best sampler per order and NFE, then the targets (HOLD at 20 NFE
   python benchmarks/toy2d_quality.py --workdirs W_order1 W_order2 W_order3 [--nfe 10 20 50 100 200]
       [--methods lie_trotter strang gddim ...] [--grids quadratic edm] [--multistep_orders 2 3]
       [--time_variables b log_snr] [--ode_tolerances 1e-3 1e-5] [--ode_variables state flow]
-      [--nll_examples 2000]
+      [--nll_examples 2000] [--processes vp cld hold]
+
+With --processes, each denoiser workdir (loss.parametrization = 'denoiser') is sampled with each of those
+processes (benchmarks/common.py STOCK_PROCESSES): one network, every order (docs/denoiser.md); rows name it
+W@process.
 """
 import argparse
 import functools
@@ -26,30 +30,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from hold_jax.configs import toy2d  # noqa: E402
-from hold_jax import evaluate as evaluate_lib, input_pipeline, sample, train  # noqa: E402
+from hold_jax import evaluate as evaluate_lib, input_pipeline, run_record, sample, train  # noqa: E402
 from hold_jax.metrics import point_clouds  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
 
-def trained_config(workdir):
-  """configs/toy2d.py with the `sde` section the workdir was trained with (its config.json)."""
-  config = toy2d.get_config()
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise SystemExit(f"{path} not found: train the workdir with hold_jax.main, which writes it.")
-  with open(path) as f:
-    trained_sde = json.load(f)["sde"]
-  for key, value in trained_sde.items():
-    config.sde[key] = tuple(value) if isinstance(value, list) else value
-  return config
+def trained_config(source):
+  """The workdir's recorded config (its config.json) for a source 'W', or with STOCK_PROCESSES[p] for 'W@p'."""
+  workdir, _, process = source.partition("@")
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    raise SystemExit(f"{workdir}/config.json not found: train the workdir with hold_jax.main, which writes it.")
+  return common.with_process(run_record.load_config(workdir), process or None)
 
 
 @functools.lru_cache(maxsize=None)
 def ema_params(workdir):
   """(EMA parameters, step) of the workdir's latest checkpoint, restored once."""
-  return train.load_ema_params(trained_config(workdir), workdir, (2,))
+  return train.load_ema_params(run_record.load_config(workdir), workdir, (2,))
 
 
 def steps_for_budget(method, nfe, order):
@@ -71,7 +69,7 @@ def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000, **se
   else:
     config.sampling.num_steps = steps_for_budget(method, nfe, order)
   config.sampling.num_samples = config.sampling.batch_size = num_samples
-  params, step = ema_params(workdir)
+  params, step = ema_params(workdir.partition("@")[0])
   start = time.perf_counter()
   samples, used_nfe = sample.draw(config, params, (2,), return_nfe=True)
   seconds = time.perf_counter() - start
@@ -92,7 +90,7 @@ def nll_bound(workdir, num_examples):
   config = trained_config(workdir)
   config.eval.num_examples = num_examples
   config.eval.batch_size = min(num_examples, 500)
-  with open(evaluate_lib.evaluate(config, workdir)) as f:
+  with open(evaluate_lib.evaluate(config, workdir.partition("@")[0])) as f:
     report = json.load(f)
   print(json.dumps(dict(workdir=workdir, nll=report["nll_bound_nats"], nfe=report["nfe_mean"])), flush=True)
   return report
@@ -134,7 +132,11 @@ def main():
   parser.add_argument("--nll_examples", type=int, default=2000, help="0 skips the NLL bound")
   parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                        "toy2d_quality.json"))
+  parser.add_argument("--processes", nargs="+", default=[], choices=list(common.STOCK_PROCESSES),
+                      help="sample each denoiser workdir with these processes (rows name W@process)")
   args = parser.parse_args()
+  if args.processes:
+    args.workdirs = [f"{workdir}@{process}" for workdir in args.workdirs for process in args.processes]
   rows = []
   for workdir in args.workdirs:
     for nfe in args.nfe:

@@ -48,7 +48,7 @@ def main():
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, (2,))
   optimizer = optimization.make_optimizer(config.optim, 1000)
-  state = train.init_state(model, (2,), sde.order, optimizer, 0)
+  state = train.init_state(model, (2,), train.input_blocks(sde.order, config.loss.parametrization), optimizer, 0)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   loss_fn = train.make_training_loss_fn(sde, model, config.loss)
   # The step as train.train builds it: one jit over a mesh of all devices, batch sharded on its data axis.

@@ -33,6 +33,11 @@ def check(config) -> None:
     if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS):
       quality.image_shape(config.eval.metrics, config.data)
   losses.check_settings(config.loss)
+  if config.loss.parametrization == "denoiser":
+    field_checks.require(config.model.get("embedding", "fourier") == "fourier", "model.embedding",
+                         config.model.get("embedding"), "'fourier' with loss.parametrization = 'denoiser': the "
+                         "denoiser is conditioned on sigma_eff in (0, inf), embedded through its log; 'sinusoidal' "
+                         "embeds 1000 t for times in [0, 1]")
   train.check_settings(config)
   input_pipeline.check_global_batch(config.training.batch_size)
   # create_model runs models.check_config; the data itself loads in train.

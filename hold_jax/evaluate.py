@@ -58,6 +58,7 @@ from hold_jax import likelihood
 from hold_jax import models
 from hold_jax import report_files
 from hold_jax import round_files
+from hold_jax import run_record
 from hold_jax import sde as sde_lib
 from hold_jax import train
 
@@ -196,7 +197,7 @@ def make_batch_bound(config, data_shape: tuple[int, ...], settings: likelihood.O
   """bound(params, x (B, *data_shape), indices (B,)) -> (nll_bound, nfe, solved), each (B,); jitted."""
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
-  score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
+  score_fn = train.make_score_fn(sde, model, config.loss)
   base_key = jax.random.PRNGKey(config.eval.seed)
   aux_distribution = config.eval.aux_distribution
 
@@ -265,7 +266,8 @@ def report_settings(config, step: int, data_shape: tuple[int, ...]) -> dict[str,
   values = json.loads(config.eval.to_json_best_effort())
   return {"eval": {field: values[field] for field in ROUND_FIELDS if field not in UNREPORTED_ROUND_FIELDS},
           "checkpoint_step": int(step), "dataset": config.data.dataset, "examples": examples_label(config),
-          "divergence_used": likelihood.settings_from_config(config.eval, data_shape).divergence}
+          "divergence_used": likelihood.settings_from_config(config.eval, data_shape).divergence,
+          **run_record.sampling_process(config)}
 
 
 def report_label(settings: dict[str, Any]) -> str:

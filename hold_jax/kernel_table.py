@@ -26,16 +26,39 @@ NUM_POINTS = 16384
 
 
 @functools.lru_cache(maxsize=32)
-def _table(sde: sde_lib.LangevinSDE, num_points: int, dtype_name: str) -> tuple[np.ndarray, np.ndarray]:
+def float64_table(sde: sde_lib.LangevinSDE, num_points: int = NUM_POINTS) -> tuple[np.ndarray, np.ndarray]:
   """mean coefficients Phi[:, :, 0] (G, n) and factors L_t (G, n, n) at t_g = eps (T / eps)^(g / (G - 1)).
 
-  Computed in float64 (then cast), so the table's only error is the interpolation's.
+  Computed in float64, so the table's only error is the interpolation's; other t-only quantities
+  (sufficient_statistic.py) are derived from it.
   """
   # ensure_compile_time_eval: concrete constants even when first called inside a jit trace.
   with jax.ensure_compile_time_eval(), jax.enable_x64(True):
     t = jnp.geomspace(sde.eps, sde.T, num_points, dtype=jnp.float64)
     phi, factor = perturbation_kernel.marginal_factor(sde, t)
-    return np.asarray(phi[:, :, 0], dtype_name), np.asarray(factor, dtype_name)
+    return np.asarray(phi[:, :, 0]), np.asarray(factor)
+
+
+@functools.lru_cache(maxsize=32)
+def _table(sde: sde_lib.LangevinSDE, num_points: int, dtype_name: str) -> tuple[np.ndarray, np.ndarray]:
+  mean_coefficients, factor = float64_table(sde, num_points)
+  return mean_coefficients.astype(dtype_name), factor.astype(dtype_name)
+
+
+def interpolate(sde: sde_lib.LangevinSDE, table: np.ndarray, t: jax.Array, num_points: int = NUM_POINTS
+                ) -> jax.Array:
+  """Rows of `table` (num_points, ...) on the log-t grid, interpolated linearly in log t: (*t.shape, ...).
+
+  t outside [eps, T] is clamped to it (no caller needs it).
+  """
+  log_eps = float(np.log(sde.eps))  # python floats: weakly typed, so t keeps its dtype
+  spacing = float((np.log(sde.T) - log_eps) / (num_points - 1))
+  position = jnp.clip((jnp.log(t) - log_eps) / spacing, 0.0, num_points - 1)
+  index = jnp.minimum(jnp.floor(position).astype(jnp.int32), num_points - 2)
+  flat = jnp.asarray(table.reshape(num_points, -1))
+  weight = (position - index)[..., None]
+  values = (1.0 - weight) * flat[index] + weight * flat[index + 1]
+  return values.reshape(t.shape + table.shape[1:])
 
 
 def bcsm_kernel(sde: sde_lib.LangevinSDE, t: jax.Array, num_points: int = NUM_POINTS
@@ -50,11 +73,4 @@ def bcsm_kernel(sde: sde_lib.LangevinSDE, t: jax.Array, num_points: int = NUM_PO
     factor (..., n, n): lower Cholesky factor of Cov[u_t | x_0], as perturbation_kernel.marginal_factor(sde, t).
   """
   mean_table, factor_table = _table(sde, num_points, jnp.dtype(t.dtype).name)
-  log_eps = float(np.log(sde.eps))  # python floats: weakly typed, so t keeps its dtype
-  spacing = float((np.log(sde.T) - log_eps) / (num_points - 1))
-  position = jnp.clip((jnp.log(t) - log_eps) / spacing, 0.0, num_points - 1)
-  index = jnp.minimum(jnp.floor(position).astype(jnp.int32), num_points - 2)
-  weight = (position - index)[..., None]
-  mean_table, factor_table = jnp.asarray(mean_table), jnp.asarray(factor_table.reshape(num_points, -1))
-  interpolate = lambda table: (1.0 - weight) * table[index] + weight * table[index + 1]
-  return interpolate(mean_table), interpolate(factor_table).reshape(t.shape + (sde.order, sde.order))
+  return interpolate(sde, mean_table, t, num_points), interpolate(sde, factor_table, t, num_points)

@@ -11,9 +11,14 @@ BCSM reads the kernel from a float64 table on a log-t grid (kernel_table.py); DS
 computes it directly.
 
 The loss is lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates, with
-lambda = l_t^2 ('eps', the default: the loss is then || eps_theta - eps_last ||^2 when s = -eps_theta / l_t),
+lambda = l_t^2 ('eps': the loss is then || eps_theta - eps_last ||^2 when s = -eps_theta / l_t),
 xi beta(t) ('likelihood', g^2 / 2) or 1 ('none'). The score function is any callable; the network
 parametrisations that produce one are in `score_from_output`.
+
+The 'denoiser' parametrisation (hold_jax/denoiser.py, the default) is the same objective written for the posterior
+mean: with s = -(y_last - w_last D) / l_t, l_t s + eps_last = w_last (D - x_0), so BCSM is a weighted
+|| D - x_0 ||^2, and it is trained with EDM's weight lambda(sigma_eff) = 1 / c_out^2 ('edm') on noise levels
+drawn by `sample_noise_levels`.
 """
 from __future__ import annotations
 
@@ -21,20 +26,23 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from hold_jax import denoiser
 from hold_jax import exact_scores
 from hold_jax import field_checks
 from hold_jax import kernel_table
 from hold_jax import perturbation_kernel
 from hold_jax import sde as sde_lib
+from hold_jax import sufficient_statistic
 
 # score_fn(params, u (batch, n, *data_shape), t (batch,)) -> last-block score (batch, *data_shape).
 ScoreFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 OBJECTIVES = ("bcsm", "dsm")
-TIME_SAMPLINGS = ("uniform", "log_uniform")
-WEIGHTINGS = ("eps", "likelihood", "none")
-PARAMETRIZATIONS = ("eps", "score", "mixed")
+TIME_SAMPLINGS = ("uniform", "log_uniform", "log_normal")
+WEIGHTINGS = ("eps", "likelihood", "none", "edm")
+PARAMETRIZATIONS = ("eps", "score", "mixed", "denoiser")
 
 
 def score_scale(sde: sde_lib.LangevinSDE, t: jax.Array) -> jax.Array:
@@ -55,6 +63,9 @@ def score_from_output(sde: sde_lib.LangevinSDE, parametrization: str, output: ja
   """
   if parametrization == "score":
     return output
+  if parametrization == "denoiser":
+    raise ValueError("loss.parametrization = 'denoiser': the network is called with the statistic, not the state; "
+                     "its score function is denoiser.score_fn (train.make_score_fn builds it).")
   scale = sde_lib.per_example(score_scale(sde, t), output.ndim)
   correction = -output / scale
   if parametrization == "eps":
@@ -106,30 +117,54 @@ def weighting_over_scale_squared(sde: sde_lib.LangevinSDE, weighting: str, t: ja
   raise ValueError(f"loss.weighting = {weighting!r} is not allowed: it must be one of {WEIGHTINGS}.")
 
 
-def sample_times(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, shape: tuple[int, ...], dtype
-                 ) -> jax.Array:
-  """Training times: 'uniform' on [eps, T], or 'log_uniform' (density proportional to 1/t on [eps, T]).
+def sample_times(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, shape: tuple[int, ...], dtype,
+                 log_sigma_mean: float = -1.2, log_sigma_std: float = 1.2) -> jax.Array:
+  """Training times: 'uniform' on [eps, T], 'log_uniform' (density proportional to 1/t on [eps, T]), or
+  'log_normal': log sigma_eff(t) ~ N(log_sigma_mean, log_sigma_std^2) truncated to the process's range.
 
   log_uniform spends as many examples on [1e-3, 1e-2] as on [0.1, 1]: the fine structure of the data is
   only visible to the score at small t. It is the same objective with the weighting multiplied by
-  (T - eps) / (t log(T / eps)).
+  (T - eps) / (t log(T / eps)). log_normal chooses the time by what the state knows of x_0 (EDM's noise levels,
+  mapped to t through the kernel table): log-uniform t puts 31% of HOLD's examples at sigma_eff < 1e-3.
   """
   if kind == "uniform":
     return jax.random.uniform(rng, shape, dtype, sde.eps, sde.T)
   if kind == "log_uniform":
     return sde.eps * (sde.T / sde.eps) ** jax.random.uniform(rng, shape, dtype)
+  if kind == "log_normal":
+    low, high = (np.log(s) for s in sufficient_statistic.sigma_range(sde))
+    sigma = jnp.exp(_truncated_normal(rng, shape, dtype, log_sigma_mean, log_sigma_std, low, high))
+    return sufficient_statistic.time_at_sigma(sde, sigma)
   raise ValueError(f"loss.time_sampling = {kind!r} is not allowed: it must be one of {TIME_SAMPLINGS}.")
+
+
+def _truncated_normal(rng, shape, dtype, mean, std, low, high) -> jax.Array:
+  """N(mean, std^2) conditioned on [low, high], by inverting the normal CDF (no mass piles up at the ends)."""
+  lower, upper = (jax.scipy.special.ndtr((bound - mean) / std) for bound in (low, high))
+  uniform = jax.random.uniform(rng, shape, jnp.float32, lower, upper)
+  return (mean + std * jax.scipy.special.ndtri(jnp.clip(uniform, 1e-12, 1 - 1e-7))).astype(dtype)
+
+
+def sample_noise_levels(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, shape: tuple[int, ...], dtype,
+                        log_sigma_mean: float = -1.2, log_sigma_std: float = 1.2) -> jax.Array:
+  """The denoiser's training noise levels sigma_eff: 'log_normal' is EDM's log sigma ~ N(mean, std^2), not
+  truncated (a denoiser needs no time, so it also learns the levels another process visits); 'uniform' and
+  'log_uniform' are sigma_eff(t) of those training times."""
+  if kind == "log_normal":
+    return jnp.exp(log_sigma_mean + log_sigma_std * jax.random.normal(rng, shape, dtype))
+  return sufficient_statistic.coefficients(sde, sample_times(sde, kind, rng, shape, dtype)).sigma
 
 
 def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x0: jax.Array,
                      rng: jax.Array, objective: str = "bcsm", weighting: str = "eps",
-                     time_sampling: str = "uniform") -> jax.Array:
+                     time_sampling: str = "uniform", log_sigma_mean: float = -1.2, log_sigma_std: float = 1.2
+                     ) -> jax.Array:
   """lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates; returns (batch,).
 
   t is drawn per example by `sample_times(time_sampling)`.
   """
   t_rng, noise_rng = jax.random.split(rng)
-  t = sample_times(sde, time_sampling, t_rng, x0.shape[:1], x0.dtype)
+  t = sample_times(sde, time_sampling, t_rng, x0.shape[:1], x0.dtype, log_sigma_mean, log_sigma_std)
   u, eps_last, scale = perturb(sde, objective, x0, t, noise_rng)
   score = score_fn(params, u, t)
   residual = sde_lib.per_example(scale, score.ndim) * score + eps_last  # l_t (s + eps_last / l_t)
@@ -143,6 +178,25 @@ def check_settings(loss_config) -> None:
                          ("parametrization", PARAMETRIZATIONS), ("time_sampling", TIME_SAMPLINGS)):
     value = loss_config.get(field, "uniform") if field == "time_sampling" else loss_config[field]
     field_checks.require(value in allowed, f"loss.{field}", value, f"one of {allowed}")
+  is_denoiser = loss_config.parametrization == "denoiser"
+  field_checks.require((loss_config.weighting == "edm") == is_denoiser, "loss.weighting", loss_config.weighting,
+                       "'edm' with loss.parametrization = 'denoiser' (EDM's weight of a denoiser) and one of "
+                       f"{WEIGHTINGS[:3]} with the score parametrisations")
+  if is_denoiser:
+    field_checks.require(loss_config.objective == "bcsm", "loss.objective", loss_config.objective,
+                         "'bcsm' with loss.parametrization = 'denoiser' (the statistic conditions on x_0 alone)")
+  for field in ("sigma_data", "log_sigma_std"):
+    if field in loss_config:
+      field_checks.require_positive(f"loss.{field}", loss_config[field])
+  if "log_sigma_mean" in loss_config:
+    field_checks.require(field_checks.is_number(loss_config.log_sigma_mean), "loss.log_sigma_mean",
+                         loss_config.log_sigma_mean, "a finite number (the mean of log sigma_eff)")
+
+
+def noise_level_settings(loss_config) -> dict:
+  """log_sigma_mean and log_sigma_std of `config.loss`, EDM's -1.2 and 1.2 where a record predates them."""
+  return {"log_sigma_mean": float(loss_config.get("log_sigma_mean", -1.2)),
+          "log_sigma_std": float(loss_config.get("log_sigma_std", 1.2))}
 
 
 def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Callable:
@@ -150,9 +204,25 @@ def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Ca
   check_settings(loss_config)
   objective, weighting = loss_config.objective, loss_config.weighting
   time_sampling = loss_config.get("time_sampling", "uniform")
+  levels = noise_level_settings(loss_config)
 
   def loss_fn(params, x0, rng):
-    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting, time_sampling))
+    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting, time_sampling, **levels))
+
+  return loss_fn
+
+
+def make_denoiser_loss_fn(sde: sde_lib.LangevinSDE, network: denoiser.Network, loss_config) -> Callable:
+  """loss_fn(params, x0, rng) -> scalar mean of EDM's denoiser loss (hold_jax/denoiser.py), from `config.loss`."""
+  check_settings(loss_config)
+  time_sampling = loss_config.get("time_sampling", "uniform")
+  levels = noise_level_settings(loss_config)
+  sigma_data = float(loss_config.sigma_data)
+
+  def loss_fn(params, x0, rng):
+    sigma_rng, noise_rng = jax.random.split(rng)
+    sigma = sample_noise_levels(sde, time_sampling, sigma_rng, x0.shape[:1], x0.dtype, **levels)
+    return jnp.mean(denoiser.per_example_loss(network, params, x0, sigma, noise_rng, sigma_data))
 
   return loss_fn
 

@@ -201,8 +201,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   if jax.process_index() == 0:
     checkpoints.check_workdir(run_dir, 0, "the round files")
   sde = sde_lib.from_config(config.sde)
-  score_fn = train.make_score_fn(sde, models.create_model(config.model, loaded.data_shape),
-                                 config.loss.parametrization)
+  score_fn = train.make_score_fn(sde, models.create_model(config.model, loaded.data_shape), config.loss)
   sampler = sampling.make_sampler(sde, score_fn, loaded.data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
   mesh = train.make_mesh()

@@ -31,6 +31,7 @@ from typing import Any
 
 from hold_jax import quality_features
 from hold_jax import report_files
+from hold_jax import run_record
 from hold_jax import sampler_sweep
 
 IMAGE_METRICS = ("fid", "kid", "is")  # in this order in a report's settings, whatever order eval.metrics gives
@@ -58,7 +59,7 @@ def run_name(config, network: quality_features.Network, step: int) -> str:
   settings = {field: config.sampling[field] for field in sorted(config.sampling.keys())
               if field not in ("num_samples", "batch_size")}
   settings.update(seed=config.seed, round_size=config.eval.round_size, network=network.name,
-                  weights=network.weights_sha256, resize=network.resize)
+                  weights=network.weights_sha256, resize=network.resize, **run_record.sampling_process(config))
   tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
   return f"quality_{sampler_part(config.sampling)}_ckpt{step}_{network.name}_{tag}"
 
@@ -74,7 +75,8 @@ def report_settings(config, network: quality_features.Network, step: int) -> dic
           "seed": int(config.seed), "checkpoint_step": int(step),
           "network": {"name": network.name, "weights_sha256": network.weights_sha256, "resize": network.resize},
           "metrics": [name for name in IMAGE_METRICS if name in eval_settings["metrics"]],
-          "eval": {field: eval_settings[field] for field in REPORT_EVAL_FIELDS}}
+          "eval": {field: eval_settings[field] for field in REPORT_EVAL_FIELDS},
+          **run_record.sampling_process(config)}
 
 
 def report_stem(settings: dict[str, Any]) -> str:

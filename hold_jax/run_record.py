@@ -8,6 +8,10 @@ fields are of two kinds:
   repeating there.
 - run settings (RUN_SETTINGS): the training length, logging, checkpoint cadence, sampling, evaluation, where
   the prepared data lives and the multi-host timeouts. They may change on every command.
+- the process (sde.*) of a denoiser (loss.parametrization = 'denoiser'): its network is a denoiser of the
+  sufficient statistic, the same for every process (docs/denoiser.md), so sampling and evaluation take the
+  recorded process unless the command line gives another (`--config.sde.order=3` samples an order-1 denoiser
+  with HOLD). For training it stays a trained field.
 Every checkpoint also keeps a copy of the record (in its checksum item), so a deleted config.json is read from
 the newest checkpoint's copy instead of being replaced by whatever config is given next. Fields that the
 record lacks (a field added to the code since the run started) take the given value, except
@@ -60,6 +64,20 @@ def _describe_json(value: Any) -> str:
 
 def is_run_setting(field: str) -> bool:
   return any(field == prefix or field.startswith(prefix + ".") for prefix in RUN_SETTINGS)
+
+
+def process_is_a_sampling_setting(fields: dict[str, Any]) -> bool:
+  """Whether flattened config fields (a record or `config_fields`) describe a denoiser, whose process may change
+  at sampling and evaluation."""
+  return fields.get("loss.parametrization") == "denoiser"
+
+
+def sampling_process(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'sde': the process's fields} for a denoiser, whose samples depend on the process chosen at sampling, {} for
+  the others (their process is fixed by the record): what the names of sample files and reports add."""
+  if config.loss.get("parametrization") != "denoiser":
+    return {}
+  return {"sde": json.loads(config.sde.to_json_best_effort())}
 
 
 def _plain(value: Any) -> Any:
@@ -244,7 +262,7 @@ def _describe(differences: list[tuple[str, Any, Any]], workdir: epath.Path, what
           f"({workdir / RECORD_NAME}):\n" + "\n".join(lines) +
           "\nDrop these overrides (or use the config the run was trained with), or choose a new --workdir for "
           "a new run. Only the training length, logging, checkpoint cadence, sampling and eval settings may "
-          "change.")
+          "change (and, when sampling a denoiser, loss.parametrization = 'denoiser', the process sde.*).")
 
 
 def check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
@@ -280,14 +298,18 @@ def for_inference(workdir: epath.Path, config: ml_collections.ConfigDict,
     return config
   given = config_fields(config)
   check_fields(workdir, recorded, given)
+  chosen_process = process_is_a_sampling_setting(recorded)
+  is_setting = lambda field: is_run_setting(field) or (chosen_process and field.startswith("sde."))
   conflicts = [(field, recorded[field], value) for field, value in overrides.items()
-               if field in recorded and not is_run_setting(field) and _plain(recorded[field]) != _plain(value)]
+               if field in recorded and not is_setting(field) and _plain(recorded[field]) != _plain(value)]
   if conflicts:
     raise RecordMismatch(_describe(conflicts, workdir, "Sampling or evaluating"))
   merged = ml_collections.ConfigDict(config.to_dict())
   taken = []
   for field, trained in recorded.items():
-    if is_run_setting(field) or field not in given or _plain(given[field]) == _plain(trained):
+    overridden_process = chosen_process and field.startswith("sde.") and field in overrides
+    if (is_run_setting(field) or overridden_process or field not in given
+        or _plain(given[field]) == _plain(trained)):
       continue
     _set(merged, field, trained)
     taken.append(field)

@@ -32,6 +32,7 @@ from hold_jax import memory_budget
 from hold_jax import models
 from hold_jax import plots
 from hold_jax import report_files
+from hold_jax import run_record
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
@@ -47,21 +48,26 @@ def sample_settings(config, step: int, num_samples: int | None = None) -> dict[s
 
   'sampling' is the whole config.sampling group, its num_samples replaced by `num_samples` when given (the
   training grids draw training.num_grid_samples); 'seed' and 'checkpoint_step' complete what the samples are
-  a function of within a workdir; 'sde_order' and 'dataset' are there for whoever reads the file.
+  a function of within a workdir; 'sde_order' and 'dataset' are there for whoever reads the file; a denoiser's
+  records its process ('sde', run_record.sampling_process), which the hash includes.
   """
   settings = json.loads(config.sampling.to_json_best_effort())
   if num_samples is not None:
     settings["num_samples"] = int(num_samples)
   return {"sampling": settings, "seed": int(config.seed), "checkpoint_step": int(step),
-          "sde_order": int(config.sde.order), "dataset": config.data.get("dataset")}
+          "sde_order": int(config.sde.order), "dataset": config.data.get("dataset"),
+          **run_record.sampling_process(config)}
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
   """`report_files.canonical_hash` of the parts of `sample_settings` that can change the samples: 'sampling' without
   UNHASHED_SAMPLING_FIELDS, 'seed' and 'checkpoint_step'."""
-  return report_files.canonical_hash({"sampling": {field: value for field, value in settings["sampling"].items()
-                                      if field not in UNHASHED_SAMPLING_FIELDS},
-                         "seed": settings["seed"], "checkpoint_step": settings["checkpoint_step"]})
+  hashed = {"sampling": {field: value for field, value in settings["sampling"].items()
+                         if field not in UNHASHED_SAMPLING_FIELDS},
+            "seed": settings["seed"], "checkpoint_step": settings["checkpoint_step"]}
+  if "sde" in settings:  # a denoiser's samples depend on the process chosen at sampling (run_record)
+    hashed["sde"] = settings["sde"]
+  return report_files.canonical_hash(hashed)
 
 
 def sampler_label(sampling_settings: dict[str, Any]) -> str:
@@ -105,7 +111,7 @@ def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -
   """
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
-  score_fn = train.make_score_fn(sde, model, config.loss.parametrization)
+  score_fn = train.make_score_fn(sde, model, config.loss)
   sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
   rng = jax.random.PRNGKey(config.seed)

@@ -28,6 +28,7 @@ from hold_jax import checkpoint_integrity
 from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
 from hold_jax import console
+from hold_jax import denoiser
 from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
@@ -75,33 +76,51 @@ def check_settings(config) -> None:
   optimization.check_settings(config.optim, config.ema)
 
 
-def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, parametrization: str,
-                  dropout_rng: jax.Array | None = None) -> losses.ScoreFn:
-  """score_fn(params, u, t) of a network whose output is read through `parametrization`.
+def network_fn(model: nn.Module, dropout_rng: jax.Array | None = None) -> Callable:
+  """network(params, inputs (batch, blocks, *data_shape), conditioning (batch,)) -> (batch, *data_shape).
 
   With dropout_rng the network runs in training mode (dropout on, with that key); without, in inference mode.
   """
 
-  def score_fn(params, u, t):
+  def network(params, inputs, conditioning):
     if dropout_rng is None:
-      output = model.apply({"params": params}, u, t, train=False)
-    else:
-      output = model.apply({"params": params}, u, t, train=True, rngs={"dropout": dropout_rng})
-    return losses.score_from_output(sde, parametrization, output, u, t)
+      return model.apply({"params": params}, inputs, conditioning, train=False)
+    return model.apply({"params": params}, inputs, conditioning, train=True, rngs={"dropout": dropout_rng})
+
+  return network
+
+
+def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config,
+                  dropout_rng: jax.Array | None = None) -> losses.ScoreFn:
+  """score_fn(params, u, t) of a network read through `loss_config.parametrization`: a denoiser of the sufficient
+  statistic (hold_jax/denoiser.py), or a network of (u, t) whose output `losses.score_from_output` reads."""
+  network = network_fn(model, dropout_rng)
+  if loss_config.parametrization == "denoiser":
+    return denoiser.score_fn(sde, network, float(loss_config.sigma_data))
+
+  def score_fn(params, u, t):
+    return losses.score_from_output(sde, loss_config.parametrization, network(params, u, t), u, t)
 
   return score_fn
 
 
 def make_training_loss_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config) -> Callable:
   """loss_fn(params, x0, rng) of `config.loss` with the network in training mode (a dropout key per step)."""
-  losses.make_loss_fn(sde, lambda params, u, t: u[:, -1], loss_config)  # checks the fields once, up front
+  losses.check_settings(loss_config)  # the fields once, up front
 
   def loss_fn(params, x0, rng):
     dropout_rng, loss_rng = jax.random.split(rng)
-    score_fn = make_score_fn(sde, model, loss_config.parametrization, dropout_rng)
-    return losses.make_loss_fn(sde, score_fn, loss_config)(params, x0, loss_rng)
+    if loss_config.parametrization == "denoiser":
+      return losses.make_denoiser_loss_fn(sde, network_fn(model, dropout_rng), loss_config)(params, x0, loss_rng)
+    return losses.make_loss_fn(sde, make_score_fn(sde, model, loss_config, dropout_rng), loss_config)(
+        params, x0, loss_rng)
 
   return loss_fn
+
+
+def input_blocks(order: int, parametrization: str) -> int:
+  """Blocks the network takes: the statistic alone for a denoiser (any order), all n blocks of the state else."""
+  return 1 if parametrization == "denoiser" else order
 
 
 def init_state(model: nn.Module, data_shape: tuple[int, ...], order: int, optimizer: optax.GradientTransformation,
@@ -262,7 +281,8 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   model = models.create_model(config.model, stream.data_shape)
   optimizer = optimization.make_optimizer(config.optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
-  make_fresh_state = lambda: init_state(model, stream.data_shape, sde.order, optimizer, config.seed)
+  blocks = input_blocks(sde.order, config.loss.parametrization)
+  make_fresh_state = lambda: init_state(model, stream.data_shape, blocks, optimizer, config.seed)
   abstract = abstract_state(make_fresh_state, replicated)
   schedule_note = prepare_workdir(config, workdir, abstract)
   train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
@@ -373,7 +393,8 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
   try:
     optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
     replicated = NamedSharding(make_mesh(), PartitionSpec())
-    abstract = abstract_state(lambda: init_state(model, data_shape, sde.order, optimizer, config.seed), replicated)
+    blocks = input_blocks(sde.order, config.loss.parametrization)
+    abstract = abstract_state(lambda: init_state(model, data_shape, blocks, optimizer, config.seed), replicated)
     wanted = {"ema_params": abstract.ema_params}
     try:
       if step is None:

@@ -27,6 +27,9 @@ import run_helpers  # tests/run_helpers.py
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+BLOCKS = train.input_blocks(3, toy2d.get_config().loss.parametrization)  # the network's input blocks
+
+
 def local_config(**training):
   config = toy2d.get_config("local")
   config.checkpoint.asynchronous = False
@@ -47,7 +50,7 @@ def full_restore(config, workdir):
   replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)
   try:
-    return train.restore_or_init(manager, lambda: train.init_state(model, (2,), 3, optimizer, 0), replicated)
+    return train.restore_or_init(manager, lambda: train.init_state(model, (2,), BLOCKS, optimizer, 0), replicated)
   finally:
     manager.close()
 
@@ -173,7 +176,7 @@ def chosen_restore(config, workdir, step):
   model = models.create_model(config.model, (2,))
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
-  abstract = train.abstract_state(lambda: train.init_state(model, (2,), 3, optimizer, 0), replicated)
+  abstract = train.abstract_state(lambda: train.init_state(model, (2,), BLOCKS, optimizer, 0), replicated)
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)
   try:
     return checkpoint_restore.restore_step(manager, step, abstract)
@@ -261,8 +264,11 @@ def test_sampling_takes_trained_fields_from_the_record(tmp_path):
   merged = run_record.for_inference(epath.Path(tmp_path), given, {"sampling.num_steps": 7})
   assert merged.sde.beta_0 == 4.0 and merged.model.width == 16 and merged.sampling.num_steps == 7
   assert run_record.for_inference(epath.Path(tmp_path), given, {"model.width": 16}).model.width == 16
-  with pytest.raises(run_record.RecordMismatch, match=r"sde.beta_0: trained with 4.0, given 6.5"):
-    run_record.for_inference(epath.Path(tmp_path), given, {"sde.beta_0": 6.5})
+  with pytest.raises(run_record.RecordMismatch, match=r"model.width: trained with 16, given 32"):
+    run_record.for_inference(epath.Path(tmp_path), given, {"model.width": 32})
+  # The stock network is a denoiser, whose process is a sampling setting (tests/test_denoiser_runs.py has a
+  # score network's, which stays trained).
+  assert run_record.for_inference(epath.Path(tmp_path), given, {"sde.beta_0": 6.5}).sde.beta_0 == 6.5
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ def test_cifar10_local_trains_on_mocked_tfds_with_dropout(tmp_path, prepared_moc
   config = cifar10.get_config("local")
   config.training.num_steps = config.training.checkpoint_every = 2
   config.model.dropout = 0.1  # the training score function must pass a dropout key
-  fresh = train.init_state(train.models.create_model(config.model, (32, 32, 3)), (32, 32, 3), config.sde.order,
+  fresh = train.init_state(train.models.create_model(config.model, (32, 32, 3)), (32, 32, 3),
+                           train.input_blocks(config.sde.order, config.loss.parametrization),
                            optimization.make_optimizer(config.optim, 2), config.seed)
   state = train.train(config, str(tmp_path))
   assert int(state.step) == 2 and int(state.first_bad_step) == -1

@@ -107,7 +107,8 @@ def test_ema_starts_at_the_parameters_and_warms_up():
 def _model_and_optimizer(config):
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  return models.create_model(config.model, (2,)), (2,), config.sde.order, optimizer
+  return (models.create_model(config.model, (2,)), (2,),
+          train.input_blocks(config.sde.order, config.loss.parametrization), optimizer)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):

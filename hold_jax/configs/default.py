@@ -26,9 +26,19 @@ def get_config() -> ml_collections.ConfigDict:
   # The objective (hold_jax/losses.py, docs/process.md).
   config.loss = loss = ml_collections.ConfigDict()
   loss.objective = "bcsm"  # 'bcsm' (condition on x_0) or 'dsm' (condition on the full initial state)
-  loss.weighting = "eps"  # 'eps' (lambda = l_t^2), 'likelihood' (xi beta) or 'none'
-  loss.parametrization = "eps"  # network output: 'eps', 'score' or 'mixed' (N(0, I) score + correction)
-  loss.time_sampling = "uniform"  # training times: 'uniform' on [eps, T] or 'log_uniform' (density ~ 1/t)
+  # The network: 'denoiser' (an EDM-preconditioned denoiser of the sufficient statistic x0_gls at noise level
+  # sigma_eff, any order: hold_jax/denoiser.py, docs/denoiser.md), or a network of the whole state whose output is
+  # 'eps', the 'score' or 'mixed' (N(0, I) score + correction).
+  loss.parametrization = "denoiser"
+  # 'edm' (lambda = 1 / c_out^2, the denoiser's) or, for the others, 'eps' (lambda = l_t^2), 'likelihood' (xi beta)
+  # or 'none'.
+  loss.weighting = "edm"
+  # Training noise: 'log_normal' (log sigma_eff ~ N(log_sigma_mean, log_sigma_std^2), EDM's; for a score network the
+  # time with that sigma_eff, truncated to [eps, T]), 'uniform' on [eps, T] or 'log_uniform' (density ~ 1/t).
+  loss.time_sampling = "log_normal"
+  loss.log_sigma_mean = -1.2
+  loss.log_sigma_std = 1.2
+  loss.sigma_data = 0.5  # the data's standard deviation in the denoiser's preconditioning (EDM's, for [-1, 1] images)
 
   # Sampling (hold_jax/sampling.py, docs/samplers.md).
   config.sampling = sampling = ml_collections.ConfigDict()
