@@ -235,7 +235,7 @@ def rounds_folder(config, step: int, name: str) -> epath.Path:
   a hash of everything that decides the per-example results and the rounds' boundaries (not the batch size,
   which changes neither)."""
   settings = {field: config.eval[field] for field in ROUND_FIELDS}
-  settings.update(step=step, dataset=config.data.dataset)
+  settings.update(step=step, dataset=config.data.dataset, **run_record.sampling_process(config))
   tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
   return epath.Path(f"{name}_rounds_{tag}")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hold_jax import denoiser
+from hold_jax import evaluate
 from hold_jax import exact_scores
 from hold_jax import kernel_table
 from hold_jax import losses
@@ -84,7 +85,10 @@ def test_a_denoiser_is_sampled_with_the_process_the_command_line_gives(denoiser_
   chosen = run_record.for_inference(denoiser_record, given, {"sde.order": 3})
   assert (chosen.sde.order, chosen.sde.beta_schedule, chosen.sde.beta_1) == (3, "linear", 20.0)
   stems = {sample.sample_file_stem(config, 40) for config in (recorded, chosen)}
-  assert len(stems) == 2  # the process is part of a denoiser's sample names
+  assert len(stems) == 2  # the process is part of a denoiser's sample names, reports and round folders
+  reports = {evaluate.report_stem(evaluate.report_settings(config, 40, (2,))) for config in (recorded, chosen)}
+  assert len(reports) == 2
+  assert len({evaluate.rounds_folder(config, 40, "nll") for config in (recorded, chosen)}) == 2
 
 
 def test_a_score_networks_process_stays_trained(tmp_path):

@@ -35,7 +35,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.training.checkpoint_every = 1000
   config.training.sample_every = 2500
   config.training.num_grid_samples = 64
-  config.loss.time_sampling = "log_uniform"
   config.eval.split = "train"  # the digits have one split
   # Sample quality with the bundled digits classifier (no download): its Fréchet distance, KID and IS,
   # reported as fd_digits, kid_digits and is_digits against all 1,797 digits.
