@@ -34,13 +34,14 @@ def describe_process(sde) -> str:
 
 
 def evaluate_workdir(workdir: str, sweep, num_samples: int, batch_size: int, process=None,
-                     sampling_fields=()) -> dict:
+                     sampling_fields=(), num_repeats: int = 1) -> dict:
   config = common.with_process(run_record.load_config(workdir), process)
   for field, value in sampling_fields:
     config.sampling[field] = type(config.sampling[field])(value)
   config.eval.metrics = ("fid", "kid", "is")
   config.eval.feature_network = "digits"
   config.eval.num_samples = num_samples
+  config.eval.num_repeats = num_repeats  # sampling seeds seed, seed + 1, ...: each row reports their mean and min
   config.eval.sampler_sweep = tuple(sweep)
   config.sampling.batch_size = batch_size  # sample k depends on (seed, k) only: any batch size gives the same
   with open(quality.evaluate_quality(config, workdir)) as file:
@@ -58,6 +59,7 @@ def main():
   parser.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP), help="method:grid:num_steps entries")
   parser.add_argument("--num_samples", type=int, default=2000)
   parser.add_argument("--batch_size", type=int, default=500)
+  parser.add_argument("--num_repeats", type=int, default=1, help="sampling seeds per row (eval.num_repeats)")
   parser.add_argument("--processes", nargs="+", default=[None], choices=[None, *common.STOCK_PROCESSES],
                       help="for denoiser workdirs: sample each with these processes")
   parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -65,7 +67,8 @@ def main():
   parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "digits_quality.json"))
   args = parser.parse_args()
   fields = [tuple(item.split("=", 1)) for item in args.set]
-  results = [evaluate_workdir(workdir, args.sweep, args.num_samples, args.batch_size, process, fields)
+  results = [evaluate_workdir(workdir, args.sweep, args.num_samples, args.batch_size, process, fields,
+                              args.num_repeats)
              for workdir in args.workdirs for process in args.processes]
   print("| process | sampler | grid | NFE | FD digits | KID digits | IS digits |")
   print("|---|---|---|---|---|---|---|")

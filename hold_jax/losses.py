@@ -202,6 +202,9 @@ def noise_level_settings(loss_config) -> dict:
 def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Callable:
   """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss, from `config.loss`, checked."""
   check_settings(loss_config)
+  field_checks.require(loss_config.parametrization != "denoiser", "loss.parametrization", "denoiser",
+                       f"one of {PARAMETRIZATIONS[:3]} for a score function (a denoiser's loss is "
+                       "make_denoiser_loss_fn's)")
   objective, weighting = loss_config.objective, loss_config.weighting
   time_sampling = loss_config.get("time_sampling", "uniform")
   levels = noise_level_settings(loss_config)

@@ -123,11 +123,12 @@ def input_blocks(order: int, parametrization: str) -> int:
   return 1 if parametrization == "denoiser" else order
 
 
-def init_state(model: nn.Module, data_shape: tuple[int, ...], order: int, optimizer: optax.GradientTransformation,
+def init_state(model: nn.Module, data_shape: tuple[int, ...], blocks: int, optimizer: optax.GradientTransformation,
                seed: int) -> TrainState:
-  """Fresh parameters (EMA equal to them), optimizer state, step 0."""
+  """Fresh parameters (EMA equal to them), optimizer state, step 0, for a network that takes `blocks` input
+  blocks (`input_blocks`)."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-  u = jnp.zeros((1, order) + tuple(data_shape), jnp.float32)
+  u = jnp.zeros((1, blocks) + tuple(data_shape), jnp.float32)
   params = jax.jit(model.init)(init_rng, u, jnp.ones((1,), jnp.float32))["params"]  # eager init of a U-Net is slow
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=optimizer.init(params), rng=train_rng,

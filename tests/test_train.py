@@ -204,9 +204,9 @@ def test_command_line_trains_logs_and_samples(tmp_path):
     assert str(archive["method"]) == "ode_adaptive" and float(archive["ode_rtol"]) == 1e-3
     assert int(archive["nfe"]) > 10  # counted by the solver
   assert os.path.isfile(path[:-len(".npz")] + ".png")
-  changed = subprocess.run(base + ["--mode=sample", "--config.sde.beta_0=6.0"], cwd=ROOT, capture_output=True,
+  changed = subprocess.run(base + ["--mode=sample", "--config.model.width=24"], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
-  assert changed.returncode != 0 and "sde.beta_0: trained with 5.0, given 6.0" in changed.stderr
+  assert changed.returncode != 0 and "model.width: trained with 16, given 24" in changed.stderr
   assert "Traceback" not in changed.stderr
 
 
