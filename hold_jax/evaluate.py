@@ -17,7 +17,8 @@ ones, and the same settings rewrite the same file. Left out, because no reported
 eval.batch_size and eval.round_size (example k's bound depends on (eval.seed, k) alone, whichever batch or
 round holds it), eval.checkpoint_step as written (-1 and the step it resolves to give one report), and the
 fields of the sample-quality metrics. The trained fields (process, model, parametrization) are fixed for a
-workdir by its config.json. A field that cannot matter for these data (eval.split for point data, num_probes
+workdir by its config.json, except a denoiser's process, which is chosen at evaluation and hashed
+(run_record.sampling_process). A field that cannot matter for these data (eval.split for point data, num_probes
 for the exact divergence) is hashed all the same: at worst the same report gets a second file. The report
 records `report_settings` under 'hashed_settings' (`report_stem` gives its name again) and the whole eval
 group under 'settings'; it is written under a temporary name and renamed, so a killed job never leaves half a
