@@ -68,9 +68,11 @@ def score_fn(sde: sde_lib.LangevinSDE, network: Network, sigma_data: float) -> C
   """score_fn(params, u, t) -> last-block score of the preconditioned denoiser under the process `sde`."""
 
   def score(params, u, t):
-    x, sigma = sufficient_statistic.statistic(sde, u, t)
+    coefficients_t = sufficient_statistic.coefficients(sde, t)  # read once: the statistic and the score share it
+    x, sigma = sufficient_statistic.dot_blocks(coefficients_t.a, u), coefficients_t.sigma
     output = network_output(network, params, x, sigma, sigma_data)
-    return sufficient_statistic.score_from_noise(sde, u, t, noise_estimate(x, sigma, output, sigma_data))
+    return sufficient_statistic.score_from_noise(sde, u, t, noise_estimate(x, sigma, output, sigma_data),
+                                                 coefficients_t)
 
   return score
 

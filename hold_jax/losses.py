@@ -43,6 +43,8 @@ OBJECTIVES = ("bcsm", "dsm")
 TIME_SAMPLINGS = ("uniform", "log_uniform", "log_normal")
 WEIGHTINGS = ("eps", "likelihood", "none", "edm")
 PARAMETRIZATIONS = ("eps", "score", "mixed", "denoiser")
+# EDM's log-normal noise levels (Karras et al. 2022, P_mean and P_std): the defaults of loss.log_sigma_*.
+EDM_LOG_SIGMA_MEAN, EDM_LOG_SIGMA_STD = -1.2, 1.2
 
 
 def score_scale(sde: sde_lib.LangevinSDE, t: jax.Array) -> jax.Array:
@@ -118,7 +120,7 @@ def weighting_over_scale_squared(sde: sde_lib.LangevinSDE, weighting: str, t: ja
 
 
 def sample_times(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, shape: tuple[int, ...], dtype,
-                 log_sigma_mean: float = -1.2, log_sigma_std: float = 1.2) -> jax.Array:
+                 log_sigma_mean: float = EDM_LOG_SIGMA_MEAN, log_sigma_std: float = EDM_LOG_SIGMA_STD) -> jax.Array:
   """Training times: 'uniform' on [eps, T], 'log_uniform' (density proportional to 1/t on [eps, T]), or
   'log_normal': log sigma_eff(t) ~ N(log_sigma_mean, log_sigma_std^2) truncated to the process's range.
 
@@ -146,7 +148,8 @@ def _truncated_normal(rng, shape, dtype, mean, std, low, high) -> jax.Array:
 
 
 def sample_noise_levels(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, shape: tuple[int, ...], dtype,
-                        log_sigma_mean: float = -1.2, log_sigma_std: float = 1.2) -> jax.Array:
+                        log_sigma_mean: float = EDM_LOG_SIGMA_MEAN, log_sigma_std: float = EDM_LOG_SIGMA_STD
+                        ) -> jax.Array:
   """The denoiser's training noise levels sigma_eff: 'log_normal' is EDM's log sigma ~ N(mean, std^2), not
   truncated (a denoiser needs no time, so it also learns the levels another process visits); 'uniform' and
   'log_uniform' are sigma_eff(t) of those training times."""
@@ -157,8 +160,8 @@ def sample_noise_levels(sde: sde_lib.LangevinSDE, kind: str, rng: jax.Array, sha
 
 def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, params: Any, x0: jax.Array,
                      rng: jax.Array, objective: str = "bcsm", weighting: str = "eps",
-                     time_sampling: str = "uniform", log_sigma_mean: float = -1.2, log_sigma_std: float = 1.2
-                     ) -> jax.Array:
+                     time_sampling: str = "uniform", log_sigma_mean: float = EDM_LOG_SIGMA_MEAN,
+                     log_sigma_std: float = EDM_LOG_SIGMA_STD) -> jax.Array:
   """lambda(t) || s_theta(u_t, t) + eps_last / l_t ||^2 averaged over data coordinates; returns (batch,).
 
   t is drawn per example by `sample_times(time_sampling)`.
@@ -195,8 +198,8 @@ def check_settings(loss_config) -> None:
 
 def noise_level_settings(loss_config) -> dict:
   """log_sigma_mean and log_sigma_std of `config.loss`, EDM's -1.2 and 1.2 where a record predates them."""
-  return {"log_sigma_mean": float(loss_config.get("log_sigma_mean", -1.2)),
-          "log_sigma_std": float(loss_config.get("log_sigma_std", 1.2))}
+  return {"log_sigma_mean": float(loss_config.get("log_sigma_mean", EDM_LOG_SIGMA_MEAN)),
+          "log_sigma_std": float(loss_config.get("log_sigma_std", EDM_LOG_SIGMA_STD))}
 
 
 def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: ScoreFn, loss_config) -> Callable:

@@ -64,8 +64,10 @@ def coefficients_float64(mean_coefficients: np.ndarray, factor: np.ndarray) -> n
 
 
 @functools.lru_cache(maxsize=32)
-def _table(sde: sde_lib.LangevinSDE, num_points: int) -> np.ndarray:
-  """coefficients_float64 on the kernel table's grid, (G, 2n + 3), float64."""
+def _table(sde: sde_lib.LangevinSDE, num_points: int, dtype_name: str = "float64") -> np.ndarray:
+  """coefficients_float64 on the kernel table's grid, (G, 2n + 3), computed in float64 and cast to dtype_name."""
+  if dtype_name != "float64":
+    return _table(sde, num_points).astype(dtype_name)
   mean_coefficients, factor = kernel_table.float64_table(sde, num_points)
   return coefficients_float64(mean_coefficients, factor)
 
@@ -74,12 +76,12 @@ def coefficients(sde: sde_lib.LangevinSDE, t: jax.Array, num_points: int = kerne
                  ) -> Coefficients:
   """The statistic's coefficients at t in [eps, T] (clamped), interpolated linearly in log t from float64."""
   n = sde.order
-  columns = kernel_table.interpolate(sde, _table(sde, num_points).astype(jnp.dtype(t.dtype).name), t, num_points)
+  columns = kernel_table.interpolate(sde, _table(sde, num_points, jnp.dtype(t.dtype).name), t, num_points)
   return Coefficients(a=columns[..., 1:n + 1], c=columns[..., n + 1:2 * n + 1], w_hat=columns[..., 2 * n + 1],
                       sigma=jnp.exp(columns[..., 0]), score_scale=columns[..., 2 * n + 2])
 
 
-def _dot_blocks(weights: jax.Array, u: jax.Array) -> jax.Array:
+def dot_blocks(weights: jax.Array, u: jax.Array) -> jax.Array:
   """sum_k weights[:, k] u[:, k]: weights (batch, n), u (batch, n, *data_shape) -> (batch, *data_shape)."""
   return sum(sde_lib.per_example(weights[:, k], u.ndim - 1) * u[:, k] for k in range(u.shape[1]))
 
@@ -87,17 +89,20 @@ def _dot_blocks(weights: jax.Array, u: jax.Array) -> jax.Array:
 def statistic(sde: sde_lib.LangevinSDE, u: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
   """x0_gls (batch, *data_shape) and sigma_eff (batch,) of states u at times t: x0_gls | x_0 ~ N(x_0, sigma_eff^2)."""
   coefficients_t = coefficients(sde, t)
-  return _dot_blocks(coefficients_t.a, u), coefficients_t.sigma
+  return dot_blocks(coefficients_t.a, u), coefficients_t.sigma
 
 
-def score_from_noise(sde: sde_lib.LangevinSDE, u: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def score_from_noise(sde: sde_lib.LangevinSDE, u: jax.Array, t: jax.Array, noise: jax.Array,
+                     coefficients_t: Coefficients | None = None) -> jax.Array:
   """The last-block score from noise = (x0_gls - E[x_0 | u]) / sigma_eff, (batch, *data_shape).
 
-  s = -(c . u + w_hat noise) / l_t; exact for the exact posterior mean (tests/test_denoiser.py).
+  s = -(c . u + w_hat noise) / l_t; exact for the exact posterior mean (tests/test_denoiser.py). coefficients_t:
+  `coefficients(sde, t)` where the caller has them already.
   """
-  coefficients_t = coefficients(sde, t)
+  if coefficients_t is None:
+    coefficients_t = coefficients(sde, t)
   per = lambda values: sde_lib.per_example(values, noise.ndim)
-  return -(_dot_blocks(coefficients_t.c, u) + per(coefficients_t.w_hat) * noise) / per(coefficients_t.score_scale)
+  return -(dot_blocks(coefficients_t.c, u) + per(coefficients_t.w_hat) * noise) / per(coefficients_t.score_scale)
 
 
 def sigma_range(sde: sde_lib.LangevinSDE) -> tuple[float, float]:
