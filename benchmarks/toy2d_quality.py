@@ -13,7 +13,12 @@ table, then the best sampler per order and NFE, then the targets (HOLD at 20 NFE
   python benchmarks/toy2d_quality.py --workdirs W_order1 W_order2 W_order3 [--nfe 10 20 50 100 200]
       [--methods lie_trotter strang gddim ...] [--grids quadratic edm] [--multistep_orders 2 3]
       [--time_variables b log_snr] [--ode_tolerances 1e-3 1e-5] [--ode_variables state flow]
-      [--nll_examples 2000] [--processes vp cld hold]
+      [--nll_examples 2000] [--processes vp cld hold] [--rhos 2.5 7] [--stochasticities 0 0.5]
+      [--sampling_seeds 0 1]
+
+--rhos sets sampling.rho of the 'edm' and 'sigma' grids; --stochasticities gddim's lambda (0: the probability-flow
+ODE, 1: the reverse SDE); with --sampling_seeds every row is drawn with each seed (config.seed) and reports the
+mean within 0.01 and SW1 (each seed's in the JSON).
 
 With --processes, each denoiser workdir (loss.parametrization = 'denoiser') is sampled with each of those
 processes (benchmarks/common.py STOCK_PROCESSES): one network, every order (docs/denoiser.md); rows name it
@@ -56,10 +61,23 @@ def steps_for_budget(method, nfe, order):
   return max(1, (nfe - int(order == 1)) // per_step)
 
 
-def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000, **settings):
-  """One row: samples of `method` (at tolerance for 'ode_adaptive', else nfe and grid) and their quality;
-  settings: further config.sampling fields (e.g. multistep_order, time_variable, ode_variable)."""
+def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000, seeds=(None,), **settings):
+  """One row: samples of `method` (at tolerance for 'ode_adaptive', else nfe and grid) and their quality, the
+  mean over the sampling seeds (None: the workdir's config.seed); settings: further config.sampling fields
+  (e.g. multistep_order, time_variable, ode_variable, rho, stochasticity)."""
+  draws = [_evaluate_seed(workdir, method, grid, nfe, tolerance, num_samples, seed, **settings) for seed in seeds]
+  row = dict(draws[0], within_0_01=float(np.mean([d["within_0_01"] for d in draws])),
+             sliced_w1=float(np.mean([d["sliced_w1"] for d in draws])))
+  if len(draws) > 1:
+    row.update(seed=None, per_seed=[{k: d[k] for k in ("seed", "within_0_01", "sliced_w1")} for d in draws])
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def _evaluate_seed(workdir, method, grid, nfe, tolerance, num_samples, seed, **settings):
   config = trained_config(workdir)
+  if seed is not None:
+    config.seed = seed
   order = config.sde.order
   config.sampling.method, config.sampling.grid, config.sampling.denoise = method, grid, True
   for field, value in settings.items():
@@ -79,9 +97,8 @@ def evaluate(workdir, method, grid, nfe, tolerance=None, num_samples=10000, **se
   sw1 = point_clouds.sliced_wasserstein(samples, data) if finite.all() else float("inf")
   row = dict(workdir=workdir, order=order, method=method, grid="adaptive" if tolerance else grid,
              tolerance=tolerance, num_steps=None if tolerance else config.sampling.num_steps, nfe=int(used_nfe),
-             checkpoint_step=step, **settings, within_0_01=within, sliced_w1=sw1, finite_fraction=float(finite.mean()),
-             seconds=seconds)
-  print(json.dumps(row), flush=True)
+             checkpoint_step=step, seed=int(config.seed), **settings, within_0_01=within, sliced_w1=sw1,
+             finite_fraction=float(finite.mean()), seconds=seconds)
   return row
 
 
@@ -97,10 +114,16 @@ def nll_bound(workdir, num_examples):
 
 
 def sampler_name(row):
-  """'gddim-2 log_snr' for a gddim row (its multistep order and time variable), else the method."""
+  """'gddim-2 log_snr lambda 0.5' for a gddim row (its multistep order, time variable and stochasticity, when
+  not 0), else the method; ' rho R' where a rho grid set one."""
+  name = row["method"]
   if row["method"] == "gddim":
-    return f"gddim-{row['multistep_order']} {row['time_variable']}"
-  return row["method"]
+    name = f"gddim-{row['multistep_order']} {row['time_variable']}"
+    if row.get("stochasticity"):
+      name += f" lambda {row['stochasticity']:g}"
+  if row.get("grid") in ("edm", "sigma") and "rho" in row:
+    name += f" rho {row['rho']:g}"
+  return name
 
 
 def best_rows(rows, floor=0.2):
@@ -134,6 +157,11 @@ def main():
                                                        "toy2d_quality.json"))
   parser.add_argument("--processes", nargs="+", default=[], choices=list(common.STOCK_PROCESSES),
                       help="sample each denoiser workdir with these processes (rows name W@process)")
+  parser.add_argument("--rhos", nargs="+", type=float, default=[7.0], help="sampling.rho of the edm and sigma grids")
+  parser.add_argument("--stochasticities", nargs="+", type=float, default=[0.0],
+                      help="'gddim' rows at each of these sampling.stochasticity (lambda)")
+  parser.add_argument("--sampling_seeds", nargs="+", type=int, default=[None],
+                      help="draw every row with each of these seeds and report the means")
   args = parser.parse_args()
   if args.processes:
     args.workdirs = [f"{workdir}@{process}" for workdir in args.workdirs for process in args.processes]
@@ -141,18 +169,22 @@ def main():
   for workdir in args.workdirs:
     for nfe in args.nfe:
       for method in args.methods:
-        for grid in args.grids:
+        for grid, rho in [(grid, rho) for grid in args.grids
+                          for rho in (args.rhos if grid in ("edm", "sigma") else [None])]:
+          grid_settings = dict(seeds=args.sampling_seeds, **({} if rho is None else dict(rho=rho)))
           if method != "gddim":
-            rows.append(dict(evaluate(workdir, method, grid, nfe), budget=nfe))
+            rows.append(dict(evaluate(workdir, method, grid, nfe, **grid_settings), budget=nfe))
             continue
           for multistep_order in args.multistep_orders:
             for variable in args.time_variables if multistep_order > 1 else args.time_variables[:1]:
-              rows.append(dict(evaluate(workdir, method, grid, nfe, multistep_order=multistep_order,
-                                        time_variable=variable), budget=nfe))
+              for stochasticity in args.stochasticities:
+                rows.append(dict(evaluate(workdir, method, grid, nfe, multistep_order=multistep_order,
+                                          time_variable=variable, stochasticity=stochasticity, **grid_settings),
+                                 budget=nfe))
     for tolerance in args.ode_tolerances:
       for variable in args.ode_variables:
-        rows.append(dict(evaluate(workdir, "ode_adaptive", "quadratic", None, tolerance, ode_variable=variable),
-                         budget=None))
+        rows.append(dict(evaluate(workdir, "ode_adaptive", "quadratic", None, tolerance, seeds=args.sampling_seeds,
+                                  ode_variable=variable), budget=None))
   nll = {w: nll_bound(w, args.nll_examples) for w in args.workdirs} if args.nll_examples else {}
 
   print("| workdir | order | sampler | grid / tolerance | steps | NFE | within 0.01 | SW1 | finite | seconds |")

@@ -45,8 +45,9 @@ config.sampling.method, with its network evaluations (NFE) for N = sampling.num_
                   stiff linear part and with x0_hat clipped to sampling.clip_x0; 'state' solves it in u.
 
 Plus one evaluation for the optional denoising step (a noise-free Euler step of the reverse SDE from eps to 0,
-as in score_sde) when the order is 1: for order >= 2 the score moves only the last block, which the output
-x = u_0 discards, so that step needs no network.
+as in score_sde) when the order is 1; for order >= 2 the denoised output is x0_gls = a_eps . u, the
+least-squares estimate of x_0 from all blocks (noise sigma_eff(eps) instead of the data block's own), which
+needs no network.
 
 Choices. The measurements behind them are the moment tests on Gaussian data with the exact score
 (tests/test_sampling.py) and the trained toy models (benchmarks/toy2d_quality.py, figures in
@@ -234,7 +235,8 @@ def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, r
 
   score_fn(params, u (b, n, *data_shape), t (b,)) -> last-block score (b, *data_shape). num_steps, grid and
   rho set the steps of the fixed-step methods; ode_* the adaptive one (the tolerances may be traced).
-  denoise adds a final noise-free Euler step from eps to t = 0. Jit it with the other settings static
+  denoise: order 1 a final noise-free Euler step from eps to t = 0, orders >= 2 x0_gls at eps
+  (`sampler_parts.denoise`). Jit it with the other settings static
   (`make_sampler` does).
   """
   if method not in METHODS:

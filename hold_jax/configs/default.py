@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.num_steps = 100  # steps of the fixed-step methods (NFE = steps, twice that for 'ode_heun')
   sampling.grid = "quadratic"  # 'uniform', 'quadratic' or 'edm'
   sampling.rho = 7.0  # exponent of the 'edm' grid
-  sampling.denoise = True  # final noise-free step from eps to 0 (uses the network only for order 1)
+  sampling.denoise = True  # output without the state's noise at eps (order 1: a network step; else x0_gls)
   # 'gddim': how many past x0_hat values each step extrapolates (1: the first-order step), and in which
   # time variable: 'b' (integrated beta), 'log_b' or 'log_snr' (of the data block). Order 3 in 'b' on the 'edm'
   # grid was the best gddim setting on the swiss roll for orders 1-3 (benchmarks/RESULTS.md).
