@@ -37,7 +37,12 @@ def evaluate_workdir(workdir: str, sweep, num_samples: int, batch_size: int, pro
                      sampling_fields=(), num_repeats: int = 1) -> dict:
   config = common.with_process(run_record.load_config(workdir), process)
   for field, value in sampling_fields:
-    config.sampling[field] = type(config.sampling[field])(value)
+    group, _, name = field.rpartition(".")
+    if group not in ("", "sampling", "sde") or (group == "sde" and config.loss.parametrization != "denoiser"):
+      raise SystemExit(f"--set {field}: give a config.sampling field, or sde.FIELD for a denoiser workdir (whose "
+                       "process is a sampling setting, docs/denoiser.md).")
+    settings = config[group or "sampling"]
+    settings[name] = type(settings[name])(value)
   config.eval.metrics = ("fid", "kid", "is")
   config.eval.feature_network = "digits"
   config.eval.num_samples = num_samples
@@ -63,7 +68,8 @@ def main():
   parser.add_argument("--processes", nargs="+", default=[None], choices=[None, *common.STOCK_PROCESSES],
                       help="for denoiser workdirs: sample each with these processes")
   parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                      help="config.sampling fields for every row, e.g. stochasticity=1")
+                      help="config.sampling fields for every row, e.g. stochasticity=1; for denoiser "
+                      "workdirs also sde fields, e.g. sde.eps=0.01")
   parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "digits_quality.json"))
   args = parser.parse_args()
   fields = [tuple(item.split("=", 1)) for item in args.set]
