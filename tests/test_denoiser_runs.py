@@ -12,7 +12,6 @@ from hold_jax import denoiser
 from hold_jax import evaluate
 from hold_jax import exact_scores
 from hold_jax import kernel_table
-from hold_jax import losses
 from hold_jax import models
 from hold_jax import run_record
 from hold_jax import sample
