@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   sde.beta_1 = 6.5
   sde.T = 1.0
   # Smallest training time and end of sampling. The float32 factor L_t is accurate to 1e-5 down to
-  # t = 1e-3 for orders 1-4 (order <= 3: down to 1e-5); see README "Numerics" and tests/test_losses.py.
+  # t = 1e-3 for orders 1-4 (order <= 3: down to 1e-5); see docs/process.md "The perturbation kernel" and tests/test_losses.py.
   sde.eps = 1e-3
   sde.init_aux_var = 0.04  # initial variance of every auxiliary block (4% of stationary, as CLD)
 

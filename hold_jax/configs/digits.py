@@ -1,5 +1,5 @@
 """HOLD (order 3) on scikit-learn's 8x8 handwritten digits (1,797 images, no download) at their native 8x8,
-with a small DDPM++: recognisable digits after <= 30 minutes on 2 CPU cores (10k steps of ~0.16 s).
+with a small DDPM++: recognisable digits after 25-40 minutes on 2 CPU cores (10k steps at 7-10 steps/s on an idle machine).
 --config.data.image_size=16 upsamples them smoothly, at 4x the cost per step.
 
   python -m hold_jax.main --config configs/digits.py --workdir runs/digits

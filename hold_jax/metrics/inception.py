@@ -210,8 +210,9 @@ def _check_hash(path: epath.Path, digest: str, expected_sha256: str | None) -> N
                      f"different or damaged file. {PUBLISHED_FILE}")
   if expected_sha256 is None and not digest.startswith(PUBLISHED_SHA256_PREFIX):
     raise ValueError(f"FID Inception weights {path} have SHA-256 {digest}, which does not start with the "
-                     f"published tag {PUBLISHED_SHA256_PREFIX}: not the published file (pass expected_sha256 to "
-                     f"use another one on purpose). {PUBLISHED_FILE}")
+                     f"published tag {PUBLISHED_SHA256_PREFIX}: not the published file (to use another one on "
+                     f"purpose, give its SHA-256: --inception_sha256 for python -m hold_jax.fid, "
+                     f"--config.eval.inception_sha256 for --mode=eval). {PUBLISHED_FILE}")
 
 
 def _make_apply(variables, resize: str) -> Callable[[jax.Array], dict[str, jax.Array]]:
