@@ -322,13 +322,15 @@ def _exit_with_absl_usage(error: flags.Error) -> None:
   sys.exit(1)
 
 
-def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS, before_imports: bool = False
+                ) -> list[str]:
   """absl.app.run's flags_parser: flag_values(argv), with a bad --config.a.b=value override reported as
   `hold_jax: error: --config.a.b=value: <what is wrong and the fix>` on stderr and exit status 2, no
   traceback. A missing --config file, one that gives no config (not Python, a variant its get_config()
   refuses: config_file_error) and an empty --workdir are reported the same way. Returns the arguments left
   after the flags, as absl's own parser does. `configs/NAME.py` falls back to the packaged stock config
-  (stock_config_path)."""
+  (stock_config_path). before_imports: the early parse of hold_jax/main.py, before JAX, TensorFlow and orbax
+  have defined their flags; one of theirs is left to the full parse after the imports."""
   given_argv = argv
   argv = with_stock_configs(argv, flag_values)
   message = missing_config_file(argv, flag_values)
@@ -338,6 +340,9 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
       with _without_loader_warnings():
         remaining = flag_values(argv)
     except Exception as error:  # pylint: disable=broad-except  (a config file can raise anything)
+      if (before_imports and isinstance(error, flags.UnrecognizedFlagError)
+          and error.flagname.split(".")[0] not in _config_flags(flag_values)):
+        return argv
       message = config_file_error(argv, flag_values, given_argv)
       if message is None and isinstance(error, (AttributeError, KeyError, flags.Error)):
         message = override_error(error, argv, flag_values)

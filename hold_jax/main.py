@@ -11,6 +11,9 @@ import signal
 import sys
 from typing import NoReturn
 
+from hold_jax import cli
+from hold_jax import command_flags
+from hold_jax import command_help
 from hold_jax import console
 from hold_jax import preemption
 
@@ -28,6 +31,8 @@ def _stopped_while_starting(signum, frame) -> None:
 if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "hold-jax":  # the command, not an import of it
   for _signal in preemption.SIGNALS:
     signal.signal(_signal, _stopped_while_starting)
+  command_help.print_help_and_exit(sys.argv)  # at once, before the imports below
+  cli.parse_flags(sys.argv, before_imports=True)  # a bad flag, config file or field: one line, before them too
 
 with console.native_stderr_captured() as _IMPORT_NOTICES:
   importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
@@ -39,7 +44,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from hold_jax import checkpoints
-from hold_jax import cli
 from hold_jax import config_checks
 from hold_jax import evaluate
 from hold_jax import image_sources
@@ -49,20 +53,13 @@ from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples; a run resumes "
-                               "from the latest checkpoint found here.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "train (and resume), sample from the "
-                          "latest EMA parameters, or eval: their NLL bound (config.eval) as workdir/eval/*.json.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: set it on every "
-                                  "host of a multi-host job. TPU pod slices, SLURM and Open MPI jobs detect their "
-                                  "peers themselves; elsewhere give the three flags below.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (or $JAX_COORDINATOR_ADDRESS), "
-                                   "for --distributed outside TPU/SLURM/MPI.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed outside "
-                                      "TPU/SLURM/MPI.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG = command_flags.CONFIG
+_WORKDIR = command_flags.WORKDIR
+_MODE = command_flags.MODE
+_DISTRIBUTED = command_flags.DISTRIBUTED
+_COORDINATOR = command_flags.COORDINATOR
+_NUM_PROCESSES = command_flags.NUM_PROCESSES
+_PROCESS_ID = command_flags.PROCESS_ID
 
 
 def initialize_distributed(config) -> None:
