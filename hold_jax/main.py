@@ -32,7 +32,7 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "hold-jax":  # the
   for _signal in preemption.SIGNALS:
     signal.signal(_signal, _stopped_while_starting)
   command_help.print_help_and_exit(sys.argv)  # at once, before the imports below
-  cli.parse_flags(sys.argv, before_imports=True)  # a bad flag, config file or field: one line, before them too
+  cli.parse_flags(sys.argv, command_flags.scratch(), before_imports=True)  # a bad command line: one line, too
 
 with console.native_stderr_captured() as _IMPORT_NOTICES:
   importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
