@@ -45,10 +45,9 @@ from ml_collections import config_flags
 
 from hold_jax import checkpoints
 from hold_jax import config_checks
-from hold_jax import evaluate
+from hold_jax import evaluation
 from hold_jax import image_sources
 from hold_jax import input_pipeline
-from hold_jax import quality
 from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import train
@@ -83,11 +82,8 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
   # The workdir's config.json decides what was trained; the command line chooses the sampler and the metrics.
   config = run_record.for_inference(train.workdir_path(workdir), config, overrides)
   config_checks.check(config)
-  if mode == "eval":  # one report per kind of metric: the NLL bound, and sample quality
-    reports = [evaluate.evaluate(config, workdir)] if "nll" in config.eval.get("metrics", ("nll",)) else []
-    if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS):
-      reports.append(quality.evaluate_quality(config, workdir))
-    return "\n".join(reports)
+  if mode == "eval":
+    return "\n".join(evaluation.run(config, workdir))
   return sample.sample_to_disk(config, workdir)
 
 
