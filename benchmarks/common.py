@@ -7,6 +7,8 @@ import time
 
 import jax
 
+from hold_jax import sde
+
 
 def load_config(name):
   """configs/<module>.py's get_config(variant) for a name 'module' or 'module:variant'."""
@@ -14,13 +16,7 @@ def load_config(name):
   return importlib.import_module(f"hold_jax.configs.{module}").get_config(variant)
 
 
-# The processes the benchmarks compare, each as the workdirs of RESULTS.md were trained: VP on the linear schedule
-# of score_sde, CLD at the beta its order needs (docs/process.md), HOLD as configs/default.py.
-STOCK_PROCESSES = {
-    "vp": dict(order=1, beta_schedule="linear", beta_0=0.1, beta_1=20.0, eps=1e-5),
-    "cld": dict(order=2, beta_schedule="constant", beta_0=9.2, beta_1=9.2, eps=1e-3),
-    "hold": dict(order=3, beta_schedule="constant", beta_0=6.5, beta_1=6.5, eps=1e-3),
-}
+STOCK_PROCESSES = sde.STOCK_PROCESSES  # the processes the benchmarks compare
 
 
 def with_process(config, process):
@@ -32,9 +28,8 @@ def with_process(config, process):
     raise SystemExit(f"--processes {process}: the workdir's network is '{config.loss.parametrization}', a network of "
                      "its own process; only a denoiser (loss.parametrization = 'denoiser') samples with another.")
   config = config.copy_and_resolve_references()
-  config.sde.couplings, config.sde.friction = None, None
-  for field, value in STOCK_PROCESSES[process].items():
-    config.sde[field] = value
+  for field, value in sde.stock_process_fields(process).items():
+    config.sde[field.split(".")[1]] = value
   return config
 
 

@@ -21,7 +21,7 @@ ODE, 1: the reverse SDE); with --sampling_seeds every row is drawn with each see
 mean within 0.01 and SW1 (each seed's in the JSON).
 
 With --processes, each denoiser workdir (loss.parametrization = 'denoiser') is sampled with each of those
-processes (benchmarks/common.py STOCK_PROCESSES): one network, every order (docs/denoiser.md); rows name it
+processes (hold_jax/sde.py STOCK_PROCESSES): one network, every order (docs/denoiser.md); rows name it
 W@process.
 """
 import argparse

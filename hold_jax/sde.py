@@ -176,6 +176,23 @@ def from_config(config) -> LangevinSDE:
   )
 
 
+# The three processes of the family that the project compares, with the settings its results use: VP on the
+# linear schedule of score_sde, CLD at the beta its order needs and HOLD as configs/default.py, each critically
+# damped (docs/process.md). A denoiser (loss.parametrization = 'denoiser') samples with any of them.
+STOCK_PROCESSES = {
+    "vp": dict(order=1, beta_schedule="linear", beta_0=0.1, beta_1=20.0, eps=1e-5),
+    "cld": dict(order=2, beta_schedule="constant", beta_0=9.2, beta_1=9.2, eps=1e-3),
+    "hold": dict(order=3, beta_schedule="constant", beta_0=6.5, beta_1=6.5, eps=1e-3),
+}
+
+
+def stock_process_fields(name: str) -> dict[str, object]:
+  """The flattened config.sde fields ('sde.order': 3, ...) of STOCK_PROCESSES[name], critically damped."""
+  field_checks.require(name in STOCK_PROCESSES, "process", name, f"one of {tuple(STOCK_PROCESSES)}")
+  return {"sde.couplings": None, "sde.friction": None,
+          **{f"sde.{field}": value for field, value in STOCK_PROCESSES[name].items()}}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The process matrices and the time change.
 
