@@ -7,7 +7,7 @@ early checks stay free of JAX and TensorFlow:
   model = hold_jax.load("digits")     # or a workdir
   samples = model.sample(64)
 """
-API = ("load", "Model", "pretrained_models", "to_pixels")
+API = ("load", "Model", "pretrained_models", "summary", "to_pixels")
 __all__ = list(API)
 
 

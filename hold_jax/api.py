@@ -38,6 +38,7 @@ from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import likelihood
+from hold_jax import plots
 from hold_jax import pretrained
 from hold_jax import run_record
 from hold_jax import sample as sample_lib
@@ -50,6 +51,12 @@ to_pixels = image_data.to_pixels  # model-space images -> uint8 (for image files
 def pretrained_models() -> dict[str, dict[str, Any]]:
   """{name: the figures measured on it} of the models shipped with the package (hold_jax/pretrained)."""
   return {name: pretrained.figures(name) for name in pretrained.names()}
+
+
+def summary(reports: list[dict[str, Any]]) -> str:
+  """The reports of Model.evaluate as the command line prints them: each metric to 3-4 significant digits
+  beside its baselines, then the report's path (evaluation.summary)."""
+  return evaluation.summary([report["path"] for report in reports])
 
 
 def with_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -118,6 +125,14 @@ class Model:
     if key not in self._drawers:  # one compile per sampler and batch size, not per call
       self._drawers[key] = sample_lib.make_drawer(config, self.data_shape)
     return self._drawers[key](self.params, num_samples)
+
+  def plot(self, samples, title: str | None = None):
+    """A matplotlib figure of `samples` (plots.samples_figure): images as one grid with gaps; 2-D points over a
+    faint sample of the data set; more dimensions as a corner plot, also over the data."""
+    samples = np.asarray(samples)
+    if title is None:
+      title = f"{self.source}: {len(samples)} samples, order {self.config.sde.order}, step {self.step}"
+    return plots.samples_figure(samples, input_pipeline.reference_points(self.config.data), title, pyplot=True)
 
   def nll(self, data, **eval_settings: Any) -> dict[str, Any]:
     """The NLL bound of each example of `data` (docs/likelihood.md), as `--mode=eval` computes it.

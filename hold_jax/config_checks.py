@@ -6,6 +6,7 @@ from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
+from hold_jax import point_quality
 from hold_jax import quality
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
@@ -30,8 +31,11 @@ def check(config) -> None:
   sampling.check_settings(sde_lib.from_config(config.sde), config.sampling)
   if "eval" in config:
     check_eval(config.eval)
-    if set(config.eval.get("metrics", ())) & set(quality.IMAGE_METRICS):
+    metrics = set(config.eval.get("metrics", ()))
+    if metrics & set(quality.IMAGE_METRICS):
       quality.image_shape(config.eval.metrics, config.data)
+    if metrics & set(quality.POINT_METRICS):
+      point_quality.point_shape(config.eval.metrics, config.data)
   losses.check_settings(config.loss)
   if config.loss.parametrization == "denoiser":
     field_checks.require(config.model.get("embedding", "fourier") == "fourier", "model.embedding",

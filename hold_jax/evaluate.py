@@ -1,6 +1,8 @@
 """`--mode=eval`: the negative log-likelihood bound of a workdir's EMA parameters (the newest readable
 checkpoint, or step eval.checkpoint_step) over a data split (docs/likelihood.md; the computation is
-hold_jax/likelihood.py), written to workdir/eval/<label>_<hash>.json.
+hold_jax/likelihood.py), written to workdir/eval/<label>_<hash>.json. The console and the log quote it in one
+unit, nats per point for point sets and bits/dim for images (`in_reported_unit`, `format_report`); the report
+keeps nats per example, nats per dimension and, for images, bits/dim.
 
 Which examples. Image data: the first eval.num_examples images of eval.split (-1: all of them), read by the
 training pipeline with its flips off, each dequantised once with its own noise. A user's point cloud
@@ -58,6 +60,7 @@ from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import models
 from hold_jax import report_files
+from hold_jax import report_text
 from hold_jax import round_files
 from hold_jax import run_record
 from hold_jax import sde as sde_lib
@@ -183,7 +186,8 @@ def gather(per_example: dict[str, np.ndarray], indices: np.ndarray) -> dict[str,
 
 def summarize(nll_bound: np.ndarray, num_coords: int, num_levels: int | None) -> dict[str, float]:
   """The mean bound and its standard error over examples, in nats per example and per dimension, and in
-  bits/dim for images. The standard error includes the one-draw noise of the auxiliaries and probes."""
+  bits/dim for images: the JSON keeps every unit (other code reads these keys), while the console and the logs
+  quote one (in_reported_unit). The standard error includes the one-draw noise of the auxiliaries and probes."""
   mean = float(np.mean(nll_bound))
   stderr = float(np.std(nll_bound, ddof=1) / np.sqrt(len(nll_bound))) if len(nll_bound) > 1 else float("nan")
   summary = {"nll_bound_nats": mean, "nll_bound_nats_stderr": stderr,
@@ -192,6 +196,36 @@ def summarize(nll_bound: np.ndarray, num_coords: int, num_levels: int | None) ->
     summary["bits_per_dim"] = float(likelihood.bits_per_dim(mean, num_coords, num_levels))
     summary["bits_per_dim_stderr"] = stderr / (num_coords * math.log(2))
   return summary
+
+
+# The one unit the console, the logs and the docs quote an NLL bound in: bits per dimension for images (what
+# image papers compare), nats per point for point sets (whose dimension is a property of the data, not of
+# resolution); the report's JSON keeps nats per example and per dimension beside bits_per_dim.
+POINT_UNIT, IMAGE_UNIT = "nats per point", "bits/dim"
+
+
+def in_reported_unit(nll_nats: float, num_coords: int, num_levels: int | None) -> tuple[float, str]:
+  """(value, unit) of a mean bound of nll_nats nats per example in the unit it is quoted in: bits/dim for
+  images with num_levels pixel levels (likelihood.bits_per_dim), nats per point for point sets."""
+  if num_levels is None:
+    return float(nll_nats), POINT_UNIT
+  return float(likelihood.bits_per_dim(nll_nats, num_coords, num_levels)), IMAGE_UNIT
+
+
+def format_report(report: dict[str, Any], path: str) -> str:
+  """The console's view of an NLL report: the bound with its standard error in its unit (bits/dim for images,
+  nats per point for points), to 4 and 2 significant digits, what it is over, then the report's path, e.g.
+
+    nll_bound -2.772 +- 0.043 nats per point (1000 points, mean NFE 372, checkpoint step 20)
+    runs/toy2d/eval/nll_generated_kernel_exact_ckpt20_0123abcd.json
+  """
+  if report.get("bits_per_dim") is not None:
+    value, stderr, unit, what = report["bits_per_dim"], report["bits_per_dim_stderr"], IMAGE_UNIT, "images"
+  else:
+    value, stderr, unit, what = report["nll_bound_nats"], report["nll_bound_nats_stderr"], POINT_UNIT, "points"
+  return (f"nll_bound {report_text.significant(value, 4)} +- {report_text.significant(stderr, 2)} {unit} "
+          f"({report['num_examples']} {what}, mean NFE {report['nfe_mean']:.0f}, checkpoint step "
+          f"{report['checkpoint_step']})\n{path}")
 
 
 def make_batch_bound(config, data_shape: tuple[int, ...], settings: likelihood.ODESettings):
@@ -317,8 +351,9 @@ def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, round
     if jax.process_index() == 0:
       elapsed = time.time() - started
       eta = elapsed / computed_rounds * (num_rounds - round_index - 1) if computed_rounds else float("nan")
+      mean, unit = in_reported_unit(np.nanmean(np.concatenate(parts["nll_bound"])), num_coords, examples.num_levels)
       console.say(f"eval: round {round_index + 1}/{num_rounds} ({last}/{examples.num_total} examples), mean bound "
-                  f"{np.nanmean(np.concatenate(parts['nll_bound'])) / num_coords:.4f} nats/dim, mean NFE "
+                  f"{mean:.4f} {unit}, mean NFE "
                   f"{np.mean(np.concatenate(parts['nfe'])):.0f}, {console.duration(elapsed)} elapsed, ETA "
                   f"{console.duration(eta) if np.isfinite(eta) else '?'}")
   return {name: np.concatenate(values) for name, values in parts.items()}
@@ -391,7 +426,5 @@ def evaluate(config, workdir: str) -> str:
   path = directory / f"{name}.json"
   if jax.process_index() == 0:
     report_files.write_json_atomic(path, report)
-    logging.info("eval: %s = %.4f +- %.4f nats per example%s", name, report["nll_bound_nats"],
-                 report["nll_bound_nats_stderr"], f", {report['bits_per_dim']:.4f} bits/dim"
-                 if "bits_per_dim" in report else "")  # main prints the report's path and summary
+    logging.info("eval: %s", format_report(report, str(path)))  # main prints it on the console
   return str(path)

@@ -225,6 +225,30 @@ def data_range(data_config) -> tuple[np.ndarray | float, np.ndarray | float]:
   return points.min(axis=0), points.max(axis=0)
 
 
+PLOT_STREAM = 0x706C6F74  # 'plot': the last entropy word of the draws under a plot (reference_points)
+NUM_REFERENCE_POINTS = 4096
+
+
+def reference_points(data_config, num: int = NUM_REFERENCE_POINTS) -> np.ndarray | None:
+  """(min(num, N), D) float32 points of `config.data` to draw faintly under samples (hold_jax/plots.py), the
+  same on every call: `num` fresh points of a generated set, or a random subset of a user's cloud of N points
+  (all of them when N <= num). None for images.
+
+  The draws come from default_rng([0, 0, 0, PLOT_STREAM]): training's batches use [seed, step, process]
+  (equal to the same four words ending in 0) and data_range seed 0, so a plot never shows the very points a
+  model was trained on at step 0, nor depends on the training seed.
+  """
+  dataset = data_config.dataset
+  if dataset in image_sources.SOURCES:
+    return None
+  rng = np.random.default_rng([0, 0, 0, PLOT_STREAM])
+  if dataset.startswith("npy:"):
+    points = load_point_cloud(dataset[len("npy:"):])
+    return points[np.sort(rng.choice(len(points), num, replace=False))] if len(points) > num else points
+  _check_generated(dataset)
+  return GENERATORS[dataset](rng, num).astype(np.float32)
+
+
 def create_stream(data_config, global_batch: int, seed: int) -> PointStream | image_data.ImageStream:
   """The stream of `config.data.dataset` for this process: `.data_shape` and `.local_batch(step)`."""
   dataset = data_config.dataset

@@ -71,7 +71,9 @@ def initialize_distributed(config) -> None:
 
 
 def run(config, workdir: str, mode: str, overrides: dict) -> str:
-  """Runs the job and returns the line to print."""
+  """Runs the job and returns what to print: for eval, each report's results (every metric to a few
+  significant digits beside its baselines, the NLL bound in one unit) and then its path
+  (evaluation.summary); for sample, the samples' path; for train, where the run stopped."""
   if mode == "train":
     grids = sample.grid_callback(config, workdir, input_pipeline.data_shape(config.data))
     state = train.train(config, workdir, callbacks=[grids] if grids else [])
@@ -83,7 +85,7 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
   config = run_record.for_inference(train.workdir_path(workdir), config, overrides)
   config_checks.check(config)
   if mode == "eval":
-    return "\n".join(evaluation.run(config, workdir))
+    return evaluation.summary(evaluation.run(config, workdir))
   return sample.sample_to_disk(config, workdir)
 
 

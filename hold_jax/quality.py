@@ -27,17 +27,19 @@ Quality versus NFE. eval.sampler_sweep lists "method:grid:num_steps" entries, al
 own rounds folder and its own report, since both name the sampler), sharing the feature network, the
 reference statistics and the parameters, which are loaded once.
 workdir/eval/quality_vs_nfe_ckpt<step>_<network>_<hash>.json then holds one row per entry (its NFE and summary
-metrics, and its report's name), also logged as a text table.
+metrics, and its report's name), with its plot beside it (<table_stem>.png).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers
 from etils import epath
 
@@ -52,16 +54,20 @@ from hold_jax import models
 from hold_jax import quality_features
 from hold_jax import quality_files
 from hold_jax import report_files
+from hold_jax import report_text
 from hold_jax import round_files
 from hold_jax import sampler_sweep
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
 from hold_jax import train
+from hold_jax import workdir_view
 
 IMAGE_METRICS = quality_files.IMAGE_METRICS
-METRICS = ("nll",) + IMAGE_METRICS  # what eval.metrics may name: the NLL bound (evaluate.py) and these
+POINT_METRICS = ("sw1",)  # point data's: the sliced Wasserstein-1 distance (hold_jax/point_quality.py)
+# What eval.metrics may name: the NLL bound (evaluate.py), the image metrics and the point-set metrics.
+METRICS = ("nll",) + IMAGE_METRICS + POINT_METRICS
 
-# Fields of config.sampling that no reported number depends on, left out of a report's hash (module docstring).
+
 def check_settings(eval_config) -> None:
   """Raises ValueError naming the first bad sample-quality field of `config.eval` (the fields it shares with
   the NLL bound, eval.round_size and eval.checkpoint_step, are evaluate.check_settings'); every entry of
@@ -84,7 +90,8 @@ def image_shape(metrics, data_config) -> tuple[int, int, int]:
   """The shape of one image of `config.data`; a ValueError naming eval.metrics when the data are not images."""
   data_shape = input_pipeline.data_shape(data_config)
   field_checks.require(len(data_shape) == 3, "eval.metrics", tuple(metrics),
-                       f"('nll',) for data.dataset = {data_config.dataset!r}: FID, KID and IS need images")
+                       f"names from {('nll',) + POINT_METRICS} for data.dataset = {data_config.dataset!r}: FID, "
+                       "KID and IS need images")
   return data_shape
 
 
@@ -115,14 +122,37 @@ def table_row(entry: sampler_sweep.SweepEntry, path: str, report: dict[str, Any]
           **report["summary"], "report": epath.Path(path).name}
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-  """The rows as a text table with aligned columns (the log's view; the JSON holds the numbers)."""
-  names = [name for name in rows[0] if name != "report"]
-  cells = [[f"{row[name]:.4g}" if isinstance(row[name], float) else str(row[name]) for name in names]
-           for row in rows]
-  widths = [max(len(name), *(len(line[column]) for line in cells)) for column, name in enumerate(names)]
-  lines = [names] + cells
-  return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+def format_table(rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]] | None = None) -> str:
+  """The rows as a text table with aligned columns (the log's and the console's view; the JSON holds the
+  numbers), numbers to 4 significant digits, then each of the baselines once (a report's 'baselines', e.g.
+  held-out digits and noise) as a row under the '<metric>_mean' columns: report_text.format_table."""
+  return report_text.format_table(rows, baselines)
+
+
+def format_report(report: dict[str, Any], path: str) -> str:
+  """The console's view of a quality report: a header, each metric to 3 significant digits beside its
+  baselines (the repeats' mean, and their minimum when several), then the report's path, e.g.
+
+    sample quality: 297 samples, lie_trotter_quadratic_50steps (NFE 50), checkpoint step 4, digits-classifier-v1
+    fd_digits 1.31 (held-out digits 6.14, noise 871)
+    kid_digits 0.0021 (held-out digits 0.0104, noise 2.95)
+    runs/digits/eval/quality_lie_trotter_quadratic_50steps_ckpt4_digits-classifier-v1_0123abcd.json
+  """
+  repeats = report["repeats"]
+  lines = [f"sample quality: {repeats[0]['num_samples']} samples, {quality_files.sampler_part(report['sampling'])} "
+           f"(NFE {max(repeat['nfe'] for repeat in repeats)}), checkpoint step {report['checkpoint_step']}, "
+           f"{report['feature_network']['name']}"]
+  lines += [report_text.metric_line(name, report["summary"], len(repeats), report.get("baselines"))
+            for name in report_text.metric_names(report["summary"])]
+  return "\n".join(lines + [path])
+
+
+def format_table_report(table: dict[str, Any], path: str, baselines: dict[str, dict[str, float]] | None = None
+                        ) -> str:
+  """The console's view of a quality-versus-NFE table: its rows with the baselines once (the table's own
+  'baselines', else `baselines`, which evaluation.py reads from a row's report), then its path."""
+  return (f"sample quality versus NFE at checkpoint step {table['checkpoint_step']}, {table['num_samples']} "
+          f"samples:\n{format_table(table['rows'], table.get('baselines', baselines))}\n{path}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,15 +194,22 @@ def evaluate_quality(config, workdir: str) -> str:
   writer = metric_writers.create_default_writer(workdir, collection="eval") if jax.process_index() == 0 else None
   if not entries:
     return evaluate_loaded(config, workdir, loaded, writer, started)[0]
-  rows = [table_row(entry, *evaluate_loaded(config_of_entry, workdir, loaded, writer, time.time()))
-          for entry, config_of_entry in entries]
+  rows = []
+  for index, (entry, config_of_entry) in enumerate(entries):
+    rows.append(table_row(entry, *evaluate_loaded(config_of_entry, workdir, loaded, writer, time.time())))
+    if jax.process_index() == 0:
+      console.say(f"eval: sampler {index + 1}/{len(entries)} ({entry.method}:{entry.grid}:{entry.num_steps}, NFE "
+                  f"{rows[-1]['nfe']}): {report_text.means_line(rows[-1])}")
   return write_table(config, workdir, loaded, rows, time.time() - started)
 
 
 def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]], seconds: float) -> str:
-  """Writes the quality-versus-NFE table (process 0, atomically) to workdir/eval/<table_stem>.json, logs it as
-  text and returns its path. The table records the settings its name hashes ('hashed_settings') and the whole
-  eval group beside its own fields."""
+  """Writes the quality-versus-NFE table (process 0, atomically) to workdir/eval/<table_stem>.json and its plot
+  beside it, <table_stem>.png (workdir_view.write_quality_plot: every metric against NFE, the table's settings
+  as a PNG text entry), says both paths on the console and returns the table's path; the table's text is the
+  command's summary (evaluation.summary), printed once at the end. The table records the settings its name
+  hashes ('hashed_settings'), the whole eval group and, with the digits network, the baselines beside its own
+  fields. The table is written first: a plot that fails leaves it whole."""
   network = loaded.network
   recorded = quality_files.table_settings(config, network, loaded.step)
   path = train.workdir_path(workdir) / "eval" / f"{quality_files.table_stem(recorded)}.json"
@@ -185,9 +222,12 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
                                      if name not in quality_files.SWEPT_SAMPLING_FIELDS},
            "eval": config.eval.to_dict(), "hashed_settings": recorded,
            "seconds": round(seconds, 1)}
+  if loaded.baselines is not None:  # the plot marks them (and a reader of the table needs no report for them)
+    table["baselines"] = loaded.baselines
   if jax.process_index() == 0:
     report_files.write_json_atomic(path, table)
-    console.say(f"eval: quality versus NFE at step {loaded.step} ({path}):\n{format_table(rows)}")
+    picture = workdir_view.write_quality_plot(table, path, {"settings": json.dumps(recorded, sort_keys=True)})
+    console.say(f"eval: quality versus NFE at step {loaded.step}: wrote {path} and {picture}")
   return str(path)
 
 
@@ -239,7 +279,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
     report_files.write_json_atomic(path, report)
     writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})
     writer.flush()
-    console.say(f"eval: {report['summary']}")
+    logging.info("eval: %s", format_report(report, str(path)))  # main prints it on the console
   return str(path), report
 
 

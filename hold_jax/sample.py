@@ -131,8 +131,9 @@ def draw(config, params, data_shape: tuple[int, ...], return_nfe: bool = False):
   return make_drawer(config, data_shape, return_nfe)(params, config.sampling.num_samples)
 
 
-def image_grid(samples: np.ndarray, max_images: int = 64) -> np.ndarray:
-  """The first max_images model-space images (N, H, W, C) as one uint8 grid image (for PNGs and TensorBoard)."""
+def image_grid(samples: np.ndarray, max_images: int = plots.MAX_IMAGES) -> np.ndarray:
+  """The first max_images model-space images (N, H, W, C) as one uint8 grid image, 1-pixel white gaps between
+  them (plots.tile), for PNGs and TensorBoard."""
   return plots.tile(image_data.to_pixels(samples[:max_images]))
 
 
@@ -140,7 +141,7 @@ def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Ca
   """A train callback that, for image data, samples config.training.num_grid_samples images from the EMA
   parameters every training.sample_every steps and at the end, and writes them as one grid to TensorBoard
   ('samples') and to workdir/samples/grid_step<N>_<hash>.png (`grid_file_name`; process 0), its settings in
-  the PNG's text. None for non-image data or sample_every 0."""
+  the PNG's text and its path in the log file. None for non-image data or sample_every 0."""
   every = config.training.get("sample_every", 0)
   if len(data_shape) != 3 or not every:
     return None
@@ -161,13 +162,15 @@ def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Ca
     directory = train.workdir_path(workdir) / "samples"
     directory.mkdir(parents=True, exist_ok=True)
     settings = sample_settings(config, step, num)
-    plots.save_image(str(directory / grid_file_name(config, step)), grid, metadata=png_metadata(settings))
+    path = directory / grid_file_name(config, step)
+    plots.save_image(str(path), grid, metadata=png_metadata(settings))
+    logging.info("step %d: sample grid written to %s", step, path)  # one per sample_every steps: log, not console
 
   return callback
 
 
 def sample_to_disk(config, workdir: str) -> str:
-  """Writes workdir/samples/<stem>.npz and, for 2-D points or images, <stem>.png; returns the .npz's path.
+  """Writes workdir/samples/<stem>.npz and <stem>.png, says both paths on the console and returns the .npz's.
 
   <stem> (`sample_file_stem`) is <method>_<grid>_<N>steps_ckpt<step>_<hash>, for 'ode_adaptive'
   ode_adaptive_<solver>_rtol<r>_atol<a>_<ode_variable>_ckpt<step>_<hash>; <hash> covers every field of
@@ -176,6 +179,10 @@ def sample_to_disk(config, workdir: str) -> str:
   (the whole config) and the fields earlier readers use (method, num_steps, grid, denoise, seed,
   checkpoint_step, the ode_* or gddim fields); the .png carries settings_json as a text entry. Each is written
   under a temporary name and renamed, so a killed run never leaves half a file under the final name.
+
+  The .png (`plots.save_samples`): images as one grid; points over a faint sample of the data
+  (input_pipeline.reference_points): a scatter in 2-D, a corner plot of the first coordinates in more, a
+  histogram in 1-D.
   """
   data_shape = input_pipeline.data_shape(config.data)
   memory_budget.check_sampling(config.sampling.num_samples, config.sampling.batch_size, config.sde.order,
@@ -192,7 +199,6 @@ def sample_to_disk(config, workdir: str) -> str:
   if bad.any():
     raise FloatingPointError(f"{bad.sum()} of {len(samples)} samples are not finite ({name}, NFE {nfe}); nothing "
                              f"was written. {sampling.non_finite_advice(settings)}")
-  console.say(f"{len(samples)} samples ({name}): {nfe} network evaluations per batch")
   directory = train.workdir_path(workdir) / "samples"
   path = directory / f"{name}.npz"
   if jax.process_index() != 0:  # every process sampled its share; process 0 writes
@@ -207,10 +213,9 @@ def sample_to_disk(config, workdir: str) -> str:
       x=samples, method=settings.method, num_steps=settings.num_steps, grid=settings.grid, denoise=settings.denoise,
       nfe=nfe, seed=config.seed, checkpoint_step=step, settings_json=json.dumps(recorded, sort_keys=True),
       config_json=config.to_json_best_effort(), **ode, **images))
-  metadata = png_metadata(recorded)
-  if len(data_shape) == 3:
-    plots.save_image(str(directory / f"{name}.png"), image_grid(samples), metadata=metadata)
-  elif data_shape == (2,):
-    plots.scatter(str(directory / f"{name}.png"), samples,
-                  f"{config.data.dataset}: {settings.method}, NFE {nfe}, step {step}", metadata=metadata)
+  picture = directory / f"{name}.png"
+  plots.save_samples(str(picture), samples, input_pipeline.reference_points(config.data),
+                     f"{config.data.dataset}: {len(samples)} samples, {sampler_label(recorded['sampling'])}, "
+                     f"NFE {nfe}, step {step}", metadata=png_metadata(recorded))
+  console.say(f"{len(samples)} samples, {nfe} network evaluations per batch: wrote {path} and {picture}")
   return str(path)

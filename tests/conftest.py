@@ -12,10 +12,13 @@ import gc
 import os
 import socket
 import sys
+import tempfile
 from unittest import mock
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.pop("JAX_ENABLE_X64", None)  # read by jax at import, here and in every subprocess
+# Pretrained models become workdirs in a cache (hold_jax/pretrained): one per test process, never the user's.
+os.environ["HOLD_JAX_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="hold_jax_cache_"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402

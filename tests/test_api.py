@@ -35,7 +35,7 @@ def test_import_hold_jax_is_light_and_exports_the_api():
           "names = sorted(hold_jax.__all__); load = hold_jax.load; "
           "print(light, names, load.__module__, 'jax' in sys.modules)")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-  assert result.stdout.split() == ["True", "['Model',", "'load',", "'pretrained_models',", "'to_pixels']",
+  assert result.stdout.split() == ["True", "['Model',", "'load',", "'pretrained_models',", "'summary',", "'to_pixels']",
                                    "hold_jax.api", "True"]
   with pytest.raises(AttributeError, match="no attribute 'sampel'"):
     hold_jax.sampel  # pylint: disable=pointless-statement

@@ -188,7 +188,8 @@ def test_a_sweep_that_differs_in_batch_sizes_rewrites_the_same_table(tmp_path):
   first = quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
   again = quality.write_table(sweep_config(**{"sampling.batch_size": 8, "eval.feature_batch_size": 3}),
                               evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
-  assert again == first and os.listdir(tmp_path / "eval") == [os.path.basename(first)]
+  stem = os.path.basename(first)[:-len(".json")]
+  assert again == first and sorted(os.listdir(tmp_path / "eval")) == [f"{stem}.json", f"{stem}.png"]  # and its plot
   sweep = changed(sweep_config(), **{"sampling.method": "gddim", "sampling.num_steps": 9})  # replaced by the entries
   assert quality.write_table(sweep, evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0) == first
 

@@ -343,7 +343,8 @@ def test_bad_settings_name_the_field():
 @pytest.mark.slow
 def test_eval_mode_end_to_end_from_the_command_line(tmp_path):
   """Train toy2d:local for 20 steps, then --mode=eval: a JSON report with a finite bound, its standard error,
-  the NFE and the checkpoint step; its path is the last line of stdout."""
+  the NFE and the checkpoint step. stdout says the bound in nats per point, then the report's path, then the
+  toy's other default metric (SW1, hold_jax/point_quality.py) beside its baselines and its report's path."""
   base = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir", str(tmp_path)]
   trained = subprocess.run(base + ["--config.training.num_steps=20"], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
@@ -352,7 +353,13 @@ def test_eval_mode_end_to_end_from_the_command_line(tmp_path):
                                      "--config.eval.ode_rtol=1e-3", "--config.eval.ode_atol=1e-3"],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  path = evaluated.stdout.strip().splitlines()[-1]
+  lines = evaluated.stdout.strip().splitlines()
+  first = next(index for index, line in enumerate(lines) if line.startswith("nll_bound "))
+  assert re.fullmatch(r"nll_bound -?[0-9.]+ \+- [0-9.]+ nats per point \(12 points, mean NFE [0-9]+, checkpoint "
+                      r"step 20\)", lines[first]), lines[first]
+  assert lines[first + 2].startswith("point quality: 256 samples") and lines[first + 3].startswith("sw1 ")
+  assert "(held-out points " in lines[first + 3] and "_points_" in lines[-1]
+  path = lines[first + 1]
   assert os.path.dirname(path) == str(tmp_path / "eval")
   assert re.fullmatch(r"nll_generated_kernel_exact_ckpt20_[0-9a-f]{8}\.json", os.path.basename(path))
   report = json.load(open(path))

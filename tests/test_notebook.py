@@ -17,6 +17,7 @@ from hold_jax import workdir_view
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "evaluate.ipynb")
+TRAINING_NOTEBOOK = os.path.join(ROOT, "notebooks", "train_digits.ipynb")
 
 
 def tiny_digits_config():
@@ -67,9 +68,11 @@ def test_quality_tables_are_found_and_plotted(workdir):
   table = workdir_view.load_table(tables[0])
   assert [row["nfe"] for row in table["rows"]] == [2, 4]
   assert workdir_view.table_metrics(table) == ["fd_digits_mean", "kid_digits_mean", "is_digits_mean"]
+  assert os.path.isfile(str(tables[0])[:-len(".json")] + ".png")  # the sweep's plot, beside its table
   figure = workdir_view.plot_quality_vs_nfe(table)
-  line, = figure.axes[0].get_lines()
-  assert list(line.get_xdata()) == [2, 4]
+  lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+  assert list(lines["lie_trotter (quadratic)"].get_xdata()) == [2, 4]
+  assert sorted(lines) == ["heldout_digits (baseline)", "lie_trotter (quadratic)", "uniform_noise (baseline)"]
 
 
 def outputs_of(notebook, tag):
@@ -85,24 +88,49 @@ def text_of(outputs) -> str:
   return "".join(output.get("text", "") for output in outputs)
 
 
+def execute(path, **environment):
+  """Runs a notebook headless from notebooks/ with HOLD_JAX_* parameters set; returns it with its outputs."""
+  notebook = nbformat.read(path, as_version=4)
+  with pytest.MonkeyPatch.context() as patch:
+    for name, value in {"MPLBACKEND": "module://matplotlib_inline.backend_inline", **environment}.items():
+      patch.setenv(name, value)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+  return notebook
+
+
 @pytest.mark.slow
-def test_the_notebook_runs_headless_on_a_workdir(workdir, monkeypatch, tmp_path):
-  monkeypatch.setenv("HOLD_JAX_WORKDIR", str(workdir))
-  monkeypatch.setenv("HOLD_JAX_NUM_STEPS", "2")
-  monkeypatch.setenv("HOLD_JAX_NUM_SAMPLES", "20")
-  monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-  notebook = nbformat.read(NOTEBOOK, as_version=4)
-  nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+def test_the_notebook_runs_headless_on_a_workdir(workdir):
+  notebook = execute(NOTEBOOK, HOLD_JAX_SOURCE=str(workdir), HOLD_JAX_NUM_SAMPLES="20", HOLD_JAX_SWEEP_STEPS="2,3")
   assert f"hold_jax from {ROOT}" in text_of(outputs_of(notebook, "setup"))
   assert "EMA parameters of step 6" in text_of(outputs_of(notebook, "load"))
   assert has_figure(outputs_of(notebook, "grid")) and has_figure(outputs_of(notebook, "curves"))
   metrics = text_of(outputs_of(notebook, "metrics"))
-  assert "20 samples, NFE 2" in metrics and '"fd_digits"' in metrics and "heldout_digits" in metrics
+  assert "fd_digits" in metrics and "held-out" in metrics and str(workdir) in metrics
   assert has_figure(outputs_of(notebook, "quality_vs_nfe"))
-  assert "lie_trotter" in text_of(outputs_of(notebook, "quality_vs_nfe"))
-  reports = [name for name in os.listdir(workdir / "eval") if name.startswith("quality_") and name.endswith(".json")]
-  assert len(reports) == 4  # the sweep's two reports, its table, and the notebook's report
+  assert "gddim" in text_of(outputs_of(notebook, "quality_vs_nfe"))  # the run's sampler, swept
+  tables = workdir_view.quality_tables(workdir)
+  assert sorted(row["nfe"] for row in workdir_view.load_table(tables[0])["rows"]) == [2, 3]
+
+
+@pytest.mark.slow
+def test_the_notebook_runs_headless_on_a_pretrained_model():
+  notebook = execute(NOTEBOOK, HOLD_JAX_SOURCE="swiss_roll-vp", HOLD_JAX_NUM_SAMPLES="200",
+                     HOLD_JAX_SWEEP_STEPS="4,8")
+  assert "order 1" in text_of(outputs_of(notebook, "load"))
+  assert has_figure(outputs_of(notebook, "grid")) and "No training curves" in text_of(outputs_of(notebook, "curves"))
+  assert "sw1" in text_of(outputs_of(notebook, "metrics")) and has_figure(outputs_of(notebook, "quality_vs_nfe"))
+
+
+@pytest.mark.slow
+def test_the_training_notebook_trains_samples_and_evaluates(tmp_path):
+  workdir = tmp_path / "digits"
+  notebook = execute(TRAINING_NOTEBOOK, HOLD_JAX_WORKDIR=str(workdir), HOLD_JAX_TRAIN_STEPS="4",
+                     HOLD_JAX_VARIANT="local", HOLD_JAX_NUM_SAMPLES="20")
+  assert "trained to step 4" in text_of(outputs_of(notebook, "train"))
+  assert (workdir / "checkpoints" / "4").is_dir() and run_record.load_config(workdir).data.dataset == "digits"
+  assert has_figure(outputs_of(notebook, "curves")) and has_figure(outputs_of(notebook, "grid"))
+  assert "fd_digits" in text_of(outputs_of(notebook, "metrics"))
 
 
 def test_the_setup_cell_clones_and_installs_outside_a_checkout(tmp_path, monkeypatch):
@@ -122,9 +150,20 @@ def test_the_setup_cell_clones_and_installs_outside_a_checkout(tmp_path, monkeyp
   assert f"cwd {checkout}" in text_of(notebook.cells[1].outputs)
 
 
-def test_the_notebook_is_committed_without_outputs():
-  notebook = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("path", [NOTEBOOK, TRAINING_NOTEBOOK])
+def test_the_notebooks_are_committed_without_outputs(path):
+  notebook = nbformat.read(path, as_version=4)
   nbformat.validate(notebook)
   assert all(not cell.get("outputs") and not cell.get("execution_count")
              for cell in notebook.cells if cell.cell_type == "code")
-  assert json.load(open(NOTEBOOK))["metadata"]["kernelspec"]["name"] == "python3"
+  assert json.load(open(path))["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_the_notebooks_share_one_setup_cell():
+  setups = [outputs_source(path, "setup") for path in (NOTEBOOK, TRAINING_NOTEBOOK)]
+  assert setups[0] == setups[1] and "jax[cuda13]" in setups[0]
+
+
+def outputs_source(path, tag):
+  cell, = [cell for cell in nbformat.read(path, as_version=4).cells if tag in cell.metadata.get("tags", [])]
+  return cell.source

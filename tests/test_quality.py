@@ -12,6 +12,7 @@ from benchmarks import damage
 from hold_jax.configs import digits
 from hold_jax import checkpoints
 from hold_jax import evaluate
+from hold_jax import evaluation
 from hold_jax import quality
 from hold_jax import quality_features
 from hold_jax import quality_files
@@ -199,6 +200,10 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
     assert os.path.isdir(workdir / "eval" / report["run"])
   assert rows[0]["fd_digits_mean"] != rows[1]["fd_digits_mean"]
   assert rows[0]["report"] != rows[1]["report"]
+  lines = evaluation.summary([path]).splitlines()  # what --mode=eval prints: the table, its baselines once
+  assert lines[-1] == path and sum(line.startswith(("held-out digits:", "noise:")) for line in lines) == 2
+  report_lines = evaluation.summary([str(workdir / "eval" / rows[0]["report"])]).splitlines()
+  assert re.fullmatch(r"fd_digits [0-9.]+ \(held-out digits [0-9.]+, noise [0-9.]+\)", report_lines[1])
 
 
 def test_a_bad_sweep_entry_fails_before_anything_is_loaded(trained, monkeypatch):

@@ -3,6 +3,7 @@ settings writes a new file next to the earlier ones, never over them (hold_jax/s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ from etils import epath
 from PIL import Image
 
 from hold_jax import demo
+from hold_jax import input_pipeline
+from hold_jax import plots
 from hold_jax import sample
 from hold_jax import train
 from hold_jax.configs import digits
@@ -136,14 +139,44 @@ def test_a_write_cut_short_leaves_nothing_under_the_final_name(tmp_path, monkeyp
   assert not [name for name in os.listdir(tmp_path / "samples") if name.endswith(suffix)]
 
 
-def test_training_grids_of_one_step_with_other_sampling_settings_are_both_kept(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dims", [1, 2, 3, 8])
+def test_sample_to_disk_draws_every_kind_of_points_over_the_data_and_names_its_files(tmp_path, monkeypatch, capsys,
+                                                                                      dims):
+  """2-D: the swiss roll over fresh points of it; other dimensions: a user's cloud, under a histogram (1-D) or a
+  corner plot; the console line names the .npz and the .png."""
+  config = toy2d.get_config("local")
+  if dims != 2:
+    cloud = np.random.default_rng(1).normal(size=(500, dims)).astype(np.float32)
+    np.save(tmp_path / "cloud.npy", cloud)
+    config.data.dataset = f"npy:{tmp_path / 'cloud.npy'}"
+  samples = np.random.default_rng(0).normal(size=(config.sampling.num_samples, dims)).astype(np.float32)
+  monkeypatch.setattr(train, "load_ema_params", lambda config, workdir, shape: (None, 7))
+  monkeypatch.setattr(sample, "draw", lambda config, params, shape, return_nfe=False: (samples, 50))
+  drawn, figure_of = [], plots.samples_figure
+  monkeypatch.setattr(plots, "samples_figure", lambda *args, **kwargs: drawn.append(args) or figure_of(*args, **kwargs))
+  path = sample.sample_to_disk(config, str(tmp_path / "run"))
+  picture = path[:-len(".npz")] + ".png"
+  with Image.open(picture) as image:
+    assert json.loads(image.text["settings"]) == json.loads(str(read(path)["settings_json"]))
+  out = capsys.readouterr().out
+  assert f"wrote {path} and {picture}" in out
+  (drawn_samples, data, title), = drawn
+  np.testing.assert_array_equal(drawn_samples, samples)
+  np.testing.assert_array_equal(data, input_pipeline.reference_points(config.data))
+  assert data.shape == ((input_pipeline.NUM_REFERENCE_POINTS, 2) if dims == 2 else (500, dims))
+  assert title.startswith(config.data.dataset) and "NFE 50, step 7" in title
+
+
+def test_training_grids_of_one_step_with_other_sampling_settings_are_both_kept(tmp_path, monkeypatch, caplog):
   config = digits.get_config("local")
   config.training.update(sample_every=2, num_grid_samples=4)
   monkeypatch.setattr(sample, "make_drawer", lambda config, shape: lambda params, num: np.zeros((num,) + shape))
   writer = SimpleNamespace(write_images=lambda step, images: None)
   for stochasticity in (0.0, 0.5, 0.5):  # a resumed run with another setting, then one with the same
     config.sampling.stochasticity = stochasticity
-    sample.grid_callback(config, str(tmp_path), (8, 8, 1))(2, SimpleNamespace(ema_params=None), writer)
+    with caplog.at_level(logging.INFO):
+      sample.grid_callback(config, str(tmp_path), (8, 8, 1))(2, SimpleNamespace(ema_params=None), writer)
+    assert f"grid written to {tmp_path / 'samples' / sample.grid_file_name(config, 2)}" in caplog.text  # the log file's
   names = sorted(os.listdir(tmp_path / "samples"))
   assert len(names) == 2 and all(re.fullmatch(r"grid_step2_[0-9a-f]{8}\.png", name) for name in names), names
   by_setting = {}

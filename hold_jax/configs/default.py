@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.num_samples = 1024
   sampling.batch_size = 1024
 
-  # --mode=eval computes eval.metrics: 'nll' (the NLL bound below) and, for images, 'fid', 'kid', 'is'.
+  # --mode=eval computes eval.metrics: 'nll' (the NLL bound below), for images 'fid', 'kid', 'is', and for point
+  # data 'sw1' (the sliced Wasserstein-1 distance to held-out points, hold_jax/point_quality.py).
   config.eval = evaluation = ml_collections.ConfigDict()
   evaluation.metrics = ("nll",)
   # The checkpoint every metric reads: its step, or -1 for the newest readable one. A chosen step that is
@@ -81,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Sample quality (hold_jax/quality.py): num_samples images from config.sampling in resumable rounds of
   # round_size, num_repeats times with seeds seed, seed + 1, ... (each reported, with the mean and minimum).
+  # 'sw1' draws num_samples points the same way (no rounds) against as many held-out points (eval.seed's).
   evaluation.num_samples = 50_000
   evaluation.round_size = 5_000
   evaluation.num_repeats = 1
