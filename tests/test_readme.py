@@ -66,7 +66,7 @@ SMOKE = {
     "configs/toy2d.py": ["--config.model.width=32", "--config.model.depth=1", "--config.training.batch_size=64",
                          "--config.training.num_steps=30", "--config.training.checkpoint_every=30",
                          "--config.training.log_every=10", "--config.sampling.num_samples=128",
-                         "--config.sampling.batch_size=128"],
+                         "--config.sampling.batch_size=128", "--config.eval.num_samples=128"],
     "configs/mixture_demo.py": ["--config.sampling.num_samples=200"],
     "configs/digits.py": ["--config.training.num_steps=4", "--config.training.checkpoint_every=4",
                           "--config.training.log_every=2", "--config.training.sample_every=0",
