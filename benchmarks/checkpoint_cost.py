@@ -29,6 +29,7 @@ from hold_jax import checkpoint_restore  # noqa: E402
 from hold_jax import checkpoints  # noqa: E402
 from hold_jax import input_pipeline  # noqa: E402
 from hold_jax import models  # noqa: E402
+from hold_jax import multihost  # noqa: E402
 from hold_jax import sde as sde_lib  # noqa: E402
 from hold_jax import optimization  # noqa: E402
 from hold_jax import train  # noqa: E402
@@ -40,7 +41,7 @@ def measure(config_name: str, rounds: int) -> dict:
   model = models.create_model(config.model, data_shape)
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   order = train.input_blocks(sde_lib.from_config(config.sde).order, config.loss.parametrization)
-  replicated = NamedSharding(train.make_mesh(), PartitionSpec())
+  replicated = NamedSharding(multihost.make_mesh(), PartitionSpec())
   make_state = lambda: train.init_state(model, data_shape, order, optimizer, config.seed)
   state = jax.device_put(make_state(), replicated)
   abstract = train.abstract_state(make_state, replicated)

@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from hold_jax import input_pipeline, models, optimization, sde as sde_lib, train  # noqa: E402
+from hold_jax import input_pipeline, multihost, models, optimization, sde as sde_lib, train  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -32,7 +32,7 @@ def build_step(config, order):
   config = config.copy_and_resolve_references()
   config.sde.order = order
   shape = input_pipeline.data_shape(config.data)
-  mesh = train.make_mesh()
+  mesh = multihost.make_mesh()
   replicated, batch_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, shape)

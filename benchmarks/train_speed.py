@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from hold_jax.configs import toy2d  # noqa: E402
-from hold_jax import input_pipeline, losses, models, optimization, sde as sde_lib, train  # noqa: E402
+from hold_jax import input_pipeline, losses, models, multihost, optimization, sde as sde_lib, train  # noqa: E402
 
 CLD_SGM_MS = 3.7
 
@@ -52,7 +52,7 @@ def main():
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   loss_fn = train.make_training_loss_fn(sde, model, config.loss)
   # The step as train.train builds it: one jit over a mesh of all devices, batch sharded on its data axis.
-  mesh = train.make_mesh()
+  mesh = multihost.make_mesh()
   replicated, batch_sharding = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
   step = jax.jit(train.make_train_step(loss_fn, optimizer, config.ema), in_shardings=(replicated, batch_sharding),
                  out_shardings=(replicated, replicated))

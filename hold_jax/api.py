@@ -38,6 +38,7 @@ from hold_jax import image_data
 from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import likelihood
+from hold_jax import multihost
 from hold_jax import plots
 from hold_jax import pretrained
 from hold_jax import run_record
@@ -150,7 +151,7 @@ class Model:
     examples = evaluate.Examples(values, np.arange(len(values)), len(values), num_levels, "given data")
     settings = likelihood.settings_from_config(config.eval, self.data_shape)
     bound = evaluate.make_batch_bound(config, self.data_shape, settings)
-    mesh = train.make_mesh(jax.local_devices())
+    mesh = multihost.make_mesh(jax.local_devices())
     batch_size = -(-min(int(config.eval.batch_size), len(values)) // mesh.size) * mesh.size
     params = jax.device_put(jax.device_get(self.params), NamedSharding(mesh, PartitionSpec()))
     results = evaluate.bound_examples(bound, params, examples, np.arange(len(values)), batch_size,

@@ -26,6 +26,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from hold_jax import multihost
+
 DAMAGED_DIR = "damaged_checkpoints"
 CHECKSUM_FORMAT = "uint32 words w_i of each array: [sum w_i, sum (2i+1) w_i] mod 2^32"
 
@@ -364,9 +366,7 @@ def set_aside(checkpoints_dir: epath.Path, step: int, reason: str, entry: epath.
       note = target / "REASON.txt" if target.is_dir() and not os.path.islink(str(target)) else (
           target_dir / f"{target.name}.REASON.txt")
       note.write_text(reason + "\n")
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f"hold_jax_set_aside_{step}")
+  multihost.barrier(f"set_aside_{step}")
   return target
 
 

@@ -59,6 +59,7 @@ from hold_jax import image_sources
 from hold_jax import input_pipeline
 from hold_jax import likelihood
 from hold_jax import models
+from hold_jax import multihost
 from hold_jax import report_files
 from hold_jax import report_text
 from hold_jax import round_files
@@ -106,11 +107,6 @@ def check_settings(eval_config) -> None:
   field_checks.require_int("eval.checkpoint_step", eval_config.get("checkpoint_step", -1), -1)
 
 
-def process_share(num_examples: int) -> np.ndarray:
-  """The global indices of this process's contiguous share of range(num_examples)."""
-  return np.array_split(np.arange(num_examples), jax.process_count())[jax.process_index()]
-
-
 def generated_points(dataset: str, seed: int, indices: np.ndarray) -> np.ndarray:
   """(n, D) float32: point k drawn alone from np.random.default_rng([seed, GENERATED_POINT_STREAM, k])."""
   generate = input_pipeline.GENERATORS[dataset]
@@ -130,7 +126,7 @@ def load_examples(config) -> Examples:
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.split, data_config.random_flip, data_config.dequantize = settings.split, False, True
     stream = input_pipeline.create_stream(data_config, jax.device_count(), config.seed)
-    sizes = all_processes(np.array([len(stream.images)]))[:, 0]
+    sizes = multihost.all_processes(np.array([len(stream.images)]))[:, 0]
     offset = int(sizes[:jax.process_index()].sum())
     keep = first_examples(int(sizes.sum()), settings.num_examples)
     indices = np.arange(offset, offset + len(stream.images))
@@ -140,13 +136,13 @@ def load_examples(config) -> Examples:
   if dataset.startswith("npy:"):
     points = input_pipeline.load_point_cloud(dataset[len("npy:"):])
     keep = first_examples(len(points), settings.num_examples)
-    indices = process_share(keep)
+    indices = multihost.process_share(keep)
     return Examples(points[indices], indices, keep, None, f"{dataset}: the first {keep} of {len(points)} points")
   input_pipeline.data_shape(config.data)  # names the field of an unknown dataset
   if settings.num_examples < 1:
     raise ValueError(f"eval.num_examples = {settings.num_examples}: generated data ({dataset!r}) needs a number "
                      "of fresh points >= 1.")
-  indices = process_share(settings.num_examples)
+  indices = multihost.process_share(settings.num_examples)
   return Examples(generated_points(dataset, settings.seed, indices), indices, settings.num_examples, None,
                   f"{dataset}: {settings.num_examples} fresh points, eval.seed = {settings.seed}")
 
@@ -162,25 +158,17 @@ def model_inputs(examples: Examples, positions: np.ndarray, seed: int) -> np.nda
   return image_data.to_model_space(values, examples.num_levels, noise)
 
 
-def all_processes(values: np.ndarray) -> np.ndarray:
-  """(P, *shape): `values` of every process, stacked (the same array when there is one process)."""
-  if jax.process_count() == 1:
-    return np.asarray(values)[None]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(values))
-
-
 def gather(per_example: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
   """Every process's per-example arrays (n_p,), joined and sorted by global example index."""
   if jax.process_count() == 1:
     order = np.argsort(indices)
     return {name: values[order] for name, values in per_example.items()}
-  longest = int(all_processes(np.array([len(indices)])).max())
+  longest = int(multihost.all_processes(np.array([len(indices)])).max())
   pad = lambda values, fill: np.concatenate([values, np.full(longest - len(values), fill, values.dtype)])
-  all_indices = all_processes(pad(indices.astype(np.int64), -1)).reshape(-1)
+  all_indices = multihost.all_processes(pad(indices.astype(np.int64), -1)).reshape(-1)
   valid = all_indices >= 0
   order = np.argsort(all_indices[valid])
-  return {name: all_processes(pad(values.astype(np.float64), np.nan)).reshape(-1)[valid][order]
+  return {name: multihost.all_processes(pad(values.astype(np.float64), np.nan)).reshape(-1)[valid][order]
           for name, values in per_example.items()}
 
 
@@ -250,11 +238,11 @@ def bound_examples(bound, params, examples: Examples, positions: np.ndarray, bat
   """Per-example nll_bound, nfe and solved (len(positions),) of this process's examples at `positions`, in
   batches of batch_size. The last batch is padded with copies of its last example (one shape, one compile)
   and cut back."""
-  batch_sharding = NamedSharding(mesh, PartitionSpec(train.DATA_AXIS))
+  batch_sharding = multihost.batch_sharding(mesh)
   results = {name: [np.zeros((0,))] for name in RESULT_NAMES}
   for start in range(0, len(positions), batch_size):
     batch = positions[start:start + batch_size]
-    padded = np.concatenate([batch, np.full(batch_size - len(batch), batch[-1])])
+    padded = multihost.pad_to_multiple(batch, batch_size)
     x = jax.device_put(model_inputs(examples, padded, seed), batch_sharding)
     indices = jax.device_put(examples.indices[padded].astype(np.int32), batch_sharding)
     for name, values in zip(RESULT_NAMES, jax.device_get(bound(params, x, indices))):
@@ -339,7 +327,7 @@ def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, round
     if found is not None and not np.array_equal(found["indices"], np.arange(first, last)):
       logging.warning("Round file %s holds other examples than %d..%d; it is computed again.", path, first, last - 1)
       found = None
-    if not on_every_process(found is not None):  # gathering is collective: every process or none
+    if not multihost.on_every_process(found is not None):  # gathering is collective: every process or none
       positions = np.flatnonzero((examples.indices >= first) & (examples.indices < last))
       local = bound_examples(bound, params, examples, positions, settings.batch_size, settings.seed, mesh)
       found = {"indices": np.arange(first, last), **gather(local, examples.indices[positions])}
@@ -359,12 +347,6 @@ def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, round
   return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def on_every_process(flag: bool) -> bool:
-  """True when `flag` holds on every process (a file one host sees and another does not yet, on a shared file
-  system with a delay, is computed again by all rather than by some while the others wait)."""
-  return bool(np.all(all_processes(np.array(flag))))
-
-
 def evaluate(config, workdir: str) -> str:
   """Bounds the NLL of the examples of config.eval and writes workdir/eval/<report_stem>.json; returns its
   path."""
@@ -377,7 +359,7 @@ def evaluate(config, workdir: str) -> str:
   entropy = float(likelihood.auxiliary_entropy(sde, num_coords, eval_config.aux_distribution))  # checks q
   if jax.process_index() == 0:  # an unwritable workdir is found before the bound is computed, not after
     checkpoints.check_workdir(train.workdir_path(workdir) / "eval", 1 << 20, "the report")
-  mesh = train.make_mesh(jax.local_devices())
+  mesh = multihost.make_mesh(jax.local_devices())
   if eval_config.batch_size % mesh.size:
     raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be divisible by this host's {mesh.size} "
                      "devices.")

@@ -142,15 +142,15 @@ def open_input(path: str) -> Input:
 
 def padded_batches(images, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
   """(batch (B, H, W, 3) uint8, count): every batch has B = min(batch_size, N) rows, the last one padded with
-  zeros after its `count` real images; grey images repeated to three channels."""
+  copies of its last image after its `count` real ones (multihost.pad_to_multiple); grey images repeated to
+  three channels."""
+  from hold_jax import multihost  # pylint: disable=g-import-not-at-top  (JAX; the command's errors come first)
   size = min(batch_size, len(images))
   for batch in images.batches(size):
     count = batch.shape[0]
     if batch.shape[-1] == 1:
       batch = np.repeat(batch, 3, axis=-1)
-    if count < size:
-      batch = np.concatenate([batch, np.zeros((size - count,) + batch.shape[1:], np.uint8)])
-    yield batch, count
+    yield multihost.pad_to_multiple(batch, size), count
 
 
 def extract(network, images, batch_size: int, keep_logits: bool) -> dict[str, Any]:

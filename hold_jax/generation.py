@@ -9,36 +9,20 @@ process 0 can write them and every process can compute features of its choice.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from hold_jax import memory_budget
-
-DATA_AXIS = "data"
-
-
-def padded_ids(ids: np.ndarray, multiple: int) -> np.ndarray:
-  """ids (n,) followed by copies of its last entry up to a multiple of `multiple` (n >= 1)."""
-  size = math.ceil(len(ids) / multiple) * multiple
-  return np.concatenate([ids, np.full(size - len(ids), ids[-1], ids.dtype)])
+from hold_jax import multihost
 
 
 def shard_ids(ids: np.ndarray, mesh: Mesh) -> jax.Array:
   """The global id array (n,), identical on every process, as a jax.Array sharded over mesh axis 'data'."""
-  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  sharding = multihost.batch_sharding(mesh)
   return jax.make_array_from_callback(ids.shape, sharding, lambda index: ids[index])
-
-
-def to_host(array: jax.Array) -> np.ndarray:
-  """A sharded global array as one numpy array on every process."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(array))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def generate(sampler: Callable, params: Any, rng: jax.Array, ids: np.ndarray, mesh: Mesh,
@@ -51,14 +35,14 @@ def generate(sampler: Callable, params: Any, rng: jax.Array, ids: np.ndarray, me
   sampler's buffers (jax keeps that compilation for the call), or when an allocation fails all the same.
   """
   ids = np.asarray(ids, np.int32)
-  global_ids = shard_ids(padded_ids(ids, mesh.size), mesh)
+  global_ids = shard_ids(multihost.pad_to_multiple(ids, mesh.size), mesh)
   subject = f"{batch_field}: a batch of {len(ids):,} samples"
   if hasattr(sampler, "lower"):  # a jitted sampler; a plain function has nothing compiled to count
     memory_budget.check_compiled(sampler, (params, rng, global_ids), batch_field, len(ids), len(global_ids),
                                  subject=subject, what=" (XLA's count of the compiled sampler's buffers)")
   with memory_budget.out_of_memory_named(batch_field, subject):
     result = sampler(params, rng, global_ids)
-    return to_host(result.x)[:len(ids)], int(jax.device_get(result.nfe))
+    return multihost.to_host(result.x)[:len(ids)], int(jax.device_get(result.nfe))
 
 
 def id_batches(start: int, stop: int, batch_size: int) -> Iterator[np.ndarray]:

@@ -45,12 +45,12 @@ from etils import epath
 
 from hold_jax import checkpoints
 from hold_jax import console
-from hold_jax import evaluate
 from hold_jax import field_checks
 from hold_jax import generation
 from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import models
+from hold_jax import multihost
 from hold_jax import quality_features
 from hold_jax import quality_files
 from hold_jax import report_files
@@ -244,7 +244,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   score_fn = train.make_score_fn(sde, models.create_model(config.model, loaded.data_shape), config.loss)
   sampler = sampling.make_sampler(sde, score_fn, loaded.data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
-  mesh = train.make_mesh()
+  mesh = multihost.make_mesh()
   num_rounds = math.ceil(settings.num_samples / settings.round_size)
   total_rounds, done_rounds, repeats = settings.num_repeats * num_rounds, 0, []
   for repeat in range(settings.num_repeats):
@@ -255,11 +255,11 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
       ids = np.arange(first, min(first + settings.round_size, settings.num_samples))
       path = run_dir / f"repeat{repeat}_round{round_index}.npz"
       found = read_round(path, len(ids))
-      if not evaluate.on_every_process(found is not None):  # generation is collective: every process or none
+      if not multihost.on_every_process(found is not None):  # generation is collective: every process or none
         found = _generate_round(sampler, loaded.params, rng, ids, mesh, network, config)
         if jax.process_index() == 0:
           write_round(path, *found)
-        _barrier(f"round_{repeat}_{round_index}")
+        multihost.barrier(f"eval_round_{repeat}_{round_index}")
       features.append(found[0])
       logits.append(found[1])
       nfe = max(nfe, found[2])
@@ -317,12 +317,6 @@ def _generate_round(sampler, params, rng, ids, mesh, network: quality_features.N
     stream.add(image_data.to_pixels(samples))
     nfe = max(nfe, batch_nfe)
   return (*stream.finish(), nfe)
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f"hold_jax_eval_{name}")
 
 
 def _metrics(features, logits, reference, settings, network: quality_features.Network, nfe: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from hold_jax import image_data
 from hold_jax import input_pipeline
 from hold_jax import memory_budget
 from hold_jax import models
+from hold_jax import multihost
 from hold_jax import plots
 from hold_jax import report_files
 from hold_jax import run_record
@@ -115,7 +116,7 @@ def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -
   sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
   rng = jax.random.PRNGKey(config.seed)
-  mesh = train.make_mesh()
+  mesh = multihost.make_mesh()
 
   def draw_samples(params, num_samples: int):
     results = [generation.generate(sampler, params, rng, ids, mesh)

@@ -22,7 +22,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from hold_jax import checkpoint_integrity
 from hold_jax import checkpoint_restore
@@ -34,13 +34,13 @@ from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import memory_budget
 from hold_jax import models
+from hold_jax import multihost
 from hold_jax import optimization
 from hold_jax import preemption
 from hold_jax import prefetch
 from hold_jax import run_record
 from hold_jax import sde as sde_lib
 
-DATA_AXIS = "data"
 
 
 @flax.struct.dataclass
@@ -57,14 +57,6 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   first_bad_step: jax.Array
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh, axis 'data', over `devices` (default: every device of every process). jax.make_mesh orders
-  the devices by the physical topology (on TPU slices, neighbours on the interconnect) rather than by id; the
-  axis is 'Auto', so jit propagates the batch sharding itself."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def check_settings(config) -> None:
@@ -274,9 +266,9 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   """
   config = run_record.with_schedule_horizon(config, workdir_path(workdir))
   training = config.training
-  mesh = make_mesh()
+  mesh = multihost.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
-  batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  batch_sharding = multihost.batch_sharding(mesh)
   stream = input_pipeline.create_stream(config.data, training.batch_size, config.seed)
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, stream.data_shape)
@@ -393,7 +385,7 @@ def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int
   manager = checkpoint_manager(workdir, config.checkpoint, read_only=True)  # training may be writing there
   try:
     optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-    replicated = NamedSharding(make_mesh(), PartitionSpec())
+    replicated = multihost.replicated(multihost.make_mesh())
     blocks = input_blocks(sde.order, config.loss.parametrization)
     abstract = abstract_state(lambda: init_state(model, data_shape, blocks, optimizer, config.seed), replicated)
     wanted = {"ema_params": abstract.ema_params}

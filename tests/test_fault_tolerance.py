@@ -18,6 +18,7 @@ from hold_jax.configs import toy2d
 from hold_jax import checkpoint_integrity
 from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
+from hold_jax import multihost
 from hold_jax import run_record
 from hold_jax import optimization
 from hold_jax import train
@@ -47,7 +48,7 @@ def full_restore(config, workdir):
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model, (2,))
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(multihost.make_mesh(), jax.sharding.PartitionSpec())
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)
   try:
     return train.restore_or_init(manager, lambda: train.init_state(model, (2,), BLOCKS, optimizer, 0), replicated)
@@ -175,7 +176,7 @@ def chosen_restore(config, workdir, step):
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model, (2,))
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  replicated = jax.sharding.NamedSharding(multihost.make_mesh(), jax.sharding.PartitionSpec())
   abstract = train.abstract_state(lambda: train.init_state(model, (2,), BLOCKS, optimizer, 0), replicated)
   manager = train.checkpoint_manager(str(workdir), config.checkpoint)
   try:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hold_jax import generation
+from hold_jax import multihost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,9 +41,14 @@ def draw(tmp_path, devices, batch):
   return np.load(path)
 
 
-def test_padded_ids_repeat_the_last_id():
-  np.testing.assert_array_equal(generation.padded_ids(np.arange(5), 4), [0, 1, 2, 3, 4, 4, 4, 4])
-  np.testing.assert_array_equal(generation.padded_ids(np.arange(4), 4), [0, 1, 2, 3])
+def test_a_last_batch_is_padded_with_copies_of_its_last_row():
+  np.testing.assert_array_equal(multihost.pad_to_multiple(np.arange(5), 4), [0, 1, 2, 3, 4, 4, 4, 4])
+  np.testing.assert_array_equal(multihost.pad_to_multiple(np.arange(4), 4), [0, 1, 2, 3])
+  images = np.arange(2 * 3 * 3).reshape(2, 3, 3)
+  padded = multihost.pad_to_multiple(images, 5)
+  assert padded.shape == (5, 3, 3) and (padded[2:] == images[1]).all()
+  assert multihost.process_share(5).tolist() == [0, 1, 2, 3, 4]  # one process holds every index
+  assert multihost.all_processes(np.array([1, 2])).tolist() == [[1, 2]] and multihost.on_every_process(True)
   assert [list(ids) for ids in generation.id_batches(3, 10, 3)] == [[3, 4, 5], [6, 7, 8], [9]]
 
 

@@ -110,6 +110,7 @@ def _build_workdir(source: epath.Path, target: epath.Path, step: int) -> None:
   from hold_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from hold_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from hold_jax import models  # pylint: disable=g-import-not-at-top
+  from hold_jax import multihost  # pylint: disable=g-import-not-at-top
   from hold_jax import optimization  # pylint: disable=g-import-not-at-top
   from hold_jax import run_record  # pylint: disable=g-import-not-at-top
   from hold_jax import sde as sde_lib  # pylint: disable=g-import-not-at-top
@@ -124,7 +125,7 @@ def _build_workdir(source: epath.Path, target: epath.Path, step: int) -> None:
   params = serialization.from_bytes(fresh.ema_params, (source / PARAMS_FILE).read_bytes())
   state = fresh.replace(step=jax.numpy.asarray(step, jax.numpy.int32), params=params,
                         ema_params=jax.tree.map(jax.numpy.copy, params))
-  state = jax.device_put(state, NamedSharding(train.make_mesh(), PartitionSpec()))
+  state = jax.device_put(state, NamedSharding(multihost.make_mesh(), PartitionSpec()))
   building = target.parent / f".{target.name}.building-{os.getpid()}"
   if building.exists():
     shutil.rmtree(building)
