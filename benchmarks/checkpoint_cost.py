@@ -33,6 +33,7 @@ from hold_jax import multihost  # noqa: E402
 from hold_jax import sde as sde_lib  # noqa: E402
 from hold_jax import optimization  # noqa: E402
 from hold_jax import train  # noqa: E402
+from hold_jax import trained_model  # noqa: E402
 
 
 def measure(config_name: str, rounds: int) -> dict:
@@ -40,7 +41,7 @@ def measure(config_name: str, rounds: int) -> dict:
   data_shape = input_pipeline.data_shape(config.data)
   model = models.create_model(config.model, data_shape)
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  order = train.input_blocks(sde_lib.from_config(config.sde).order, config.loss.parametrization)
+  order = trained_model.input_blocks(sde_lib.from_config(config.sde).order, config.loss.parametrization)
   replicated = NamedSharding(multihost.make_mesh(), PartitionSpec())
   make_state = lambda: train.init_state(model, data_shape, order, optimizer, config.seed)
   state = jax.device_put(make_state(), replicated)

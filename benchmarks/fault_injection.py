@@ -78,10 +78,10 @@ def final_params(config_name, workdir):
   """(step, flat EMA parameters) of the newest checkpoint, read as sampling reads it."""
   from hold_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from hold_jax import run_record  # pylint: disable=g-import-not-at-top
-  from hold_jax import train  # pylint: disable=g-import-not-at-top
+  from hold_jax import trained_model  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   config = run_record.for_inference(epath.Path(workdir), common.load_config(config_name), {})
-  params, step = train.load_ema_params(config, str(workdir), input_pipeline.data_shape(config.data))
+  params, step = trained_model.load_ema_params(config, str(workdir), input_pipeline.data_shape(config.data))
   import jax  # pylint: disable=g-import-not-at-top
   return step, np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(params)])
 

@@ -22,7 +22,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from hold_jax import input_pipeline, multihost, models, optimization, sde as sde_lib, train  # noqa: E402
+from hold_jax import input_pipeline, models, multihost, optimization, sde as sde_lib  # noqa: E402
+from hold_jax import train, trained_model  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -37,7 +38,7 @@ def build_step(config, order):
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, shape)
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  blocks = train.input_blocks(order, config.loss.parametrization)
+  blocks = trained_model.input_blocks(order, config.loss.parametrization)
   state = jax.device_put(train.init_state(model, shape, blocks, optimizer, config.seed), replicated)
   batch_size = config.training.batch_size
   batch = np.random.default_rng(0).uniform(-1, 1, (batch_size,) + shape).astype(np.float32)

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hold_jax import flow_schedule, input_pipeline, models, sampling, sde as sde_lib, train  # noqa: E402
+from hold_jax import flow_schedule, input_pipeline, models, sampling, sde as sde_lib, trained_model  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -40,7 +40,7 @@ def setup(config):
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, shape)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, sde.order) + shape), jnp.ones((1,)))["params"]
-  return sde, train.make_score_fn(sde, model, config.loss), params, shape, config.sampling.batch_size
+  return sde, trained_model.make_score_fn(sde, model, config.loss), params, shape, config.sampling.batch_size
 
 
 def build_sampler(sde, score_fn, shape, method, num_steps, grid):

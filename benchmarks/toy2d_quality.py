@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from hold_jax import evaluate as evaluate_lib, input_pipeline, run_record, sample, train  # noqa: E402
+from hold_jax import evaluate as evaluate_lib, input_pipeline, run_record, sample, trained_model  # noqa: E402
 from hold_jax.metrics import point_clouds  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
@@ -52,7 +52,7 @@ def trained_config(source):
 @functools.lru_cache(maxsize=None)
 def ema_params(workdir):
   """(EMA parameters, step) of the workdir's latest checkpoint, restored once."""
-  return train.load_ema_params(run_record.load_config(workdir), workdir, (2,))
+  return trained_model.load_ema_params(run_record.load_config(workdir), workdir, (2,))
 
 
 def steps_for_budget(method, nfe, order):

@@ -21,7 +21,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from hold_jax.configs import toy2d  # noqa: E402
-from hold_jax import input_pipeline, losses, models, multihost, optimization, sde as sde_lib, train  # noqa: E402
+from hold_jax import input_pipeline, losses, models, multihost, optimization, sde as sde_lib  # noqa: E402
+from hold_jax import train, trained_model  # noqa: E402
 
 CLD_SGM_MS = 3.7
 
@@ -48,7 +49,8 @@ def main():
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, (2,))
   optimizer = optimization.make_optimizer(config.optim, 1000)
-  state = train.init_state(model, (2,), train.input_blocks(sde.order, config.loss.parametrization), optimizer, 0)
+  blocks = trained_model.input_blocks(sde.order, config.loss.parametrization)
+  state = train.init_state(model, (2,), blocks, optimizer, 0)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   loss_fn = train.make_training_loss_fn(sde, model, config.loss)
   # The step as train.train builds it: one jit over a mesh of all devices, batch sharded on its data axis.

@@ -12,7 +12,7 @@
 A model is what a workdir decides (its config.json: the process, the network, the data) and a checkpoint's EMA
 parameters; the keywords of each call are the config's sampling or eval fields, checked as the command line
 checks them. Every call goes through the functions the command line runs (run_record.for_inference,
-train.load_ema_params, sample.make_drawer, evaluate.make_batch_bound, evaluation.run), so the same settings
+trained_model.load_ema_params, sample.make_drawer, evaluate.make_batch_bound, evaluation.run), so the same settings
 give the same samples and numbers here and with `hold-jax --mode=sample` / `--mode=eval`.
 
 A denoiser (loss.parametrization = 'denoiser') samples with any process: `process='vp' | 'cld' | 'hold'`
@@ -44,7 +44,7 @@ from hold_jax import pretrained
 from hold_jax import run_record
 from hold_jax import sample as sample_lib
 from hold_jax import sde as sde_lib
-from hold_jax import train
+from hold_jax import trained_model
 
 to_pixels = image_data.to_pixels  # model-space images -> uint8 (for image files and viewers)
 
@@ -204,7 +204,7 @@ def load(source: str, *, step: int | None = None, process: str | None = None,
   else:
     workdir, default_process = pretrained.workdir(source), pretrained.resolve(source)[1]
   process = process or default_process
-  path = train.workdir_path(workdir)
+  path = trained_model.workdir_path(workdir)
   recorded = run_record.load_config(path)
   fields = dict(sde_lib.stock_process_fields(process)) if process else {}
   if process and recorded.loss.parametrization != "denoiser":
@@ -214,6 +214,6 @@ def load(source: str, *, step: int | None = None, process: str | None = None,
   config = run_record.for_inference(path, with_fields(recorded, fields), fields)
   config_checks.check(config)
   data_shape = tuple(input_pipeline.data_shape(config.data))
-  params, found_step = train.load_ema_params(config, workdir, data_shape, step)
+  params, found_step = trained_model.load_ema_params(config, workdir, data_shape, step)
   return Model(source=str(source), workdir=workdir, config=config, params=params, step=found_step,
                data_shape=data_shape)

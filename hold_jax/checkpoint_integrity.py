@@ -117,7 +117,7 @@ def nonfinite_arrays(tree) -> list[str]:
 def nonfinite_checkpoint_message(params, step: int, what: str = "the EMA parameters") -> str | None:
   """The sentence that blames the checkpoint when `params` of checkpoint `step` are not finite, or None: samples
   and bounds from such parameters are not finite either, and no sampler setting can fix them, so the readers
-  (train.load_ema_params) say so before any sampling and never suggest settings."""
+  (trained_model.load_ema_params) say so before any sampling and never suggest settings."""
   bad = nonfinite_arrays(params)
   if not bad:
     return None

@@ -6,11 +6,11 @@ from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import models
+from hold_jax import optimization
 from hold_jax import point_quality
 from hold_jax import quality
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
-from hold_jax import train
 
 TRAINING_GROUPS = ("data", "model", "training")
 
@@ -42,7 +42,7 @@ def check(config) -> None:
                          config.model.get("embedding"), "'fourier' with loss.parametrization = 'denoiser': the "
                          "denoiser is conditioned on sigma_eff in (0, inf), embedded through its log; 'sinusoidal' "
                          "embeds 1000 t for times in [0, 1]")
-  train.check_settings(config)
+  check_training(config)
   input_pipeline.check_global_batch(config.training.batch_size)
   # create_model runs models.check_config; the data itself loads in train.
   models.create_model(config.model, input_pipeline.data_shape(config.data))
@@ -56,3 +56,12 @@ def check_eval(eval_config) -> None:
   evaluate.check_settings(eval_config)
   if "metrics" in eval_config:
     quality.check_settings(eval_config)
+
+
+def check_training(config) -> None:
+  """The training loop's own fields: config.training's counts and checkpoint.keep; the optimizer's and the EMA's are
+  optimization.check_settings'."""
+  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
+    field_checks.require_int(f"training.{field}", config.training[field], 1)
+  field_checks.require_int("checkpoint.keep", config.checkpoint.keep, 1)
+  optimization.check_settings(config.optim, config.ema)

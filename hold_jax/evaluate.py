@@ -65,7 +65,7 @@ from hold_jax import report_text
 from hold_jax import round_files
 from hold_jax import run_record
 from hold_jax import sde as sde_lib
-from hold_jax import train
+from hold_jax import trained_model
 
 # Entropy words that keep eval's per-example numpy draws apart from each other and from the training
 # stream's [seed, step, process] draws (SeedSequence pads with zeros, so a distinct nonzero word is needed).
@@ -220,7 +220,7 @@ def make_batch_bound(config, data_shape: tuple[int, ...], settings: likelihood.O
   """bound(params, x (B, *data_shape), indices (B,)) -> (nll_bound, nfe, solved), each (B,); jitted."""
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
-  score_fn = train.make_score_fn(sde, model, config.loss)
+  score_fn = trained_model.make_score_fn(sde, model, config.loss)
   base_key = jax.random.PRNGKey(config.eval.seed)
   aux_distribution = config.eval.aux_distribution
 
@@ -358,7 +358,7 @@ def evaluate(config, workdir: str) -> str:
   sde = sde_lib.from_config(config.sde)
   entropy = float(likelihood.auxiliary_entropy(sde, num_coords, eval_config.aux_distribution))  # checks q
   if jax.process_index() == 0:  # an unwritable workdir is found before the bound is computed, not after
-    checkpoints.check_workdir(train.workdir_path(workdir) / "eval", 1 << 20, "the report")
+    checkpoints.check_workdir(trained_model.workdir_path(workdir) / "eval", 1 << 20, "the report")
   mesh = multihost.make_mesh(jax.local_devices())
   if eval_config.batch_size % mesh.size:
     raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be divisible by this host's {mesh.size} "
@@ -368,12 +368,12 @@ def evaluate(config, workdir: str) -> str:
     logging.warning("The model was trained with data.dequantize = False (pixel / 255) and is bounded on dequantised "
                     "data ((pixel + U) / 256); the bound is valid but looser than for a model trained dequantised.")
 
-  params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(eval_config))
+  params, step = trained_model.load_ema_params(config, workdir, data_shape, trained_model.chosen_step(eval_config))
   params = jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))  # this host's devices
   bound = make_batch_bound(config, data_shape, settings)
   recorded = report_settings(config, step, data_shape)
   name = report_stem(recorded)
-  directory = train.workdir_path(workdir) / "eval"
+  directory = trained_model.workdir_path(workdir) / "eval"
   rounds_dir = directory / rounds_folder(config, step, report_label(recorded))
   gathered = bound_in_rounds(bound, params, examples, config, mesh, rounds_dir, num_coords)
   nll_bound, nfe, solved = gathered["nll_bound"], gathered["nfe"], gathered["solved"].astype(bool)

@@ -67,7 +67,7 @@ def score_from_output(sde: sde_lib.LangevinSDE, parametrization: str, output: ja
     return output
   if parametrization == "denoiser":
     raise ValueError("loss.parametrization = 'denoiser': the network is called with the statistic, not the state; "
-                     "its score function is denoiser.score_fn (train.make_score_fn builds it).")
+                     "its score function is denoiser.score_fn (trained_model.make_score_fn builds it).")
   scale = sde_lib.per_example(score_scale(sde, t), output.ndim)
   correction = -output / scale
   if parametrization == "eps":

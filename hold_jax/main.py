@@ -51,6 +51,7 @@ from hold_jax import input_pipeline
 from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import train
+from hold_jax import trained_model
 
 _CONFIG = command_flags.CONFIG
 _WORKDIR = command_flags.WORKDIR
@@ -82,7 +83,7 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
               "command resumes")
     return f"trained to step {int(state.step)}; checkpoints in {workdir}/checkpoints"
   # The workdir's config.json decides what was trained; the command line chooses the sampler and the metrics.
-  config = run_record.for_inference(train.workdir_path(workdir), config, overrides)
+  config = run_record.for_inference(trained_model.workdir_path(workdir), config, overrides)
   config_checks.check(config)
   if mode == "eval":
     return evaluation.summary(evaluation.run(config, workdir))
@@ -115,7 +116,7 @@ def check_workdir(workdir: str) -> None:
   The room comes first: on a full disk the writability probe fails too, with a fix that would not help."""
   if "://" in workdir:
     return
-  path = train.workdir_path(workdir)
+  path = trained_model.workdir_path(workdir)
   existing = str(path)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)

@@ -55,7 +55,7 @@ from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import sampler_sweep
 from hold_jax import sampling
-from hold_jax import train
+from hold_jax import trained_model
 from hold_jax.metrics import point_clouds
 
 POINT_METRICS = quality.POINT_METRICS  # ('sw1',): what eval.metrics may name for point data
@@ -211,7 +211,7 @@ def load(config, workdir: str) -> Loaded:
   """The shared pieces of config's evaluation; the parameters first, so an absent checkpoint fails at once."""
   settings = config.eval
   data_shape = point_shape(settings.metrics, config.data)
-  params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(settings))
+  params, step = trained_model.load_ema_params(config, workdir, data_shape, trained_model.chosen_step(settings))
   heldout = heldout_points(config.data.dataset, settings.num_samples, settings.seed)
   if len(heldout.points) < settings.num_samples:
     console.say(f"eval: {heldout.description}")
@@ -226,7 +226,7 @@ def evaluate_points(config, workdir: str) -> str:
   entries = sampler_sweep.sweep_configs(config)  # a bad entry fails before anything is loaded
   loaded = load(config, workdir)
   if jax.process_index() == 0:  # an unwritable workdir is found before the sampling, not after
-    checkpoints.check_workdir(train.workdir_path(workdir) / "eval", 1 << 20, "the report")
+    checkpoints.check_workdir(trained_model.workdir_path(workdir) / "eval", 1 << 20, "the report")
   writer = metric_writers.create_default_writer(workdir, collection="eval") if jax.process_index() == 0 else None
   if not entries:
     return evaluate_loaded(config, workdir, loaded, writer, started)[0]
@@ -287,7 +287,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
       "eval": config.eval.to_dict(),
       "seconds": round(time.time() - started, 1),
   }
-  path = train.workdir_path(workdir) / "eval" / f"{report_stem(recorded)}.json"
+  path = trained_model.workdir_path(workdir) / "eval" / f"{report_stem(recorded)}.json"
   if jax.process_index() == 0:
     report_files.write_json_atomic(path, report)
     writer.write_scalars(loaded.step, {f"{path.stem}/{name}": value for name, value in summary.items()})
@@ -303,7 +303,7 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
   its text and returns the table's path. The table is written first: a plot that fails leaves it whole."""
   from hold_jax import workdir_view  # pylint: disable=g-import-not-at-top  (matplotlib, for sweeps only)
   recorded = table_settings(config, loaded.step)
-  path = train.workdir_path(workdir) / "eval" / f"{table_stem(recorded)}.json"
+  path = trained_model.workdir_path(workdir) / "eval" / f"{table_stem(recorded)}.json"
   table = {"kind": TABLE_KIND, "checkpoint_step": loaded.step, "rows": rows, "baselines": loaded.baselines,
            "dataset": config.data.dataset, "heldout": loaded.heldout.description,
            "num_samples": len(loaded.heldout.points), "num_repeats": config.eval.num_repeats, "seed": config.seed,

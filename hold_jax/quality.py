@@ -59,7 +59,7 @@ from hold_jax import round_files
 from hold_jax import sampler_sweep
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
-from hold_jax import train
+from hold_jax import trained_model
 from hold_jax import workdir_view
 
 IMAGE_METRICS = quality_files.IMAGE_METRICS
@@ -179,7 +179,7 @@ def load(config, workdir: str) -> Loaded:
   settings = config.eval
   data_shape = image_shape(settings.metrics, config.data)
   network = quality_features.load_network(settings)
-  params, step = train.load_ema_params(config, workdir, data_shape, train.chosen_step(settings))
+  params, step = trained_model.load_ema_params(config, workdir, data_shape, trained_model.chosen_step(settings))
   reference = quality_features.reference_statistics(config, network)
   baselines = digits_baselines(config, network, settings) if settings.feature_network == "digits" else None
   return Loaded(tuple(data_shape), network, params, step, reference, baselines)
@@ -212,7 +212,7 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
   fields. The table is written first: a plot that fails leaves it whole."""
   network = loaded.network
   recorded = quality_files.table_settings(config, network, loaded.step)
-  path = train.workdir_path(workdir) / "eval" / f"{quality_files.table_stem(recorded)}.json"
+  path = trained_model.workdir_path(workdir) / "eval" / f"{quality_files.table_stem(recorded)}.json"
   table = {"checkpoint_step": loaded.step, "rows": rows,
            "feature_network": {"name": network.name, "weights_sha256": network.weights_sha256,
                                "resize": network.resize},
@@ -237,11 +237,11 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   writes the report (process 0, with its summary to `writer`); returns its path and the report. `started` is
   when its clock began (the report's seconds and the ETA count from there)."""
   settings, network, step = config.eval, loaded.network, loaded.step
-  run_dir = train.workdir_path(workdir) / "eval" / quality_files.run_name(config, network, step)
+  run_dir = trained_model.workdir_path(workdir) / "eval" / quality_files.run_name(config, network, step)
   if jax.process_index() == 0:
     checkpoints.check_workdir(run_dir, 0, "the round files")
   sde = sde_lib.from_config(config.sde)
-  score_fn = train.make_score_fn(sde, models.create_model(config.model, loaded.data_shape), config.loss)
+  score_fn = trained_model.make_score_fn(sde, models.create_model(config.model, loaded.data_shape), config.loss)
   sampler = sampling.make_sampler(sde, score_fn, loaded.data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
   mesh = multihost.make_mesh()
@@ -274,7 +274,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   report = _report(config, network, loaded.reference, step, repeats, time.time() - started, run_dir.name)
   if loaded.baselines is not None:
     report["baselines"] = loaded.baselines
-  path = train.workdir_path(workdir) / "eval" / f"{quality_files.report_stem(report['hashed_settings'])}.json"
+  path = trained_model.workdir_path(workdir) / "eval" / f"{quality_files.report_stem(report['hashed_settings'])}.json"
   if jax.process_index() == 0:
     report_files.write_json_atomic(path, report)
     writer.write_scalars(step, {f"{run_dir.name}/{name}": value for name, value in report["summary"].items()})

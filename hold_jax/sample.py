@@ -36,7 +36,7 @@ from hold_jax import report_files
 from hold_jax import run_record
 from hold_jax import sampling
 from hold_jax import sde as sde_lib
-from hold_jax import train
+from hold_jax import trained_model
 from hold_jax.metrics import npz_files
 
 # Fields of config.sampling that cannot change the samples, left out of settings_hash (see above).
@@ -112,7 +112,7 @@ def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -
   """
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
-  score_fn = train.make_score_fn(sde, model, config.loss)
+  score_fn = trained_model.make_score_fn(sde, model, config.loss)
   sampler = sampling.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
   rng = jax.random.PRNGKey(config.seed)
@@ -138,7 +138,7 @@ def image_grid(samples: np.ndarray, max_images: int = plots.MAX_IMAGES) -> np.nd
   return plots.tile(image_data.to_pixels(samples[:max_images]))
 
 
-def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Callback | None:
+def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> Callable[[int, Any, Any], None] | None:
   """A train callback that, for image data, samples config.training.num_grid_samples images from the EMA
   parameters every training.sample_every steps and at the end, and writes them as one grid to TensorBoard
   ('samples') and to workdir/samples/grid_step<N>_<hash>.png (`grid_file_name`; process 0), its settings in
@@ -149,7 +149,7 @@ def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Ca
   draw_samples = make_drawer(config, data_shape)
   num = config.training.num_grid_samples
 
-  def callback(step: int, state: train.TrainState, writer) -> None:
+  def callback(step: int, state, writer) -> None:  # train.Callback: state a train.TrainState
     if step % every and step != config.training.num_steps:
       return
     samples = draw_samples(state.ema_params, num)  # every process takes part; process 0 writes
@@ -160,7 +160,7 @@ def grid_callback(config, workdir: str, data_shape: tuple[int, ...]) -> train.Ca
       return
     grid = image_grid(samples, num)
     writer.write_images(step, {"samples": grid[None]})
-    directory = train.workdir_path(workdir) / "samples"
+    directory = trained_model.workdir_path(workdir) / "samples"
     directory.mkdir(parents=True, exist_ok=True)
     settings = sample_settings(config, step, num)
     path = directory / grid_file_name(config, step)
@@ -188,9 +188,9 @@ def sample_to_disk(config, workdir: str) -> str:
   data_shape = input_pipeline.data_shape(config.data)
   memory_budget.check_sampling(config.sampling.num_samples, config.sampling.batch_size, config.sde.order,
                                data_shape)  # before the checkpoint is read; generate checks XLA's count
-  params, step = train.load_ema_params(config, workdir, data_shape)
+  params, step = trained_model.load_ema_params(config, workdir, data_shape)
   if jax.process_index() == 0:  # a read-only or full disk is found before the sampling, not after it
-    checkpoints.check_workdir(train.workdir_path(workdir) / "samples",
+    checkpoints.check_workdir(trained_model.workdir_path(workdir) / "samples",
                               2 * config.sampling.num_samples * 4 * int(np.prod(data_shape)), "these samples")
   samples, nfe = draw(config, params, data_shape, return_nfe=True)
   settings = config.sampling
@@ -200,7 +200,7 @@ def sample_to_disk(config, workdir: str) -> str:
   if bad.any():
     raise FloatingPointError(f"{bad.sum()} of {len(samples)} samples are not finite ({name}, NFE {nfe}); nothing "
                              f"was written. {sampling.non_finite_advice(settings)}")
-  directory = train.workdir_path(workdir) / "samples"
+  directory = trained_model.workdir_path(workdir) / "samples"
   path = directory / f"{name}.npz"
   if jax.process_index() != 0:  # every process sampled its share; process 0 writes
     return str(path)

@@ -8,7 +8,6 @@ only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import flax
@@ -21,15 +20,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
-from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hold_jax import checkpoint_integrity
 from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
 from hold_jax import console
-from hold_jax import denoiser
-from hold_jax import field_checks
 from hold_jax import input_pipeline
 from hold_jax import losses
 from hold_jax import memory_budget
@@ -40,6 +35,7 @@ from hold_jax import preemption
 from hold_jax import prefetch
 from hold_jax import run_record
 from hold_jax import sde as sde_lib
+from hold_jax import trained_model
 
 
 
@@ -59,43 +55,6 @@ class TrainState:
   first_bad_step: jax.Array
 
 
-def check_settings(config) -> None:
-  """The loop's own fields: config.training's counts and checkpoint.keep; the optimizer's and the EMA's are
-  optimization.check_settings'."""
-  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
-    field_checks.require_int(f"training.{field}", config.training[field], 1)
-  field_checks.require_int("checkpoint.keep", config.checkpoint.keep, 1)
-  optimization.check_settings(config.optim, config.ema)
-
-
-def network_fn(model: nn.Module, dropout_rng: jax.Array | None = None) -> Callable:
-  """network(params, inputs (batch, blocks, *data_shape), conditioning (batch,)) -> (batch, *data_shape).
-
-  With dropout_rng the network runs in training mode (dropout on, with that key); without, in inference mode.
-  """
-
-  def network(params, inputs, conditioning):
-    if dropout_rng is None:
-      return model.apply({"params": params}, inputs, conditioning, train=False)
-    return model.apply({"params": params}, inputs, conditioning, train=True, rngs={"dropout": dropout_rng})
-
-  return network
-
-
-def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config,
-                  dropout_rng: jax.Array | None = None) -> losses.ScoreFn:
-  """score_fn(params, u, t) of a network read through `loss_config.parametrization`: a denoiser of the sufficient
-  statistic (hold_jax/denoiser.py), or a network of (u, t) whose output `losses.score_from_output` reads."""
-  network = network_fn(model, dropout_rng)
-  if loss_config.parametrization == "denoiser":
-    return denoiser.score_fn(sde, network, float(loss_config.sigma_data))
-
-  def score_fn(params, u, t):
-    return losses.score_from_output(sde, loss_config.parametrization, network(params, u, t), u, t)
-
-  return score_fn
-
-
 def make_training_loss_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config) -> Callable:
   """loss_fn(params, x0, rng) of `config.loss` with the network in training mode (a dropout key per step)."""
   losses.check_settings(loss_config)  # the fields once, up front
@@ -103,16 +62,12 @@ def make_training_loss_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_confi
   def loss_fn(params, x0, rng):
     dropout_rng, loss_rng = jax.random.split(rng)
     if loss_config.parametrization == "denoiser":
-      return losses.make_denoiser_loss_fn(sde, network_fn(model, dropout_rng), loss_config)(params, x0, loss_rng)
-    return losses.make_loss_fn(sde, make_score_fn(sde, model, loss_config, dropout_rng), loss_config)(
-        params, x0, loss_rng)
+      network = trained_model.network_fn(model, dropout_rng)
+      return losses.make_denoiser_loss_fn(sde, network, loss_config)(params, x0, loss_rng)
+    score_fn = trained_model.make_score_fn(sde, model, loss_config, dropout_rng)
+    return losses.make_loss_fn(sde, score_fn, loss_config)(params, x0, loss_rng)
 
   return loss_fn
-
-
-def input_blocks(order: int, parametrization: str) -> int:
-  """Blocks the network takes: the statistic alone for a denoiser (any order), all n blocks of the state else."""
-  return 1 if parametrization == "denoiser" else order
 
 
 def init_state(model: nn.Module, data_shape: tuple[int, ...], blocks: int, optimizer: optax.GradientTransformation,
@@ -151,17 +106,6 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
   return train_step
 
 
-def workdir_path(workdir: str) -> epath.Path:
-  """The workdir as a path that may also be a bucket (gs://...), absolute when local."""
-  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
-
-
-def checkpoint_manager(workdir: str, checkpoint_config, read_only: bool = False) -> ocp.CheckpointManager:
-  """The orbax manager of workdir/checkpoints (hold_jax/checkpoints.py: two items per step, checksums)."""
-  return checkpoints.make_manager(workdir_path(workdir) / "checkpoints", checkpoint_config.keep,
-                                  checkpoint_config.asynchronous, read_only=read_only)
-
-
 def abstract_state(make_fresh_state: Callable[[], TrainState], sharding: NamedSharding) -> TrainState:
   """The structure, shapes and placement of make_fresh_state() without computing it (eval_shape)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -183,7 +127,7 @@ def restore_or_init(manager: ocp.CheckpointManager, make_fresh_state: Callable[[
                                       "config differs from the one the run was trained with; use that config, "
                                       "or a new --workdir for a new run.") from None
   if restored is None:
-    damaged = workdir_path(str(manager.directory.parent)) / checkpoints.DAMAGED_DIR
+    damaged = trained_model.workdir_path(str(manager.directory.parent)) / checkpoints.DAMAGED_DIR
     if damaged.exists() and any(damaged.iterdir()):
       logging.warning("No usable checkpoint in %s (damaged ones are in %s): starting from step 0.",
                       manager.directory, damaged)
@@ -233,7 +177,7 @@ def prepare_workdir(config, workdir: str, abstract: TrainState) -> str | None:
   The record (config.json) is written when the workdir has no checkpoint yet; once one exists it is the
   reference a resumed run is checked against (hold_jax/run_record.py).
   """
-  path = workdir_path(workdir)
+  path = trained_model.workdir_path(workdir)
   checkpoints.check_workdir(path, checkpoints.state_bytes(abstract))
   if not run_record.has_checkpoints(path):
     note = optimization.check_training_length(config.optim, config.training.num_steps)
@@ -264,7 +208,7 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   'constant' run may extend at the same rate; a 'cosine' run stops early with its recorded schedule and
   refuses to train past its horizon (optimization.check_training_length). Either is said at the start.
   """
-  config = run_record.with_schedule_horizon(config, workdir_path(workdir))
+  config = run_record.with_schedule_horizon(config, trained_model.workdir_path(workdir))
   training = config.training
   mesh = multihost.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -274,7 +218,7 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   model = models.create_model(config.model, stream.data_shape)
   optimizer = optimization.make_optimizer(config.optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
-  blocks = input_blocks(sde.order, config.loss.parametrization)
+  blocks = trained_model.input_blocks(sde.order, config.loss.parametrization)
   make_fresh_state = lambda: init_state(model, stream.data_shape, blocks, optimizer, config.seed)
   abstract = abstract_state(make_fresh_state, replicated)
   schedule_note = prepare_workdir(config, workdir, abstract)
@@ -283,7 +227,7 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
                        donate_argnums=0)
   memory_budget.check_train_step(train_step, abstract, (training.batch_size,) + stream.data_shape, batch_sharding)
 
-  manager = checkpoint_manager(workdir, config.checkpoint)
+  manager = trained_model.checkpoint_manager(workdir, config.checkpoint)
   try:
     state = restore_or_init(manager, make_fresh_state, replicated)
     if schedule_note and jax.process_index() == 0:
@@ -355,54 +299,3 @@ def _train_loop(config, state: TrainState, start: int, train_step, stream, batch
     batches.close()
     checkpoints.wait(manager, last_saved)
   return state
-
-
-def chosen_step(eval_config) -> int | None:
-  """eval.checkpoint_step as load_ema_params's `step`: None for -1 (the newest readable checkpoint)."""
-  step = eval_config.get("checkpoint_step", -1)
-  return None if step == -1 else int(step)
-
-
-def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None
-                    ) -> tuple[Any, int]:
-  """EMA parameters and step of a checkpoint in workdir, read alone (a partial restore, so the optimizer
-  settings never matter); a CheckpointError when there is none, or when its EMA parameters are not finite
-  (samples and bounds from them would be too, whatever the settings).
-
-  step: None for the newest complete and readable checkpoint, or the step to read: that one or a
-  CheckpointError (checkpoint_restore.restore_step), never another step in its place.
-
-  The workdir is only read (a read-only orbax manager; nothing moved, renamed or deleted), so this is safe
-  while training writes to the same workdir: its save in flight and its clean-up of old steps are untouched,
-  and damaged steps are left for training to set aside.
-  """
-  sde = sde_lib.from_config(config.sde)
-  model = models.create_model(config.model, data_shape)
-  directory = workdir_path(workdir) / "checkpoints"
-  if not directory.exists():
-    raise checkpoints.CheckpointError(f"No checkpoint in {directory}: train first (python -m hold_jax.main "
-                                      "--config ... --workdir ... --mode=train).")
-  manager = checkpoint_manager(workdir, config.checkpoint, read_only=True)  # training may be writing there
-  try:
-    optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-    replicated = multihost.replicated(multihost.make_mesh())
-    blocks = input_blocks(sde.order, config.loss.parametrization)
-    abstract = abstract_state(lambda: init_state(model, data_shape, blocks, optimizer, config.seed), replicated)
-    wanted = {"ema_params": abstract.ema_params}
-    try:
-      if step is None:
-        restored = checkpoint_restore.restore_for_reading(manager, wanted, partial=True)
-      else:
-        restored = checkpoint_restore.restore_step(manager, step, wanted, partial=True)
-    except checkpoints.ChangedStructure as error:
-      raise checkpoints.CheckpointError(f"Cannot read the EMA parameters in {directory}: {error}. The model config "
-                                        "differs from the one in the workdir's config.json.") from None
-  finally:
-    manager.close()
-  if restored is None:
-    raise checkpoints.CheckpointError(f"No checkpoint in {directory}: train first (python -m hold_jax.main "
-                                      "--config ... --workdir ... --mode=train).")
-  not_finite = checkpoint_integrity.nonfinite_checkpoint_message(restored.tree["ema_params"], restored.step)
-  if not_finite:  # no sampler or evaluation setting could give finite results from these
-    raise checkpoints.CheckpointError(f"{not_finite[0].upper()}{not_finite[1:]} ({directory})")
-  return restored.tree["ema_params"], restored.step

@@ -17,7 +17,7 @@ from hold_jax import evaluate
 from hold_jax import pretrained
 from hold_jax import run_record
 from hold_jax import sample
-from hold_jax import train
+from hold_jax import trained_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,7 +103,7 @@ def test_a_pretrained_workdir_holds_the_packaged_parameters(tmp_path, monkeypatc
   built = os.stat(checkpoint).st_mtime_ns
   assert pretrained.workdir("swiss_roll-cld") == path and os.stat(checkpoint).st_mtime_ns == built  # made once
   config = run_record.load_config(path)
-  params, step = train.load_ema_params(config, path, (2,))
+  params, step = trained_model.load_ema_params(config, path, (2,))
   packaged = serialization.msgpack_restore((pretrained.FOLDER / "swiss_roll" / pretrained.PARAMS_FILE).read_bytes())
   for got, expected in zip(*(jax_leaves(tree) for tree in (params, packaged))):
     np.testing.assert_array_equal(np.asarray(got), expected)

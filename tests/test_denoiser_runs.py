@@ -17,6 +17,7 @@ from hold_jax import run_record
 from hold_jax import sample
 from hold_jax import sde as sde_lib
 from hold_jax import train
+from hold_jax import trained_model
 from hold_jax.configs import toy2d
 from test_fault_tolerance import local_config
 from test_sde import make_sde
@@ -102,7 +103,7 @@ def test_a_score_networks_process_stays_trained(tmp_path):
 
 def test_hold_samples_from_a_denoiser_trained_with_order_3_under_vp_and_cld(trained_workdir):
   workdir, config, _ = trained_workdir
-  params, _ = train.load_ema_params(config, str(workdir), (2,))
+  params, _ = trained_model.load_ema_params(config, str(workdir), (2,))
   for order in (1, 2):
     given = toy2d.get_config("local")
     given.sde.order = order
@@ -124,6 +125,6 @@ def test_a_workdir_of_a_score_network_from_before_the_denoiser_still_samples(tmp
   (tmp_path / "config.json").write_text(json.dumps(record))
   chosen = run_record.for_inference(tmp_path, toy2d.get_config("local"), {})
   assert chosen.loss.parametrization == "eps"
-  params, step = train.load_ema_params(chosen, str(tmp_path), (2,))
+  params, step = trained_model.load_ema_params(chosen, str(tmp_path), (2,))
   chosen.sampling.num_samples = chosen.sampling.batch_size = 64
   assert step == 20 and np.all(np.isfinite(sample.draw(chosen, params, (2,))))

@@ -19,7 +19,7 @@ from hold_jax import quality
 from hold_jax import report_files
 from hold_jax import quality_features
 from hold_jax import quality_files
-from hold_jax import train
+from hold_jax import trained_model
 from hold_jax import workdir_view
 from hold_jax.configs import digits
 from hold_jax.configs import toy2d
@@ -264,7 +264,7 @@ def stand_in_bound(config, data_shape, settings):
 
 def test_an_nll_run_with_other_settings_keeps_the_earlier_report(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, "make_batch_bound", stand_in_bound)
-  monkeypatch.setattr(train, "load_ema_params", lambda config, workdir, data_shape, step=None: ({}, 4))
+  monkeypatch.setattr(trained_model, "load_ema_params", lambda config, workdir, data_shape, step=None: ({}, 4))
   config = changed(toy2d.get_config("local"), **{"eval.num_examples": 6, "eval.round_size": 4,
                                                   "eval.batch_size": 2})
   first = evaluate.evaluate(config, str(tmp_path))

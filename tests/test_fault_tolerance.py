@@ -22,13 +22,14 @@ from hold_jax import multihost
 from hold_jax import run_record
 from hold_jax import optimization
 from hold_jax import train
+from hold_jax import trained_model
 
 import run_helpers  # tests/run_helpers.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-BLOCKS = train.input_blocks(3, toy2d.get_config().loss.parametrization)  # the network's input blocks
+BLOCKS = trained_model.input_blocks(3, toy2d.get_config().loss.parametrization)  # the network's input blocks
 
 
 def local_config(**training):
@@ -49,7 +50,7 @@ def full_restore(config, workdir):
   model = models.create_model(config.model, (2,))
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   replicated = jax.sharding.NamedSharding(multihost.make_mesh(), jax.sharding.PartitionSpec())
-  manager = train.checkpoint_manager(str(workdir), config.checkpoint)
+  manager = trained_model.checkpoint_manager(str(workdir), config.checkpoint)
   try:
     return train.restore_or_init(manager, lambda: train.init_state(model, (2,), BLOCKS, optimizer, 0), replicated)
   finally:
@@ -119,7 +120,7 @@ def test_every_damage_falls_back_to_the_older_checkpoint(trained_workdir, tmp_pa
   assert "step 40 could not be restored" in reason
   assert any("checkpoint of step 40" in record.getMessage() and "trying the next older one" in record.getMessage()
              for record in caplog.records)
-  params, step = train.load_ema_params(config, str(copy), (2,))  # sampling reads the same checkpoint
+  params, step = trained_model.load_ema_params(config, str(copy), (2,))  # sampling reads the same checkpoint
   assert step == 20 and np.isfinite(flat(params)).all()
 
 
@@ -151,7 +152,7 @@ def test_no_readable_checkpoint_is_one_error_naming_the_directory(trained_workdi
   damage.kinds()["array metadata garbage"](copy / "checkpoints" / "20")
   with pytest.raises(checkpoints.CheckpointError, match=r"None of the 2 checkpoints in .*checkpoints could be read"
                      r".*left in place"):
-    train.load_ema_params(config, str(copy), (2,))  # a reader changes nothing...
+    trained_model.load_ema_params(config, str(copy), (2,))  # a reader changes nothing...
   assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"] and not (copy / checkpoints.DAMAGED_DIR).exists()
   with pytest.raises(checkpoints.CheckpointError, match=r"None of the 2 checkpoints in .*checkpoints could be read"
                      r".*moved to"):
@@ -178,7 +179,7 @@ def chosen_restore(config, workdir, step):
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   replicated = jax.sharding.NamedSharding(multihost.make_mesh(), jax.sharding.PartitionSpec())
   abstract = train.abstract_state(lambda: train.init_state(model, (2,), BLOCKS, optimizer, 0), replicated)
-  manager = train.checkpoint_manager(str(workdir), config.checkpoint)
+  manager = trained_model.checkpoint_manager(str(workdir), config.checkpoint)
   try:
     return checkpoint_restore.restore_step(manager, step, abstract)
   finally:
@@ -203,24 +204,24 @@ def test_a_damaged_chosen_step_is_an_error_never_a_fallback(trained_workdir, tmp
 
 def test_a_chosen_step_that_is_absent_or_set_aside_is_named(trained_workdir, tmp_path):
   workdir, config, _ = trained_workdir
-  params, step = train.load_ema_params(config, str(workdir), (2,), 20)
-  assert step == 20 and not np.array_equal(flat(params), flat(train.load_ema_params(config, str(workdir), (2,))[0]))
+  params, step = trained_model.load_ema_params(config, str(workdir), (2,), 20)
+  assert step == 20 and not np.array_equal(flat(params), flat(trained_model.load_ema_params(config, str(workdir), (2,))[0]))
   with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint of step 30 in .*; the steps there: 20, 40\.$"):
-    train.load_ema_params(config, str(workdir), (2,), 30)
+    trained_model.load_ema_params(config, str(workdir), (2,), 30)
   copy, config = damaged_copy(trained_workdir, tmp_path, "array metadata garbage")
-  assert train.load_ema_params(config, str(copy), (2,))[1] == 20  # the newest readable; 40 stays for training
+  assert trained_model.load_ema_params(config, str(copy), (2,))[1] == 20  # the newest readable; 40 stays for training
   assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"]
   assert int(full_restore(config, copy).step) == 20  # training sets 40 aside
   with pytest.raises(checkpoints.CheckpointError, match=r"the steps there: 20\. Step 40 was set aside as damaged to "
                      r".*damaged_checkpoints/40 \(REASON.txt says why\)"):
-    train.load_ema_params(config, str(copy), (2,), 40)
+    trained_model.load_ema_params(config, str(copy), (2,), 40)
 
 
 def test_sampling_restores_the_ema_parameters_alone(trained_workdir):
   workdir, config, _ = trained_workdir
   other_optimizer = local_config(num_steps=40)
   other_optimizer.optim.grad_clip = 0.0  # no clipping: a different optimizer state tree
-  params, step = train.load_ema_params(other_optimizer, str(workdir), (2,))
+  params, step = trained_model.load_ema_params(other_optimizer, str(workdir), (2,))
   assert step == 40
   state = full_restore(config, workdir)
   np.testing.assert_array_equal(flat(params), flat(state.ema_params))
@@ -302,7 +303,7 @@ def test_a_save_that_fills_the_disk_is_one_message_and_keeps_the_previous_checkp
     train.train(config, str(small_disk / "run"))
   names = os.listdir(small_disk / "run" / "checkpoints")
   assert names and all(name.isdigit() for name in names)  # no temporary directory left behind
-  params, step = train.load_ema_params(config, str(small_disk / "run"), (2,))
+  params, step = trained_model.load_ema_params(config, str(small_disk / "run"), (2,))
   assert step == max(int(name) for name in names) and np.isfinite(flat(params)).all()
 
 
@@ -361,7 +362,7 @@ def test_checkpoints_written_before_checksums_still_load(tmp_path, caplog):
   restored = full_restore(config, tmp_path / "run")
   assert int(restored.step) == 0 and "has no checksums" in caplog.text
   np.testing.assert_array_equal(flat(restored.params), flat(state.params))
-  params, step = train.load_ema_params(config, str(tmp_path / "run"), (2,))
+  params, step = trained_model.load_ema_params(config, str(tmp_path / "run"), (2,))
   assert step == 7
 
 

@@ -18,13 +18,13 @@ import sys
 import jax
 import numpy as np
 from hold_jax.configs import toy2d
-from hold_jax import models, optimization, sample, sde as sde_lib, train
+from hold_jax import models, optimization, sample, sde as sde_lib, train, trained_model
 config = toy2d.get_config("local")
 config.sampling.num_steps = 8
 config.sampling.batch_size = {batch}
 model = models.create_model(config.model, (2,))
 optimizer = optimization.make_optimizer(config.optim, 10)
-state = train.init_state(model, (2,), train.input_blocks(3, config.loss.parametrization), optimizer, config.seed)
+state = train.init_state(model, (2,), trained_model.input_blocks(3, config.loss.parametrization), optimizer, config.seed)
 samples = sample.make_drawer(config, (2,))(state.ema_params, 10)
 np.save("{path}", samples)
 print(jax.device_count())

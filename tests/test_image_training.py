@@ -13,6 +13,7 @@ from hold_jax.configs import digits
 from hold_jax import optimization
 from hold_jax import sample
 from hold_jax import train
+from hold_jax import trained_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,7 @@ def test_cifar10_local_trains_on_mocked_tfds_with_dropout(tmp_path, prepared_moc
   config.training.num_steps = config.training.checkpoint_every = 2
   config.model.dropout = 0.1  # the training score function must pass a dropout key
   fresh = train.init_state(train.models.create_model(config.model, (32, 32, 3)), (32, 32, 3),
-                           train.input_blocks(config.sde.order, config.loss.parametrization),
+                           trained_model.input_blocks(config.sde.order, config.loss.parametrization),
                            optimization.make_optimizer(config.optim, 2), config.seed)
   state = train.train(config, str(tmp_path))
   assert int(state.step) == 2 and int(state.first_bad_step) == -1

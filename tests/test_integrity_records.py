@@ -12,6 +12,7 @@ from benchmarks import damage
 from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import train
+from hold_jax import trained_model
 
 from test_fault_tolerance import flat, full_restore, local_config
 
@@ -45,7 +46,7 @@ def test_a_missing_checksum_record_is_damage_and_flipped_bits_are_never_trained_
 def test_a_renamed_step_folder_is_damage_for_training_and_skipped_by_readers(trained_workdir, copy, caplog):
   _, config, _ = trained_workdir
   (copy / "checkpoints" / "40").rename(copy / "checkpoints" / "60")
-  params, step = train.load_ema_params(config, str(copy), (2,))
+  params, step = trained_model.load_ema_params(config, str(copy), (2,))
   assert step == 20 and sorted(os.listdir(copy / "checkpoints")) == ["20", "60"]
   assert "checkpoint of step 40, not 60" in caplog.text
   assert int(full_restore(config, copy).step) == 20

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hold_jax.configs import toy2d
-from hold_jax import train
+from hold_jax import trained_model
 
 import run_helpers  # tests/run_helpers.py
 
@@ -42,7 +42,7 @@ def test_two_processes_train_resume_and_write_from_process_0_only(tmp_path):
     assert "Resuming from the checkpoint of step 10" in log and "trained to step 20" in log, log[-3000:]
   assert len(glob.glob(str(tmp_path / "events.out.tfevents.*"))) == 2  # one per run, both from process 0
   config = toy2d.get_config("local")
-  params, step = train.load_ema_params(config, str(tmp_path), (2,))  # a 2-process checkpoint, read by one process
+  params, step = trained_model.load_ema_params(config, str(tmp_path), (2,))  # a 2-process checkpoint, read by one process
   assert step == 20 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 

@@ -1,5 +1,5 @@
-"""The package: a wheel with the stock configs, the bundled classifier and the `hold-jax` command, which runs
-from any directory."""
+"""The package: a wheel with the stock configs, the bundled classifier, the pretrained models and the `hold-jax`
+command, which runs from any directory."""
 import glob
 import os
 import subprocess
@@ -30,6 +30,9 @@ def test_wheel_holds_configs_data_license_and_the_command(wheel):
   for config in ("default", "images", "toy2d", "digits", "cifar10", "celebahq256", "mixture_demo"):
     assert f"hold_jax/configs/{config}.py" in names
   assert "hold_jax/metrics/digits_classifier.npz" in names
+  for folder in ("swiss_roll", "digits"):  # the pretrained models (hold_jax/pretrained)
+    files = ("config.json", "model.json", "ema_params.msgpack")
+    assert {f"hold_jax/pretrained/{folder}/{name}" for name in files} <= names
   assert any(n.endswith("licenses/LICENSE") for n in names)
   assert not any(n.startswith(("tests/", "benchmarks/", "configs/")) for n in names)
   assert "hold-jax = hold_jax.main:entry_point" in entry_points

@@ -17,6 +17,7 @@ from hold_jax import quality
 from hold_jax import quality_features
 from hold_jax import quality_files
 from hold_jax import train
+from hold_jax import trained_model
 
 
 def eval_config():
@@ -125,8 +126,8 @@ def test_a_chosen_checkpoint_is_evaluated_instead_of_the_newest(trained, monkeyp
   assert newest["checkpoint_step"] == 4 and chosen["checkpoint_step"] == 2
   assert chosen["run"] != newest["run"] and "_ckpt2_" in chosen["run"]  # its own rounds folder
   assert chosen["summary"]["fd_digits_mean"] != newest["summary"]["fd_digits_mean"]
-  params, step = train.load_ema_params(config, str(workdir), (8, 8, 1), 2)
-  latest, latest_step = train.load_ema_params(config, str(workdir), (8, 8, 1))
+  params, step = trained_model.load_ema_params(config, str(workdir), (8, 8, 1), 2)
+  latest, latest_step = trained_model.load_ema_params(config, str(workdir), (8, 8, 1))
   flat = lambda tree: np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree.leaves(tree)])
   assert (step, latest_step) == (2, 4) and not np.array_equal(flat(params), flat(latest))
 
@@ -136,7 +137,7 @@ def test_a_chosen_checkpoint_is_evaluated_instead_of_the_newest(trained, monkeyp
     asked.append(step)
     raise checkpoints.CheckpointError("stop here")
 
-  monkeypatch.setattr(train, "load_ema_params", load_ema_params)
+  monkeypatch.setattr(trained_model, "load_ema_params", load_ema_params)
   with pytest.raises(checkpoints.CheckpointError, match="stop here"):
     evaluate.evaluate(with_eval(config, checkpoint_step=2, num_examples=4, batch_size=4), str(workdir))
   assert asked == [2]
@@ -174,7 +175,7 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
   workdir, config = trained
   calls = {"reference_statistics": 0, "load_network": 0, "load_ema_params": 0}
   for module, name in ((quality_features, "reference_statistics"), (quality_features, "load_network"),
-                       (train, "load_ema_params")):
+                       (trained_model, "load_ema_params")):
     original = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *args, name=name, original=original:
                         calls.__setitem__(name, calls[name] + 1) or original(*args))

@@ -18,6 +18,7 @@ from benchmarks import read_failures
 from hold_jax import checkpoint_integrity
 from hold_jax import checkpoints
 from hold_jax import train
+from hold_jax import trained_model
 
 from test_fault_tolerance import flat, full_restore, local_config
 
@@ -55,7 +56,7 @@ def test_an_eval_during_an_in_flight_save_leaves_it_intact_and_training_repeats_
       return
     assert started.wait(60), "the save of step 20 never started"
     seen["in flight"] = checkpoints.temporary_directories(epath.Path(workdir) / "checkpoints")
-    seen["params"], seen["step"] = train.load_ema_params(config, str(workdir), (2,))  # what --mode=eval reads
+    seen["params"], seen["step"] = trained_model.load_ema_params(config, str(workdir), (2,))  # what --mode=eval reads
     seen["after"] = checkpoints.temporary_directories(epath.Path(workdir) / "checkpoints")
     release.set()
 
@@ -64,7 +65,7 @@ def test_an_eval_during_an_in_flight_save_leaves_it_intact_and_training_repeats_
   assert seen["step"] == 10  # the newest complete step
   assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "30", "40"]
   np.testing.assert_array_equal(flat(state.params), uninterrupted_params)
-  assert train.load_ema_params(config, str(workdir), (2,), 20)[1] == 20  # the held save completed and verifies
+  assert trained_model.load_ema_params(config, str(workdir), (2,), 20)[1] == 20  # the held save completed and verifies
 
 
 def _save_beside_another_manager(directory, started, release, read_only):
@@ -119,7 +120,7 @@ def test_a_step_removed_by_training_while_it_is_read_is_passed_over(trained_work
     return original(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "restore", restore_after_cleanup)
-  params, step = train.load_ema_params(config, str(copy), (2,))
+  params, step = trained_model.load_ema_params(config, str(copy), (2,))
   assert step == 20 and np.isfinite(flat(params)).all()
   assert not (copy / checkpoints.DAMAGED_DIR).exists()
 
@@ -141,9 +142,9 @@ def test_an_error_that_is_not_damage_names_the_step_and_moves_nothing(trained_wo
   with pytest.raises(checkpoints.CheckpointError, match=expected):
     full_restore(config, copy)  # training
   with pytest.raises(checkpoints.CheckpointError, match=expected):
-    train.load_ema_params(config, str(copy), (2,))  # a reader
+    trained_model.load_ema_params(config, str(copy), (2,))  # a reader
   with pytest.raises(checkpoints.CheckpointError, match=expected):
-    train.load_ema_params(config, str(copy), (2,), 40)  # a chosen step
+    trained_model.load_ema_params(config, str(copy), (2,), 40)  # a chosen step
   assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"] and not (copy / checkpoints.DAMAGED_DIR).exists()
 
 

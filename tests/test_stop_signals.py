@@ -11,7 +11,7 @@ import pytest
 from hold_jax import checkpoint_restore
 from hold_jax import checkpoints
 from hold_jax import preemption
-from hold_jax import train
+from hold_jax import trained_model
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_a_stop_signal_while_a_reader_restores_changes_nothing(trained_workdir, 
   monkeypatch.setattr(checkpoint_restore, "_read_or_failure", signalled)
   preemption.exit_on_signals("the finished evaluation rounds are kept.")
   with pytest.raises(SystemExit) as stopped:
-    train.load_ema_params(config, str(workdir), (2,))
+    trained_model.load_ema_params(config, str(workdir), (2,))
   assert stopped.value.code == 0
   assert capsys.readouterr().out == (f"hold_jax: stopped by {signal.Signals(signum).name}; the finished evaluation "
                                      "rounds are kept.\n")

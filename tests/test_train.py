@@ -15,6 +15,7 @@ from hold_jax.configs import toy2d
 from hold_jax import input_pipeline
 from hold_jax import optimization
 from hold_jax import train
+from hold_jax import trained_model
 from hold_jax.metrics import point_clouds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +109,7 @@ def _model_and_optimizer(config):
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
   return (models.create_model(config.model, (2,)), (2,),
-          train.input_blocks(config.sde.order, config.loss.parametrization), optimizer)
+          trained_model.input_blocks(config.sde.order, config.loss.parametrization), optimizer)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
@@ -142,7 +143,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train.train(config, str(tmp_path))
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
   assert saved and saved[-1] < 20
-  params, step = train.load_ema_params(config, str(tmp_path), (2,))
+  params, step = trained_model.load_ema_params(config, str(tmp_path), (2,))
   assert step == saved[-1]
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
@@ -216,7 +217,7 @@ def test_non_finite_samples_are_reported_not_written(tmp_path, monkeypatch):
   config.sampling.method = "ode_heun"
   samples = np.ones((config.sampling.num_samples, 2), np.float32)
   samples[3] = np.nan
-  monkeypatch.setattr(train, "load_ema_params", lambda config, workdir, shape: (None, 7))
+  monkeypatch.setattr(trained_model, "load_ema_params", lambda config, workdir, shape: (None, 7))
   monkeypatch.setattr(sample, "draw", lambda config, params, shape, return_nfe=False: (samples, 40))
   with pytest.raises(FloatingPointError, match=r"1 of 256 samples are not finite .*nothing was written.*num_steps"):
     sample.sample_to_disk(config, str(tmp_path))

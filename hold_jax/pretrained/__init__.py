@@ -115,12 +115,13 @@ def _build_workdir(source: epath.Path, target: epath.Path, step: int) -> None:
   from hold_jax import run_record  # pylint: disable=g-import-not-at-top
   from hold_jax import sde as sde_lib  # pylint: disable=g-import-not-at-top
   from hold_jax import train  # pylint: disable=g-import-not-at-top
+  from hold_jax import trained_model  # pylint: disable=g-import-not-at-top
 
   config = run_record.load_config(source)
   data_shape = input_pipeline.data_shape(config.data)
   model = models.create_model(config.model, data_shape)
   optimizer = optimization.make_optimizer(config.optim, config.training.num_steps)
-  blocks = train.input_blocks(sde_lib.from_config(config.sde).order, config.loss.parametrization)
+  blocks = trained_model.input_blocks(sde_lib.from_config(config.sde).order, config.loss.parametrization)
   fresh = train.init_state(model, data_shape, blocks, optimizer, config.seed)
   params = serialization.from_bytes(fresh.ema_params, (source / PARAMS_FILE).read_bytes())
   state = fresh.replace(step=jax.numpy.asarray(step, jax.numpy.int32), params=params,

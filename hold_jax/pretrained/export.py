@@ -23,7 +23,7 @@ from etils import epath
 from hold_jax import input_pipeline
 from hold_jax import pretrained
 from hold_jax import run_record
-from hold_jax import train
+from hold_jax import trained_model
 
 
 def export(workdir: str, config_name: str, folder: str, made: str, settings: dict[str, str] | None = None
@@ -48,7 +48,7 @@ def export(workdir: str, config_name: str, folder: str, made: str, settings: dic
   if differences:
     raise SystemExit(f"{workdir} was not trained with configs/{config_name}.py: " + "; ".join(
         f"{field} = {trained!r} there, {given!r} here" for field, trained, given in differences))
-  params, step = train.load_ema_params(config, workdir, input_pipeline.data_shape(config.data))
+  params, step = trained_model.load_ema_params(config, workdir, input_pipeline.data_shape(config.data))
   target = pretrained.FOLDER / folder
   target.mkdir(parents=True, exist_ok=True)
   blob = serialization.to_bytes(params)
