@@ -1,7 +1,7 @@
 """Looking at a workdir (local or gs://) from a notebook: its training curves and its quality-versus-NFE tables.
 
-notebooks/evaluate.ipynb is built on these and on the jobs' own functions (run_record.load_config,
-trained_model.load_ema_params, sample.draw, quality.evaluate_quality), so the notebook holds no logic of its own.
+notebooks/evaluate.ipynb is built on these and on the Python API (hold_jax/api.py), which calls the jobs' own
+functions, so the notebook holds no logic of its own.
 """
 from __future__ import annotations
 
