@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # The sampler alone on a Gaussian ring with its exact score: no training, under a minute.
 exact-demo: $(STAMP)
-	$(VENV)/bin/python -m hold_jax.demo --config configs/mixture_demo.py --workdir runs/exact_demo
+	$(VENV)/bin/python -m hold_jax.cli.demo --config configs/mixture_demo.py --workdir runs/exact_demo
 
 # Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot.
 test: $(STAMP)

@@ -24,16 +24,16 @@ from etils import epath  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from hold_jax import checkpoint_integrity  # noqa: E402
-from hold_jax import checkpoint_restore  # noqa: E402
-from hold_jax import checkpoints  # noqa: E402
-from hold_jax import input_pipeline  # noqa: E402
 from hold_jax import models  # noqa: E402
 from hold_jax import multihost  # noqa: E402
-from hold_jax import sde as sde_lib  # noqa: E402
-from hold_jax import optimization  # noqa: E402
-from hold_jax import train  # noqa: E402
-from hold_jax import trained_model  # noqa: E402
+from hold_jax.data import input_pipeline  # noqa: E402
+from hold_jax.process import sde as sde_lib  # noqa: E402
+from hold_jax.training import optimization  # noqa: E402
+from hold_jax.training import train  # noqa: E402
+from hold_jax.workdir import checkpoint_integrity  # noqa: E402
+from hold_jax.workdir import checkpoint_restore  # noqa: E402
+from hold_jax.workdir import checkpoints  # noqa: E402
+from hold_jax.workdir import trained_model  # noqa: E402
 
 
 def measure(config_name: str, rounds: int) -> dict:

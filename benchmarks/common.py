@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from hold_jax import sde
+from hold_jax.process import sde
 
 
 def load_config(name):

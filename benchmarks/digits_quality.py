@@ -5,7 +5,7 @@ IS of trained digits workdirs, for several samplers at several NFE, with the rea
       [--processes vp cld hold]
 
 Each workdir (trained with configs/digits.py, any order) is evaluated as `--mode=eval` does with
-eval.sampler_sweep = the entries (hold_jax/quality.py): the same rounds and reports in W/eval, so a rerun
+eval.sampler_sweep = the entries (hold_jax/evaluation/image_quality.py): the same rounds and reports in W/eval, so a rerun
 reads what is already there. The process of each row is read from the workdir's config.json, or for a denoiser
 workdir taken from --processes (common.STOCK_PROCESSES): one network sampled with each.
 """
@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
-from hold_jax import quality  # noqa: E402
-from hold_jax import run_record  # noqa: E402
+from hold_jax.evaluation import image_quality  # noqa: E402
+from hold_jax.workdir import run_record  # noqa: E402
 
 DEFAULT_SWEEP = tuple(f"{method}:quadratic:{steps}" for method in ("lie_trotter", "euler_maruyama", "ddim")
                       for steps in (20, 50, 100, 200)) + tuple(f"ode_heun:quadratic:{steps}"
@@ -49,7 +49,7 @@ def evaluate_workdir(workdir: str, sweep, num_samples: int, batch_size: int, pro
   config.eval.num_repeats = num_repeats  # sampling seeds seed, seed + 1, ...: each row reports their mean and min
   config.eval.sampler_sweep = tuple(sweep)
   config.sampling.batch_size = batch_size  # sample k depends on (seed, k) only: any batch size gives the same
-  with open(quality.evaluate_quality(config, workdir)) as file:
+  with open(image_quality.evaluate_quality(config, workdir)) as file:
     table = json.load(file)
   with open(os.path.join(workdir, "eval", table["rows"][0]["report"])) as file:
     baselines = json.load(file)["baselines"]

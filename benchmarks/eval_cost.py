@@ -5,9 +5,9 @@
 1. Throughput of the FID Inception port on 32x32 uint8 inputs (resized to 299 inside), per batch size:
    images/s, median of rounds after a compile. Seeded random weights (the published file is not needed for a
    speed measurement: the computation is the same).
-2. A whole `--mode=eval` quality evaluation (hold_jax.quality.evaluate_quality) of the digits workdir W (by
+2. A whole `--mode=eval` quality evaluation (hold_jax.evaluation.image_quality.evaluate_quality) of the digits workdir W (by
    default a 20-step digits:local run trained here), timed from outside: the seconds inside the sampler
-   (generation.generate, compiles included), inside the feature network (samples, reference images and
+   (data_parallel.generate, compiles included), inside the feature network (samples, reference images and
    baselines), and the rest (loading the checkpoint, metrics, round files, bookkeeping), each as a fraction of
    the evaluation's wall time. Twice per feature network: cold (reference statistics computed) and warm (read
    from the cache; fresh round files). Target: the rest under 5% of the evaluation.
@@ -29,12 +29,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from hold_jax import generation  # noqa: E402
-from hold_jax import quality  # noqa: E402
-from hold_jax import quality_features  # noqa: E402
-from hold_jax import run_record  # noqa: E402
-from hold_jax import train  # noqa: E402
-from hold_jax.metrics import inception  # noqa: E402
+from hold_jax.evaluation import image_features  # noqa: E402
+from hold_jax.evaluation import image_quality  # noqa: E402
+from hold_jax.evaluation.feature_networks import inception  # noqa: E402
+from hold_jax.sampling import data_parallel  # noqa: E402
+from hold_jax.training import train  # noqa: E402
+from hold_jax.workdir import run_record  # noqa: E402
 
 
 def random_weights_file(folder: str) -> tuple[str, str]:
@@ -67,11 +67,11 @@ def inception_throughput(weights: str, sha256: str, batch_sizes, rounds: int) ->
 
 
 class Timers:
-  """Seconds spent inside generation.generate and inside feature networks, installed by wrapping both."""
+  """Seconds spent inside data_parallel.generate and inside feature networks, installed by wrapping both."""
 
   def __init__(self):
     self.sampler = self.features = 0.0
-    self._generate, self._load_network = generation.generate, quality_features.load_network
+    self._generate, self._load_network = data_parallel.generate, image_features.load_network
 
   def install(self):
     def generate(*args, **kwargs):
@@ -93,10 +93,10 @@ class Timers:
 
       return dataclasses.replace(network, features=features)
 
-    generation.generate, quality_features.load_network = generate, load_network
+    data_parallel.generate, image_features.load_network = generate, load_network
 
   def remove(self):
-    generation.generate, quality_features.load_network = self._generate, self._load_network
+    data_parallel.generate, image_features.load_network = self._generate, self._load_network
 
 
 def timed_evaluation(config, workdir: str) -> dict:
@@ -105,7 +105,7 @@ def timed_evaluation(config, workdir: str) -> dict:
   timers.install()
   try:
     started = time.perf_counter()
-    quality.evaluate_quality(config, workdir)
+    image_quality.evaluate_quality(config, workdir)
     total = time.perf_counter() - started
   finally:
     timers.remove()

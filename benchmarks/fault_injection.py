@@ -76,9 +76,9 @@ def steps(workdir):
 
 def final_params(config_name, workdir):
   """(step, flat EMA parameters) of the newest checkpoint, read as sampling reads it."""
-  from hold_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from hold_jax import run_record  # pylint: disable=g-import-not-at-top
-  from hold_jax import trained_model  # pylint: disable=g-import-not-at-top
+  from hold_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import run_record  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import trained_model  # pylint: disable=g-import-not-at-top
   from etils import epath  # pylint: disable=g-import-not-at-top
   config = run_record.for_inference(epath.Path(workdir), common.load_config(config_name), {})
   params, step = trained_model.load_ema_params(config, str(workdir), input_pipeline.data_shape(config.data))

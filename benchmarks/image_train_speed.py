@@ -22,8 +22,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from hold_jax import input_pipeline, models, multihost, optimization, sde as sde_lib  # noqa: E402
-from hold_jax import train, trained_model  # noqa: E402
+from hold_jax import models, multihost  # noqa: E402
+from hold_jax.data import input_pipeline  # noqa: E402
+from hold_jax.process import sde as sde_lib  # noqa: E402
+from hold_jax.training import optimization  # noqa: E402
+from hold_jax.training import train  # noqa: E402
+from hold_jax.workdir import trained_model  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hold_jax.configs import default  # noqa: E402
-from hold_jax import perturbation_kernel  # noqa: E402
-from hold_jax import sde as sde_lib  # noqa: E402
+from hold_jax.process import perturbation_kernel  # noqa: E402
+from hold_jax.process import sde as sde_lib  # noqa: E402
 
 KL_TARGET = 1e-5
 DATA_POINT = 3.0

@@ -24,7 +24,7 @@ def _wrapped(status: str) -> Exception:
 
 
 def _errors():
-  from hold_jax import checkpoint_integrity as integrity  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import checkpoint_integrity as integrity  # pylint: disable=g-import-not-at-top
   return {
       "host out of memory": (MemoryError, integrity.OUT_OF_MEMORY),
       "device out of memory": (lambda: ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "

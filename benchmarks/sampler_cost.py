@@ -29,7 +29,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hold_jax import flow_schedule, input_pipeline, models, sampling, sde as sde_lib, trained_model  # noqa: E402
+from hold_jax import models  # noqa: E402
+from hold_jax.data import input_pipeline  # noqa: E402
+from hold_jax.process import sde as sde_lib  # noqa: E402
+from hold_jax.sampling import flow_schedule, samplers  # noqa: E402
+from hold_jax.workdir import trained_model  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -47,9 +51,9 @@ def build_sampler(sde, score_fn, shape, method, num_steps, grid):
   """(jitted sampler(params, rng, ids) -> x, its NFE) for one fixed-step method, without denoising."""
   @jax.jit
   def sampler(params, rng, ids):
-    return sampling.sample(sde, score_fn, params, rng, ids, shape, num_steps, method, grid=grid, denoise=False)
+    return samplers.sample(sde, score_fn, params, rng, ids, shape, num_steps, method, grid=grid, denoise=False)
 
-  return sampler, sampling.network_evaluations(method, num_steps, sde.order, denoise=False)
+  return sampler, samplers.network_evaluations(method, num_steps, sde.order, denoise=False)
 
 
 def compile_seconds(build, *args, repeats=2):
@@ -91,9 +95,9 @@ def network_scan(score_fn, num_evaluations):
 
 
 def schedule_build_seconds(sde, num_steps, grid):
-  """(first, second) wall time of gddim's float64 schedule (hold_jax/flow_schedule.py) for num_steps steps at
+  """(first, second) wall time of gddim's float64 schedule (hold_jax/sampling/flow_schedule.py) for num_steps steps at
   the default multistep order and time variable: the first includes compiling the kernel for its shapes."""
-  times = np.asarray(sampling.time_grid(sde, num_steps, grid), np.float64)
+  times = np.asarray(samplers.time_grid(sde, num_steps, grid), np.float64)
   seconds = []
   for _ in range(2):
     start = time.perf_counter()
@@ -110,21 +114,21 @@ def measure(config_name, methods, num_steps, grid, rounds, seconds, compile_step
   t = jnp.full((batch,), 0.3)
   network = jax.jit(score_fn).lower(params, u, t).compile()
   chained = network_scan(score_fn, num_steps).lower(params, u, t).compile()
-  samplers = {}
+  compiled = {}
   for method in methods:
     sampler, nfe = build_sampler(sde, score_fn, shape, method, num_steps, grid)
-    samplers[method] = (sampler.lower(params, rng, ids).compile(), nfe)
+    compiled[method] = (sampler.lower(params, rng, ids).compile(), nfe)
   network_times, chained_times, sampler_times = [], [], {method: [] for method in methods}
   for _ in range(rounds):
     network_times.append(mean_seconds(network, (params, u, t), seconds))
     chained_times.append(mean_seconds(chained, (params, u, t), seconds))
     for method in methods:
-      sampler_times[method].append(mean_seconds(samplers[method][0], (params, rng, ids), seconds))
+      sampler_times[method].append(mean_seconds(compiled[method][0], (params, rng, ids), seconds))
   network_s = float(np.median(network_times))
   chained_s = float(np.median(chained_times)) / num_steps  # per evaluation, inside a scan
   rows = []
   for method in methods:
-    sampler_s, nfe = float(np.median(sampler_times[method])), samplers[method][1]
+    sampler_s, nfe = float(np.median(sampler_times[method])), compiled[method][1]
     compiles = {n: compile_seconds(lambda n=n: build_sampler(sde, score_fn, shape, method, n, grid)[0], params,
                                    rng, ids, repeats=compile_repeats)
                 for n in compile_steps}
@@ -143,7 +147,7 @@ def measure(config_name, methods, num_steps, grid, rounds, seconds, compile_step
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", nargs="+", default=["toy2d", "digits"])
-  parser.add_argument("--methods", nargs="+", default=list(sampling.FIXED_STEP_METHODS))
+  parser.add_argument("--methods", nargs="+", default=list(samplers.FIXED_STEP_METHODS))
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--grid", default="quadratic")
   parser.add_argument("--rounds", type=int, default=3)

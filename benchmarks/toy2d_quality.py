@@ -21,7 +21,7 @@ ODE, 1: the reverse SDE); with --sampling_seeds every row is drawn with each see
 mean within 0.01 and SW1 (each seed's in the JSON).
 
 With --processes, each denoiser workdir (loss.parametrization = 'denoiser') is sampled with each of those
-processes (hold_jax/sde.py STOCK_PROCESSES): one network, every order (docs/denoiser.md); rows name it
+processes (hold_jax/process/sde.py STOCK_PROCESSES): one network, every order (docs/denoiser.md); rows name it
 W@process.
 """
 import argparse
@@ -35,8 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from hold_jax import evaluate as evaluate_lib, input_pipeline, run_record, sample, trained_model  # noqa: E402
-from hold_jax.metrics import point_clouds  # noqa: E402
+from hold_jax.data import input_pipeline  # noqa: E402
+from hold_jax.evaluation import nll_rounds as evaluate_lib  # noqa: E402
+from hold_jax.evaluation import point_clouds  # noqa: E402
+from hold_jax.sampling import sample_job  # noqa: E402
+from hold_jax.workdir import run_record, trained_model  # noqa: E402
 
 import common  # noqa: E402  (benchmarks/common.py)
 
@@ -56,7 +59,7 @@ def ema_params(workdir):
 
 
 def steps_for_budget(method, nfe, order):
-  """The most steps whose network evaluations (sampling.network_evaluations, denoising on) fit in nfe."""
+  """The most steps whose network evaluations (samplers.network_evaluations, denoising on) fit in nfe."""
   per_step = 2 if method == "ode_heun" else 1
   return max(1, (nfe - int(order == 1)) // per_step)
 
@@ -89,7 +92,7 @@ def _evaluate_seed(workdir, method, grid, nfe, tolerance, num_samples, seed, **s
   config.sampling.num_samples = config.sampling.batch_size = num_samples
   params, step = ema_params(workdir.partition("@")[0])
   start = time.perf_counter()
-  samples, used_nfe = sample.draw(config, params, (2,), return_nfe=True)
+  samples, used_nfe = sample_job.draw(config, params, (2,), return_nfe=True)
   seconds = time.perf_counter() - start
   data = input_pipeline.multimodal_swiss_roll(np.random.default_rng(12345), num_samples)
   finite = np.isfinite(samples).all(axis=1)

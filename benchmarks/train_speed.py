@@ -20,9 +20,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
+from hold_jax import models, multihost  # noqa: E402
 from hold_jax.configs import toy2d  # noqa: E402
-from hold_jax import input_pipeline, losses, models, multihost, optimization, sde as sde_lib  # noqa: E402
-from hold_jax import train, trained_model  # noqa: E402
+from hold_jax.data import input_pipeline  # noqa: E402
+from hold_jax.process import sde as sde_lib  # noqa: E402
+from hold_jax.training import losses, optimization  # noqa: E402
+from hold_jax.training import train  # noqa: E402
+from hold_jax.workdir import trained_model  # noqa: E402
 
 CLD_SGM_MS = 3.7
 

@@ -12,7 +12,7 @@
 A model is what a workdir decides (its config.json: the process, the network, the data) and a checkpoint's EMA
 parameters; the keywords of each call are the config's sampling or eval fields, checked as the command line
 checks them. Every call goes through the functions the command line runs (run_record.for_inference,
-trained_model.load_ema_params, sample.make_drawer, evaluate.make_batch_bound, evaluation.run), so the same settings
+trained_model.load_ema_params, sample_job.make_drawer, nll_rounds.make_batch_bound, eval_job.run), so the same settings
 give the same samples and numbers here and with `hold-jax --mode=sample` / `--mode=eval`.
 
 A denoiser (loss.parametrization = 'denoiser') samples with any process: `process='vp' | 'cld' | 'hold'`
@@ -30,21 +30,21 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hold_jax import config_checks
-from hold_jax import evaluate
-from hold_jax import evaluation
 from hold_jax import field_checks
-from hold_jax import image_data
-from hold_jax import image_sources
-from hold_jax import input_pipeline
-from hold_jax import likelihood
 from hold_jax import multihost
 from hold_jax import plots
 from hold_jax import pretrained
-from hold_jax import run_record
-from hold_jax import sample as sample_lib
-from hold_jax import sde as sde_lib
-from hold_jax import trained_model
+from hold_jax.cli import config_checks
+from hold_jax.data import image_data
+from hold_jax.data import image_sources
+from hold_jax.data import input_pipeline
+from hold_jax.evaluation import eval_job
+from hold_jax.evaluation import likelihood
+from hold_jax.evaluation import nll_rounds
+from hold_jax.process import sde as sde_lib
+from hold_jax.sampling import sample_job as sample_lib
+from hold_jax.workdir import run_record
+from hold_jax.workdir import trained_model
 
 to_pixels = image_data.to_pixels  # model-space images -> uint8 (for image files and viewers)
 
@@ -56,8 +56,8 @@ def pretrained_models() -> dict[str, dict[str, Any]]:
 
 def summary(reports: list[dict[str, Any]]) -> str:
   """The reports of Model.evaluate as the command line prints them: each metric to 3-4 significant digits
-  beside its baselines, then the report's path (evaluation.summary)."""
-  return evaluation.summary([report["path"] for report in reports])
+  beside its baselines, then the report's path (eval_job.summary)."""
+  return eval_job.summary([report["path"] for report in reports])
 
 
 def with_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -148,20 +148,20 @@ class Model:
     """
     config = self.configured(eval=eval_settings)
     values, num_levels = self._examples(data)
-    examples = evaluate.Examples(values, np.arange(len(values)), len(values), num_levels, "given data")
+    examples = nll_rounds.Examples(values, np.arange(len(values)), len(values), num_levels, "given data")
     settings = likelihood.settings_from_config(config.eval, self.data_shape)
-    bound = evaluate.make_batch_bound(config, self.data_shape, settings)
+    bound = nll_rounds.make_batch_bound(config, self.data_shape, settings)
     mesh = multihost.make_mesh(jax.local_devices())
     batch_size = -(-min(int(config.eval.batch_size), len(values)) // mesh.size) * mesh.size
     params = jax.device_put(jax.device_get(self.params), NamedSharding(mesh, PartitionSpec()))
-    results = evaluate.bound_examples(bound, params, examples, np.arange(len(values)), batch_size,
+    results = nll_rounds.bound_examples(bound, params, examples, np.arange(len(values)), batch_size,
                                       int(config.eval.seed), mesh)
     failed = (results["solved"] == 0) | ~np.isfinite(results["nll_bound"])
     if failed.any():
       raise FloatingPointError(f"{failed.sum()} of {len(values)} examples have no finite bound (the first is example "
                                f"{int(np.argmax(failed))}): raise max_steps, loosen ode_rtol / ode_atol, or raise "
                                "sde.eps.")
-    return {**evaluate.summarize(results["nll_bound"], int(np.prod(self.data_shape)), num_levels),
+    return {**nll_rounds.summarize(results["nll_bound"], int(np.prod(self.data_shape)), num_levels),
             "nll_bound_nats_per_example": results["nll_bound"], "nfe": results["nfe"]}
 
   def _examples(self, data) -> tuple[np.ndarray, int | None]:
@@ -182,12 +182,12 @@ class Model:
   def evaluate(self, **eval_settings: Any) -> list[dict[str, Any]]:
     """Runs `--mode=eval` on this model with config.eval's fields replaced (metrics, num_samples, num_repeats,
     sampler_sweep, num_examples...) and returns its reports (each with its 'path'): they are written into
-    workdir/eval, resumable, and named by their settings as the job's are (hold_jax/evaluation.py)."""
+    workdir/eval, resumable, and named by their settings as the job's are (hold_jax/evaluation/eval_job.py)."""
     config = self.configured(eval=eval_settings)
     if config.eval.get("checkpoint_step", -1) == -1:
       config.eval.checkpoint_step = self.step  # the step this model holds, even if training saved a newer one
     return [{**json.loads(epath.Path(path).read_text()), "path": path}
-            for path in evaluation.run(config, self.workdir)]
+            for path in eval_job.run(config, self.workdir)]
 
 
 def load(source: str, *, step: int | None = None, process: str | None = None,

@@ -1,26 +1,28 @@
 """`python -m hold_jax.fid A B --inception_weights FILE`: FID (and KID, IS where the inputs allow) of two image
-sets, printed as one JSON line.
+sets, printed as one JSON line; with `--feature_network=digits`, the same metrics on the bundled digits
+classifier's features (fd_digits and the like of `--mode=eval`, for grey digit images; no weights file).
 
 A and B are each one of:
 - an `.npz` with uint8 `pixels` (N, H, W, C), C = 1 or 3: what `--mode=sample` writes;
 - a folder of PNG files (8-bit grey or RGB, all of one size), read in name order;
 - a statistics `.npz` with `mu` (D,) and `sigma` (D, D), optionally `features` (M, D) and metadata (ours from
-  hold_jax.metrics.reference_stats, or pytorch-fid's / EDM's / TTUR's).
+  hold_jax.evaluation.reference_stats, or pytorch-fid's / EDM's / TTUR's).
 
-Images go through the Inception network in batches of --batch_size (the last one padded to the same shape, so
-a jitted network compiles once; padded rows are dropped), grey images as three equal channels. pool3 features
-are accumulated in float64 on the host (statistics.FeatureStats) and kept as float32 for KID; the logits of A
-are kept for IS. Output keys:
-- fid; n_a, n_b (images or the statistics' recorded count; null when unknown); weights_sha256, resize;
+Images go through the feature network as `--mode=eval` sends a sample's (hold_jax/evaluation/image_features.py:
+batches of --batch_size, the last one padded to the same shape so a jitted network compiles once, padded rows
+dropped; the Inception network takes grey images as three equal channels). Features are kept as float32 for KID
+and their moments taken in float64 (statistics.FeatureStats); the logits of A are kept for IS. Output keys:
+- fid; n_a, n_b (images or the statistics' recorded count; null when unknown); weights_sha256, resize
+  (with --feature_network=digits the metrics are named as `--mode=eval` names them: fd_digits, kid_digits, ...);
 - kid, kid_std, kid_subset_size, kid_subsets: when both sides have features (images, or statistics with
   `features`); torch-fidelity's estimator and defaults (statistics.kid);
 - is, is_std, is_splits, is_logits: when A is images; 10 contiguous splits (statistics.inception_score), from
-  the network's 'logits_unbiased' when it has them (the standard IS), else 'logits' (is_logits says which).
+  the Inception network's 'logits_unbiased' (the standard IS; is_logits names the output used).
 
 Statistics that record another network (weights SHA-256) or resize than the one used here are refused
 (reference_stats.check_compatible). Bad input ends with one line on stderr and exit status 1 (2 for a bad
-command line), no traceback. main(argv, network=...) takes any object with apply(uint8 (B, H, W, C)) ->
-{'pool3': (B, D), 'logits': (B, K), ...}, weights_sha256 and resize, so tests need no Inception weights.
+command line), no traceback. main(argv, network=...) takes an image_features.Network in place of the one the
+flags name, so tests need no Inception weights.
 """
 from __future__ import annotations
 
@@ -28,19 +30,21 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 from absl import logging
 from etils import epath
 
-from hold_jax.metrics import reference_stats
-from hold_jax.metrics import npz_files
-from hold_jax.metrics import statistics
+from hold_jax.data import npz_files
+from hold_jax.evaluation import reference_stats
+from hold_jax.evaluation import statistics
+
+if TYPE_CHECKING:  # imported where used: JAX loads only after the command line and inputs are checked
+  from hold_jax.evaluation import image_features
 
 RESIZE_MODES = ("tf1", "half_pixel")
-FEATURES_KEY = "pool3"
-LOGITS_KEYS = ("logits_unbiased", "logits")  # IS prefers the bias-free logits (statistics.inception_score)
+FEATURE_NETWORKS = ("inception", "digits")  # image_features.FEATURE_NETWORKS, known before JAX is imported
 
 
 class UsageError(ValueError):
@@ -140,49 +144,34 @@ def open_input(path: str) -> Input:
 # Features.
 
 
-def padded_batches(images, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-  """(batch (B, H, W, 3) uint8, count): every batch has B = min(batch_size, N) rows, the last one padded with
-  copies of its last image after its `count` real ones (multihost.pad_to_multiple); grey images repeated to
-  three channels."""
-  from hold_jax import multihost  # pylint: disable=g-import-not-at-top  (JAX; the command's errors come first)
-  size = min(batch_size, len(images))
-  for batch in images.batches(size):
-    count = batch.shape[0]
-    if batch.shape[-1] == 1:
-      batch = np.repeat(batch, 3, axis=-1)
-    yield multihost.pad_to_multiple(batch, size), count
+def extract(network: image_features.Network, images, batch_size: int) -> dict[str, Any]:
+  """{'stats': FeatureStats, 'features': (N, D) float32, 'logits': (N, K) float32} of the images, computed as
+  `--mode=eval` computes a sample's (image_features.FeatureStream: batches of one size, the last one padded
+  with copies of its last image and cut back; grey images as the network takes them)."""
+  from hold_jax.evaluation import image_features  # pylint: disable=g-import-not-at-top  (JAX: errors come first)
+  stream = image_features.FeatureStream(network, min(batch_size, len(images)))
+  for batch in images.batches(batch_size):
+    stream.add(batch)
+  features, logits = stream.finish()
+  stats = statistics.FeatureStats(features.shape[1])
+  stats.add(features)
+  return {"stats": stats, "features": features, "logits": logits}
 
 
-def extract(network, images, batch_size: int, keep_logits: bool) -> dict[str, Any]:
-  """{'stats': FeatureStats of pool3, 'features': (N, D) float32, 'logits': (N, K) float32 or None,
-  'logits_key': str or None} of the images, batch by batch."""
-  stats, features, logits, logits_key = statistics.FeatureStats(), [], [], None
-  for batch, count in padded_batches(images, batch_size):
-    outputs = network.apply(batch)
-    pool3 = np.asarray(outputs[FEATURES_KEY], np.float32)[:count]
-    stats.add(pool3)
-    features.append(pool3)
-    if keep_logits:
-      logits_key = next((key for key in LOGITS_KEYS if key in outputs), None)
-      if logits_key is not None:
-        logits.append(np.asarray(outputs[logits_key], np.float32)[:count])
-  return {"stats": stats, "features": np.concatenate(features), "logits": np.concatenate(logits) if logits else None,
-          "logits_key": logits_key}
-
-
-def side(network, given: Input, batch_size: int, keep_logits: bool) -> dict[str, Any]:
+def side(network: image_features.Network, given: Input, batch_size: int, keep_logits: bool) -> dict[str, Any]:
   """{'mu', 'sigma', 'features' (or None), 'n' (or None), 'logits' (or None), 'logits_key'} of one input."""
   if given.reference is not None:
     return {**given.reference, "logits": None, "logits_key": None}
-  out = extract(network, given.images, batch_size, keep_logits)
+  out = extract(network, given.images, batch_size)
   if out["stats"].n < 2:
     raise ValueError(f"{given.path} has {out['stats'].n} image; FID needs at least 2 (and tens of thousands for "
                      "numbers comparable with papers).")
   return {"mu": out["stats"].mean(), "sigma": out["stats"].covariance(), "features": out["features"],
-          "n": out["stats"].n, "logits": out["logits"], "logits_key": out["logits_key"]}
+          "n": out["stats"].n, "logits": out["logits"] if keep_logits else None,
+          "logits_key": network.logits_key if keep_logits else None}
 
 
-def compare(network, a: Input, b: Input, batch_size: int = 100,
+def compare(network: image_features.Network, a: Input, b: Input, batch_size: int = 100,
             kid_subset_size: int = statistics.KID_SUBSET_SIZE) -> dict[str, Any]:
   """The metrics of A against B as one flat dict (the CLI's JSON line)."""
   sha, resize = network.weights_sha256, network.resize
@@ -197,16 +186,19 @@ def compare(network, a: Input, b: Input, batch_size: int = 100,
     if got["n"] is not None and got["n"] < got["mu"].shape[0]:
       logging.warning("%s: %d images for %d-dim features: the covariance is singular and FID strongly biased; "
                       "compare FIDs only at equal sample sizes.", given.path, got["n"], got["mu"].shape[0])
-  result = {"fid": statistics.frechet_distance(first["mu"], first["sigma"], second["mu"], second["sigma"])}
+  name = network.metric_name  # 'fid' on Inception, 'fd_digits' on the digits classifier, as --mode=eval
+  result = {name("fid"): statistics.frechet_distance(first["mu"], first["sigma"], second["mu"], second["sigma"])}
   if first["features"] is not None and second["features"] is not None:
     n_a, n_b = len(first["features"]), len(second["features"])
     if min(n_a, n_b, kid_subset_size) >= 2:
       mean, std = statistics.kid(first["features"], second["features"], subset_size=kid_subset_size)
-      result.update(kid=mean, kid_std=std, kid_subset_size=statistics.kid_subset_size(n_a, n_b, kid_subset_size),
-                    kid_subsets=statistics.KID_SUBSETS)
+      result.update({name("kid"): mean, name("kid") + "_std": std,
+                     "kid_subset_size": statistics.kid_subset_size(n_a, n_b, kid_subset_size),
+                     "kid_subsets": statistics.KID_SUBSETS})
   if first["logits"] is not None and len(first["logits"]) >= statistics.IS_SPLITS:
     mean, std = statistics.inception_score(first["logits"])
-    result.update({"is": mean, "is_std": std, "is_splits": statistics.IS_SPLITS, "is_logits": first["logits_key"]})
+    result.update({name("is"): mean, name("is") + "_std": std, "is_splits": statistics.IS_SPLITS,
+                   "is_logits": first["logits_key"]})
   elif first["logits"] is not None:
     logging.warning("IS skipped: %d images of A, fewer than its %d splits.", len(first["logits"]), statistics.IS_SPLITS)
   result.update(n_a=first["n"], n_b=second["n"], weights_sha256=sha, resize=resize)
@@ -228,6 +220,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = _Parser(prog="python -m hold_jax.fid", description=__doc__.split("\n\n", 1)[0])
   parser.add_argument("a", help="images (.npz with uint8 pixels, or a PNG folder): the samples")
   parser.add_argument("b", help="images or a statistics .npz (mu, sigma[, features]): the reference")
+  parser.add_argument("--feature_network", default="inception", choices=FEATURE_NETWORKS,
+                      help="inception (FID, KID, IS as papers report them) or digits (the bundled classifier of "
+                      "8x8 digits: fd_digits and the like, for grey digit images)")
   parser.add_argument("--inception_weights", help="the FID Inception weights file (e.g. pt_inception-2015-12-05-"
                       "6726825d.pth)")
   parser.add_argument("--inception_sha256", default=None, help="expected SHA-256 of the weights file (hex)")
@@ -244,14 +239,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-def load_network(weights: str | None, sha256: str | None, resize: str):
-  """hold_jax.metrics.inception.load_inception(weights, sha256, resize), imported only here."""
-  if weights is None:
-    raise UsageError("--inception_weights FILE is required: the FID Inception network's weights file.")
-  if not epath.Path(weights).exists():
-    raise ValueError(f"The Inception weights file {weights} does not exist (--inception_weights).")
-  from hold_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-  return inception.load_inception(weights, expected_sha256=sha256, resize=resize)
+def load_network(args: argparse.Namespace) -> image_features.Network:
+  """The feature network of --feature_network: the FID Inception (--inception_weights, --resize) or the bundled
+  digits classifier, loaded as `--mode=eval` loads them (hold_jax/evaluation/image_features.py)."""
+  from hold_jax.evaluation import image_features  # pylint: disable=g-import-not-at-top  (JAX: errors come first)
+  if args.feature_network == "digits":
+    return image_features.load_digits()
+  if args.inception_weights is None:
+    raise UsageError("--inception_weights FILE is required: the FID Inception network's weights file "
+                     "(or --feature_network=digits for the bundled digits classifier).")
+  return image_features.load_inception(args.inception_weights, args.inception_sha256, args.resize,
+                                       field="--inception_weights", flag="--inception_weights")
 
 
 def main(argv: list[str] | None = None, network=None) -> int:
@@ -260,7 +258,7 @@ def main(argv: list[str] | None = None, network=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     a, b = open_input(args.a), open_input(args.b)  # every input checked before any network work
     if network is None:
-      network = load_network(args.inception_weights, args.inception_sha256, args.resize)
+      network = load_network(args)
     print(json.dumps(compare(network, a, b, args.batch_size, args.kid_subset_size)), flush=True)
     return 0
   except (ValueError, OSError, ImportError) as error:

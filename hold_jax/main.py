@@ -11,11 +11,11 @@ import signal
 import sys
 from typing import NoReturn
 
-from hold_jax import cli
-from hold_jax import command_flags
-from hold_jax import command_help
 from hold_jax import console
-from hold_jax import preemption
+from hold_jax.cli import command_errors
+from hold_jax.cli import command_flags
+from hold_jax.cli import command_help
+from hold_jax.training import preemption
 
 
 def _stopped_while_starting(signum, frame) -> None:
@@ -32,7 +32,7 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "hold-jax":  # the
   for _signal in preemption.SIGNALS:
     signal.signal(_signal, _stopped_while_starting)
   command_help.print_help_and_exit(sys.argv)  # at once, before the imports below
-  cli.parse_flags(sys.argv, command_flags.scratch(), before_imports=True)  # a bad command line: one line, too
+  command_errors.parse_flags(sys.argv, command_flags.scratch(), before_imports=True)  # a bad command line: one line, too
 
 with console.native_stderr_captured() as _IMPORT_NOTICES:
   importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
@@ -43,15 +43,15 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from hold_jax import checkpoints
-from hold_jax import config_checks
-from hold_jax import evaluation
-from hold_jax import image_sources
-from hold_jax import input_pipeline
-from hold_jax import run_record
-from hold_jax import sample
-from hold_jax import train
-from hold_jax import trained_model
+from hold_jax.cli import config_checks
+from hold_jax.data import image_sources
+from hold_jax.data import input_pipeline
+from hold_jax.evaluation import eval_job
+from hold_jax.sampling import sample_job
+from hold_jax.training import train
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import run_record
+from hold_jax.workdir import trained_model
 
 _CONFIG = command_flags.CONFIG
 _WORKDIR = command_flags.WORKDIR
@@ -74,9 +74,9 @@ def initialize_distributed(config) -> None:
 def run(config, workdir: str, mode: str, overrides: dict) -> str:
   """Runs the job and returns what to print: for eval, each report's results (every metric to a few
   significant digits beside its baselines, the NLL bound in one unit) and then its path
-  (evaluation.summary); for sample, the samples' path; for train, where the run stopped."""
+  (eval_job.summary); for sample, the samples' path; for train, where the run stopped."""
   if mode == "train":
-    grids = sample.grid_callback(config, workdir, input_pipeline.data_shape(config.data))
+    grids = sample_job.grid_callback(config, workdir, input_pipeline.data_shape(config.data))
     state = train.train(config, workdir, callbacks=[grids] if grids else [])
     if int(state.step) < config.training.num_steps:
       return (f"stopped at step {int(state.step)} of {config.training.num_steps} (checkpoint saved); the same "
@@ -86,8 +86,8 @@ def run(config, workdir: str, mode: str, overrides: dict) -> str:
   config = run_record.for_inference(trained_model.workdir_path(workdir), config, overrides)
   config_checks.check(config)
   if mode == "eval":
-    return evaluation.summary(evaluation.run(config, workdir))
-  return sample.sample_to_disk(config, workdir)
+    return eval_job.summary(eval_job.run(config, workdir))
+  return sample_job.sample_to_disk(config, workdir)
 
 
 # What a stop signal outside the training loop leaves (preemption.exit_on_signals; in the loop, training saves
@@ -101,7 +101,7 @@ WHAT_A_STOP_KEEPS = {
 
 def fail(message, status: int = 1) -> NoReturn:
   """Ends the command with `hold_jax: error: <message>` on stderr: bad input is that one line, no traceback."""
-  print(f"{cli.ERROR_PREFIX}{message}", file=sys.stderr)
+  print(f"{command_errors.ERROR_PREFIX}{message}", file=sys.stderr)
   sys.exit(status)
 
 
@@ -135,9 +135,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.hold_library_logs()
-  problem = cli.workdir_problem(_WORKDIR.value)  # cli.parse_flags says it first; another flags parser may not
+  problem = command_errors.workdir_problem(_WORKDIR.value)  # command_errors.parse_flags says it first; another flags parser may not
   if problem:
-    fail(problem, cli.USAGE_ERROR_STATUS)
+    fail(problem, command_errors.USAGE_ERROR_STATUS)
   config = _CONFIG.value
   if _DISTRIBUTED.value:
     initialize_distributed(config)
@@ -146,7 +146,7 @@ def main(argv):
   try:  # config errors end here with the field and the fix, not as a traceback from inside a job
     config_checks.check(config)
   except ValueError as error:
-    fail(error, cli.USAGE_ERROR_STATUS)
+    fail(error, command_errors.USAGE_ERROR_STATUS)
   checkpoints.shorten_library_tracebacks()
   try:  # before anything is logged or written: a workdir or log file that cannot be written is one line
     check_workdir(_WORKDIR.value)
@@ -166,7 +166,7 @@ def main(argv):
   except USER_ERRORS as error:
     # What the user can fix is said in one message; the traceback stays in the log (--verbosity=1 shows it).
     logging.debug("Traceback of the error below:", exc_info=True)
-    message = cli.config_field_error(error, config) if isinstance(error, (AttributeError, KeyError)) else None
+    message = command_errors.config_field_error(error, config) if isinstance(error, (AttributeError, KeyError)) else None
     if isinstance(error, (AttributeError, KeyError)) and message is None:
       raise
     fail(message or error)
@@ -185,14 +185,14 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 # Errors whose message is the whole story (bad input, damaged or missing checkpoints, a changed config, a
 # failed save, non-finite training, tfds data that is not prepared); a config field lookup that fails is named
-# by cli.config_field_error.
+# by command_errors.config_field_error.
 USER_ERRORS = (ValueError, FloatingPointError, checkpoints.CheckpointError, image_sources.NotPrepared,
                AttributeError, KeyError)
 
 
 def entry_point() -> None:
   """The `hold-jax` console command (pyproject.toml): the same as `python -m hold_jax.main`."""
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=command_errors.parse_flags)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Three checks, from the cheapest:
    toy's score MLP: 544 bytes per sample at width 32 and 3,124 at width 128, against 24 for u of order 3) but
    shapes alone do not give them. So this check is a lower bound: it refuses only counts that cannot fit with
    any network, and costs nothing.
-2. XLA's own count (`check_compiled`, before a compiled program runs: every batch of generation.generate, the
+2. XLA's own count (`check_compiled`, before a compiled program runs: every batch of data_parallel.generate, the
    first train step): the bytes of the program's temporaries and outputs (memory_analysis), network included.
    jax caches the compilation, so the call that follows reuses it: the check costs no second compile.
 3. An allocation that fails all the same (another process took the memory meanwhile; an allocator's

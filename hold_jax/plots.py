@@ -9,7 +9,7 @@ instead, which `plt.show()` shows.
 
 Files are written through etils.epath, so a gs:// workdir keeps its pictures, and atomically (a temporary file
 renamed into place), so a killed job never leaves half a picture under its name. `metadata` becomes PNG text
-entries: a picture can carry the settings that drew it (hold_jax/sample.py writes them).
+entries: a picture can carry the settings that drew it (hold_jax/sampling/sample_job.py writes them).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import textwrap
 
 import numpy as np
 
-from hold_jax import image_data
 from hold_jax import report_files
+from hold_jax.data import image_data
 
 CORNER_MAX_DIMS = 6  # a corner plot of more coordinates is too small to read; the title says what was left out
 MAX_IMAGES = 64  # images in a grid: 8 x 8 digits stay legible in a 512-pixel PNG

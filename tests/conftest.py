@@ -83,7 +83,7 @@ def trained_workdir(tmp_path_factory):
   checkpoints at steps 20 and 40, trained once per test process and shared: a test that changes a workdir
   copies this one first."""
   from test_fault_tolerance import flat, local_config  # pylint: disable=g-import-not-at-top
-  from hold_jax import train  # pylint: disable=g-import-not-at-top
+  from hold_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("trained")
   config = local_config(num_steps=40, checkpoint_every=20)
   state = train.train(config, str(workdir))

@@ -54,7 +54,7 @@ def make_images(seed: int) -> dict[str, np.ndarray]:
 
 def main_side(torch_python: str) -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from hold_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  from hold_jax.evaluation.feature_networks import inception  # pylint: disable=g-import-not-at-top
   os.makedirs(FIXTURES, exist_ok=True)
   with tempfile.TemporaryDirectory() as scratch:
     np.savez(os.path.join(scratch, "weights.npz"), **inception.random_state_dict(SEED))

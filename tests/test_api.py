@@ -13,11 +13,11 @@ import pytest
 from flax import serialization
 
 import hold_jax
-from hold_jax import evaluate
 from hold_jax import pretrained
-from hold_jax import run_record
-from hold_jax import sample
-from hold_jax import trained_model
+from hold_jax.evaluation import nll_rounds
+from hold_jax.sampling import sample_job
+from hold_jax.workdir import run_record
+from hold_jax.workdir import trained_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,7 @@ def test_import_hold_jax_is_light_and_exports_the_api():
 def test_samples_are_those_of_the_sample_command(toy):
   config = run_record.load_config(toy)
   config.sampling.update(method="gddim", grid="edm", num_steps=6, num_samples=40, batch_size=40)
-  from_command = np.load(sample.sample_to_disk(config, str(toy)))["x"]
+  from_command = np.load(sample_job.sample_to_disk(config, str(toy)))["x"]
   model = hold_jax.load(str(toy))
   assert model.step == 40 and model.data_shape == (2,)
   drawn = model.sample(40, method="gddim", grid="edm", num_steps=6)
@@ -88,7 +88,7 @@ def test_the_nll_bound_is_the_evaluation_jobs(toy):
   model = hold_jax.load(str(toy))
   settings = dict(num_examples=6, batch_size=4, round_size=6, ode_rtol=1e-3, ode_atol=1e-3)
   report, = model.evaluate(metrics=("nll",), **settings)
-  points = evaluate.generated_points(model.config.data.dataset, 0, np.arange(6))
+  points = nll_rounds.generated_points(model.config.data.dataset, 0, np.arange(6))
   bound = model.nll(points, batch_size=4, ode_rtol=1e-3, ode_atol=1e-3)
   assert bound["nll_bound_nats_per_example"].shape == (6,)
   np.testing.assert_allclose(bound["nll_bound_nats"], report["nll_bound_nats"], rtol=1e-5)

@@ -1,5 +1,5 @@
 """Bad input ends in one clear error that names the field, the value and the fix: never a traceback from deep
-inside a job, never a run that goes on with the bad value (hold_jax/cli.py, config_checks.py, models,
+inside a job, never a run that goes on with the bad value (hold_jax/cli/command_errors.py, config_checks.py, models,
 input_pipeline.load_point_cloud)."""
 import math
 import os
@@ -14,12 +14,12 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from hold_jax import models
+from hold_jax.cli import command_errors
+from hold_jax.cli import config_checks
 from hold_jax.configs import digits
 from hold_jax.configs import toy2d
-from hold_jax import cli
-from hold_jax import config_checks
-from hold_jax import input_pipeline
-from hold_jax import models
+from hold_jax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = math.nan, math.inf
@@ -166,13 +166,13 @@ def test_files_that_are_not_numeric_npy_arrays_are_named(tmp_path, monkeypatch, 
 
 
 def parse(argv, capsys):
-  """cli.parse_flags on a fresh FlagValues holding a real config file flag: (exit status or None, stderr)."""
+  """command_errors.parse_flags on a fresh FlagValues holding a real config file flag: (exit status or None, stderr)."""
   flag_values = flags.FlagValues()
   config = config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values, lock_config=True,
                                            sys_argv=argv)
   flags.DEFINE_string("workdir", None, "workdir", flag_values=flag_values)
   try:
-    cli.parse_flags(argv, flag_values)
+    command_errors.parse_flags(argv, flag_values)
   except SystemExit as exit_:
     return exit_.code, capsys.readouterr().err
   return config.value, capsys.readouterr().err
@@ -222,9 +222,9 @@ def test_absl_app_run_with_parse_flags_prints_no_traceback():
   code = textwrap.dedent("""
     from absl import app
     from ml_collections import config_flags
-    from hold_jax import cli
+    from hold_jax.cli import command_errors
     config_flags.DEFINE_config_file("config", None, "config", lock_config=True)
-    app.run(lambda argv: print("main ran"), flags_parser=cli.parse_flags)
+    app.run(lambda argv: print("main ran"), flags_parser=command_errors.parse_flags)
   """)
   result = subprocess.run([sys.executable, "-c", code, "--config", "configs/toy2d.py:local",
                            "--config.training.num_stepz=5"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
@@ -244,15 +244,15 @@ def test_a_missing_field_is_named_with_its_group_and_nearest_name():
   config.lock()
   with pytest.raises((AttributeError, KeyError)) as info:
     config_checks.check(config)
-  message = cli.config_field_error(info.value, config)
+  message = command_errors.config_field_error(info.value, config)
   assert message is not None and message.startswith("config has no field model.depth;"), message
   with pytest.raises(AttributeError) as info:
     config.training.num_stepz  # pylint: disable=pointless-statement
-  assert "the nearest valid name is training.num_steps" in cli.config_field_error(info.value, config)
+  assert "the nearest valid name is training.num_steps" in command_errors.config_field_error(info.value, config)
   with pytest.raises(KeyError) as info:
     config["optim.learning_rat"]  # pylint: disable=pointless-statement
   assert "has no field optim.learning_rat; the nearest valid name is optim.learning_rate" in (
-      cli.config_field_error(info.value, config))
+      command_errors.config_field_error(info.value, config))
 
 
 def test_errors_that_are_not_config_lookups_are_left_alone():
@@ -260,4 +260,4 @@ def test_errors_that_are_not_config_lookups_are_left_alone():
   for error_raiser in (lambda: {}["x"], lambda: config.model.width.real_part, lambda: int("x")):
     with pytest.raises(Exception) as info:
       error_raiser()
-    assert cli.config_field_error(info.value, config) is None
+    assert command_errors.config_field_error(info.value, config) is None

@@ -2,7 +2,7 @@
 the fix, before the log file opens or the config is logged: a config file that gives no config, an empty
 --workdir, a workdir or log file that cannot be written, a damaged workdir/config.json, a seed or an sde.order
 the code cannot take. A log file that fills up mid-run is one warning, not a traceback per log line; tfds'
-warnings do not come before the message that says how to prepare its data (hold_jax/cli.py, main.py,
+warnings do not come before the message that says how to prepare its data (hold_jax/cli/command_errors.py, main.py,
 console.py, run_record.py)."""
 import errno
 import io
@@ -21,16 +21,16 @@ from absl import logging
 from etils import epath
 from ml_collections import config_flags
 
-from hold_jax import checkpoints
-from hold_jax import cli
-from hold_jax import config_checks
 from hold_jax import console
-from hold_jax import image_sources
-from hold_jax import perturbation_kernel
-from hold_jax import run_record
-from hold_jax import sde as sde_lib
+from hold_jax.cli import command_errors
+from hold_jax.cli import config_checks
 from hold_jax.configs import cifar10
 from hold_jax.configs import toy2d
+from hold_jax.data import image_sources
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sde as sde_lib
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import run_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY2D = os.path.join(ROOT, "configs", "toy2d.py")
@@ -46,18 +46,18 @@ def assert_one_line(stderr, *parts):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The command line: config files that give no config, and an empty --workdir (cli.parse_flags).
+# The command line: config files that give no config, and an empty --workdir (command_errors.parse_flags).
 
 
 def parse(argv, capsys):
-  """cli.parse_flags on a fresh FlagValues with a config file flag and --workdir: (exit status or the config,
+  """command_errors.parse_flags on a fresh FlagValues with a config file flag and --workdir: (exit status or the config,
   stderr)."""
   flag_values = flags.FlagValues()
   config = config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values, lock_config=True,
                                            sys_argv=argv)
   flags.DEFINE_string("workdir", None, "workdir", flag_values=flag_values)
   try:
-    cli.parse_flags(argv, flag_values)
+    command_errors.parse_flags(argv, flag_values)
   except SystemExit as exit_:
     return exit_.code, capsys.readouterr().err
   return config.value, capsys.readouterr().err
@@ -243,7 +243,7 @@ def run_main(absl_flags, monkeypatch, capsys):
 
   def run(*args):
     capsys.readouterr()
-    remaining = cli.parse_flags(["prog", "--config", f"{TOY2D}:local", *args], flags.FLAGS)
+    remaining = command_errors.parse_flags(["prog", "--config", f"{TOY2D}:local", *args], flags.FLAGS)
     try:
       main_lib.main(remaining)
       status = 0

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from hold_jax import fid
-from hold_jax import input_pipeline
 from hold_jax import memory_budget
-from hold_jax import sample
-from hold_jax import train
 from hold_jax.configs import toy2d
-from hold_jax.metrics import reference_stats
-from hold_jax.metrics import statistics
+from hold_jax.data import input_pipeline
+from hold_jax.evaluation import reference_stats
+from hold_jax.evaluation import statistics
+from hold_jax.sampling import sample_job
+from hold_jax.training import train
 
 GIB = 2**30
 MESSAGE = re.compile(r"(?P<subject>.+) needs about (?P<need>[\d.]+) (?P<unit>GiB|MiB)(?P<what>.*) on (?P<where>.+), "
@@ -126,7 +126,7 @@ def test_a_failed_allocation_becomes_one_line_naming_the_field():
 def test_impossible_counts_are_refused_by_the_jobs_before_any_compute(tmp_path, monkeypatch):
   config = toy2d.get_config("local")
   config.sampling.num_samples = config.sampling.batch_size = 10**12  # 80 TB a batch: refused before reading
-  match = refusal(sample.sample_to_disk, config, str(tmp_path / "no_checkpoint_here"))
+  match = refusal(sample_job.sample_to_disk, config, str(tmp_path / "no_checkpoint_here"))
   assert match["field"] == "sampling.batch_size"
   # Training: XLA's count of the compiled step against (pretended) 1 MiB, before the first step.
   monkeypatch.setattr(memory_budget, "host_available_bytes", lambda: 2**20)

@@ -1,12 +1,12 @@
 """`hold-jax --help` answers from the command's own flags and the common config fields, before JAX and
-TensorFlow are imported (hold_jax/command_help.py)."""
+TensorFlow are imported (hold_jax/cli/command_help.py)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from hold_jax import command_help
+from hold_jax.cli import command_help
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

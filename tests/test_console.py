@@ -8,8 +8,8 @@ import pytest
 from ml_collections import config_dict
 
 from hold_jax import console
-from hold_jax import train
 from hold_jax.configs import images
+from hold_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An absl/glog log line: level letter, date, time, thread id, file:line]

@@ -1,18 +1,18 @@
-"""The denoiser of the sufficient statistic (hold_jax/sufficient_statistic.py, hold_jax/denoiser.py) against
+"""The denoiser of the sufficient statistic (hold_jax/process/sufficient_statistic.py, hold_jax/models/denoiser.py) against
 exact references: E[x_0 | u_t] = D(x0_gls; sigma_eff) and the last-block score it gives, for Gaussian and
-two-point data whose scores are known in closed form (hold_jax/exact_scores.py), orders 1-4."""
+two-point data whose scores are known in closed form (hold_jax/process/exact_scores.py), orders 1-4."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hold_jax import denoiser
-from hold_jax import exact_scores
-from hold_jax import kernel_table
-from hold_jax import losses
-from hold_jax import perturbation_kernel
-from hold_jax import sampler_parts
-from hold_jax import sufficient_statistic
+from hold_jax.models import denoiser
+from hold_jax.process import exact_scores
+from hold_jax.process import kernel_table
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sufficient_statistic
+from hold_jax.sampling import sampler_parts
+from hold_jax.training import losses
 from test_sde import PARAMETER_SETS, make_sde
 
 ORDERS = ("n1_vp", "n2_critical", "n3_critical", "n4_mixed")  # orders 1-4, critical and not

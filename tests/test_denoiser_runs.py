@@ -8,17 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hold_jax import denoiser
-from hold_jax import evaluate
-from hold_jax import exact_scores
-from hold_jax import kernel_table
 from hold_jax import models
-from hold_jax import run_record
-from hold_jax import sample
-from hold_jax import sde as sde_lib
-from hold_jax import train
-from hold_jax import trained_model
 from hold_jax.configs import toy2d
+from hold_jax.evaluation import nll_rounds
+from hold_jax.models import denoiser
+from hold_jax.process import exact_scores
+from hold_jax.process import kernel_table
+from hold_jax.process import sde as sde_lib
+from hold_jax.sampling import sample_job
+from hold_jax.training import train
+from hold_jax.workdir import run_record
+from hold_jax.workdir import trained_model
 from test_fault_tolerance import local_config
 from test_sde import make_sde
 
@@ -84,11 +84,11 @@ def test_a_denoiser_is_sampled_with_the_process_the_command_line_gives(denoiser_
   given.sde.order = 3
   chosen = run_record.for_inference(denoiser_record, given, {"sde.order": 3})
   assert (chosen.sde.order, chosen.sde.beta_schedule, chosen.sde.beta_1) == (3, "linear", 20.0)
-  stems = {sample.sample_file_stem(config, 40) for config in (recorded, chosen)}
+  stems = {sample_job.sample_file_stem(config, 40) for config in (recorded, chosen)}
   assert len(stems) == 2  # the process is part of a denoiser's sample names, reports and round folders
-  reports = {evaluate.report_stem(evaluate.report_settings(config, 40, (2,))) for config in (recorded, chosen)}
+  reports = {nll_rounds.report_stem(nll_rounds.report_settings(config, 40, (2,))) for config in (recorded, chosen)}
   assert len(reports) == 2
-  assert len({evaluate.rounds_folder(config, 40, "nll") for config in (recorded, chosen)}) == 2
+  assert len({nll_rounds.rounds_folder(config, 40, "nll") for config in (recorded, chosen)}) == 2
 
 
 def test_a_score_networks_process_stays_trained(tmp_path):
@@ -109,7 +109,7 @@ def test_hold_samples_from_a_denoiser_trained_with_order_3_under_vp_and_cld(trai
     given.sde.order = order
     chosen = run_record.for_inference(workdir, given, {"sde.order": order})
     chosen.sampling.num_samples = chosen.sampling.batch_size = 64
-    samples = sample.draw(chosen, params, (2,))
+    samples = sample_job.draw(chosen, params, (2,))
     assert samples.shape == (64, 2) and np.all(np.isfinite(samples))
 
 
@@ -127,4 +127,4 @@ def test_a_workdir_of_a_score_network_from_before_the_denoiser_still_samples(tmp
   assert chosen.loss.parametrization == "eps"
   params, step = trained_model.load_ema_params(chosen, str(tmp_path), (2,))
   chosen.sampling.num_samples = chosen.sampling.batch_size = 64
-  assert step == 20 and np.all(np.isfinite(sample.draw(chosen, params, (2,))))
+  assert step == 20 and np.all(np.isfinite(sample_job.draw(chosen, params, (2,))))

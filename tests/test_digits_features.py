@@ -1,6 +1,7 @@
 """The digits classifier that stands in for Inception on the digits: reproducible, accurate, and its features
 tell real digits from damaged ones by a Fréchet distance."""
 import hashlib
+import json
 import os
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from hold_jax.metrics import digits_features
+from hold_jax.evaluation.feature_networks import digits_features
 
 # Retraining matches the committed weights to this fraction of each array's largest entry. Measured: the same
 # training with XLA limited to AVX or SSE4.2 code (XLA_FLAGS=--xla_cpu_max_isa=AVX: no fused multiply-add)
@@ -161,3 +162,33 @@ def test_frechet_distance_separates_digits_from_damaged_digits(network):
              for name, images in [("noise", noise), ("shifted", shifted_right(heldout)),
                                   ("blurred", blurred(heldout))]}
   assert 0 < same and all(distance > 10 * same for distance in damaged.values()), (same, damaged)
+
+
+def test_the_fid_command_measures_digits_as_the_evaluation_does(tmp_path, capsys):
+  """`python -m hold_jax.fid A B --feature_network=digits` of the held-out digits against the training digits
+  gives the held-out baseline `--mode=eval` reports beside a digits model's fd_digits and kid_digits: both go
+  through image_features (one network, one batching, one naming)."""
+  from hold_jax import fid
+  from hold_jax.configs import digits
+  from hold_jax.evaluation import image_features
+  from hold_jax.evaluation import image_quality
+
+  config = digits.get_config()
+  config.eval.metrics = ("fid", "kid")
+  baselines = image_quality.digits_baselines(config, image_features.load_digits(), config.eval)
+  np.savez(tmp_path / "heldout.npz", pixels=digits_features.digits_pixels("heldout", config.data.image_size))
+  np.savez(tmp_path / "train.npz", pixels=digits_features.digits_pixels("train", config.data.image_size))
+  argv = [str(tmp_path / "heldout.npz"), str(tmp_path / "train.npz"), "--feature_network", "digits",
+          "--batch_size", str(config.eval.feature_batch_size)]
+  assert fid.main(argv) == 0, capsys.readouterr().err
+  result = json.loads(capsys.readouterr().out)
+  expected = baselines["heldout_digits"]
+  assert "fid" not in result and result["fd_digits"] == pytest.approx(expected["fd_digits"], rel=1e-6)
+  assert result["kid_digits"] == pytest.approx(expected["kid_digits"], rel=1e-6, abs=1e-9)
+  assert result["weights_sha256"] == image_features.load_digits().weights_sha256
+
+
+def test_the_fid_command_knows_the_evaluation_feature_networks():
+  from hold_jax import fid
+  from hold_jax.evaluation import image_features
+  assert fid.FEATURE_NETWORKS == image_features.FEATURE_NETWORKS

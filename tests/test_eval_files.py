@@ -1,6 +1,6 @@
 """Evaluation reports are named from every setting that can change them and record those settings, so a run
 with other settings writes a new report beside the earlier ones; and a report is written whole or not at all
-(hold_jax/evaluate.py, hold_jax/quality.py, hold_jax/workdir_view.py)."""
+(hold_jax/evaluation/nll_rounds.py, hold_jax/evaluation/image_quality.py, hold_jax/workdir/workdir_view.py)."""
 from __future__ import annotations
 
 import json
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from etils import epath
 
-from hold_jax import evaluate
-from hold_jax import quality
 from hold_jax import report_files
-from hold_jax import quality_features
-from hold_jax import quality_files
-from hold_jax import trained_model
-from hold_jax import workdir_view
 from hold_jax.configs import digits
 from hold_jax.configs import toy2d
+from hold_jax.evaluation import image_features
+from hold_jax.evaluation import image_quality
+from hold_jax.evaluation import nll_rounds
+from hold_jax.evaluation import quality_files
+from hold_jax.workdir import trained_model
+from hold_jax.workdir import workdir_view
 
 HASH = r"[0-9a-f]{8}"
 
@@ -45,7 +45,7 @@ def changed(config, **fields):
 
 def nll_stem(config, step: int = 4) -> str:
   data_shape = (8, 8, 1) if config.data.dataset == "digits" else (2,)
-  return evaluate.report_stem(evaluate.report_settings(config, step, data_shape))
+  return nll_rounds.report_stem(nll_rounds.report_settings(config, step, data_shape))
 
 
 # Every eval field the bound reads, with a value other than the default.
@@ -82,22 +82,22 @@ def test_what_cannot_change_the_bound_leaves_the_nll_report_name(fields):
 
 def test_an_nll_report_and_its_rounds_folder_share_their_readable_part():
   config = toy2d.get_config("local")
-  settings = evaluate.report_settings(config, 4, (2,))
-  label = evaluate.report_label(settings)
-  assert evaluate.report_stem(settings).startswith(label + "_")
-  folder = evaluate.rounds_folder(config, 4, label).name
+  settings = nll_rounds.report_settings(config, 4, (2,))
+  label = nll_rounds.report_label(settings)
+  assert nll_rounds.report_stem(settings).startswith(label + "_")
+  folder = nll_rounds.rounds_folder(config, 4, label).name
   assert folder.startswith(label + "_rounds_")
   other_rounds = changed(config, **{"eval.round_size": 3})  # other round files, the same report
-  assert evaluate.rounds_folder(other_rounds, 4, label).name != folder
-  assert nll_stem(other_rounds) == evaluate.report_stem(settings)
+  assert nll_rounds.rounds_folder(other_rounds, 4, label).name != folder
+  assert nll_stem(other_rounds) == nll_rounds.report_stem(settings)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The sample-quality report and the quality-versus-NFE table.
 
 
-def stand_in_network(weights_sha256: str = "ab" * 32) -> quality_features.Network:
-  return quality_features.Network("digits-classifier-v1", weights_sha256, "tf1", None, "_digits")
+def stand_in_network(weights_sha256: str = "ab" * 32) -> image_features.Network:
+  return image_features.Network("digits-classifier-v1", weights_sha256, "tf1", None, "_digits")
 
 
 def quality_stem(config, step: int = 4, network=None) -> str:
@@ -155,8 +155,8 @@ def evaluated(tmp_path):
   return str(tmp_path)
 
 
-def stand_in_loaded(step: int = 4) -> quality.Loaded:
-  return quality.Loaded((8, 8, 1), stand_in_network(), None, step, {"key": "digits-reference"}, None)
+def stand_in_loaded(step: int = 4) -> image_quality.Loaded:
+  return image_quality.Loaded((8, 8, 1), stand_in_network(), None, step, {"key": "digits-reference"}, None)
 
 
 ROWS = [{"method": "lie_trotter", "grid": "quadratic", "num_steps": 2, "nfe": 2, "fd_digits_mean": 1.5,
@@ -173,9 +173,9 @@ def sweep_config(**fields):
     {"eval.sampler_sweep": ("strang:edm:4",)}, {"eval.sampler_sweep": ("strang:edm:4", "lie_trotter:quadratic:2")},
     {"seed": 3}, {"eval.num_samples": 99}, {"sampling.stochasticity": 0.5}, {"eval.num_repeats": 2}])
 def test_a_sweep_with_other_settings_keeps_the_earlier_table(tmp_path, fields):
-  first = quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
+  first = image_quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
   kept = epath.Path(first).read_text()
-  second = quality.write_table(sweep_config(**fields), evaluated(tmp_path), stand_in_loaded(), ROWS, 2.0)
+  second = image_quality.write_table(sweep_config(**fields), evaluated(tmp_path), stand_in_loaded(), ROWS, 2.0)
   assert second != first and epath.Path(first).read_text() == kept
   assert re.fullmatch(rf"quality_vs_nfe_ckpt4_digits-classifier-v1_{HASH}\.json", os.path.basename(second))
   table = json.loads(epath.Path(second).read_text())
@@ -185,18 +185,18 @@ def test_a_sweep_with_other_settings_keeps_the_earlier_table(tmp_path, fields):
 
 
 def test_a_sweep_that_differs_in_batch_sizes_rewrites_the_same_table(tmp_path):
-  first = quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
-  again = quality.write_table(sweep_config(**{"sampling.batch_size": 8, "eval.feature_batch_size": 3}),
+  first = image_quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
+  again = image_quality.write_table(sweep_config(**{"sampling.batch_size": 8, "eval.feature_batch_size": 3}),
                               evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
   stem = os.path.basename(first)[:-len(".json")]
   assert again == first and sorted(os.listdir(tmp_path / "eval")) == [f"{stem}.json", f"{stem}.png"]  # and its plot
   sweep = changed(sweep_config(), **{"sampling.method": "gddim", "sampling.num_steps": 9})  # replaced by the entries
-  assert quality.write_table(sweep, evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0) == first
+  assert image_quality.write_table(sweep, evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0) == first
 
 
 def test_quality_tables_finds_every_table_newest_first(tmp_path):
-  older = quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
-  newer = quality.write_table(sweep_config(seed=3), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
+  older = image_quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
+  newer = image_quality.write_table(sweep_config(seed=3), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
   os.utime(older, (1_000_000, 1_000_000))
   (tmp_path / "eval" / f".{os.path.basename(newer)}.tmp-0123").write_text("{")  # a table being written
   assert [str(path) for path in workdir_view.quality_tables(tmp_path)] == [newer, older]
@@ -232,7 +232,7 @@ def test_an_interrupted_table_never_stands_under_its_name(tmp_path, interrupted_
   directory = tmp_path / "eval"
   directory.mkdir()
   with pytest.raises(KeyboardInterrupt):
-    quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
+    image_quality.write_table(sweep_config(), evaluated(tmp_path), stand_in_loaded(), ROWS, 1.0)
   assert os.listdir(directory) == []
   assert workdir_view.quality_tables(tmp_path) == []
 
@@ -263,22 +263,22 @@ def stand_in_bound(config, data_shape, settings):
 
 
 def test_an_nll_run_with_other_settings_keeps_the_earlier_report(tmp_path, monkeypatch):
-  monkeypatch.setattr(evaluate, "make_batch_bound", stand_in_bound)
+  monkeypatch.setattr(nll_rounds, "make_batch_bound", stand_in_bound)
   monkeypatch.setattr(trained_model, "load_ema_params", lambda config, workdir, data_shape, step=None: ({}, 4))
   config = changed(toy2d.get_config("local"), **{"eval.num_examples": 6, "eval.round_size": 4,
                                                   "eval.batch_size": 2})
-  first = evaluate.evaluate(config, str(tmp_path))
+  first = nll_rounds.evaluate(config, str(tmp_path))
   report = read_json(first)
-  other = evaluate.evaluate(changed(config, **{"eval.seed": 1}), str(tmp_path))  # other points
+  other = nll_rounds.evaluate(changed(config, **{"eval.seed": 1}), str(tmp_path))  # other points
   assert other != first and read_json(first) == report
   assert read_json(other)["nll_bound_nats"] != report["nll_bound_nats"]
   assert re.fullmatch(rf"nll_generated_kernel_exact_ckpt4_{HASH}\.json", os.path.basename(first))
-  assert evaluate.report_stem(report["hashed_settings"]) + ".json" == os.path.basename(first)  # named by its record
+  assert nll_rounds.report_stem(report["hashed_settings"]) + ".json" == os.path.basename(first)  # named by its record
   assert report["settings"]["seed"] == 0 and report["checkpoint_step"] == 4
-  assert report["rounds"].startswith(evaluate.report_label(report["hashed_settings"]) + "_rounds_")
+  assert report["rounds"].startswith(nll_rounds.report_label(report["hashed_settings"]) + "_rounds_")
 
   rebatched = changed(config, **{"eval.batch_size": 1, "eval.round_size": 6})
-  assert evaluate.evaluate(rebatched, str(tmp_path)) == first  # the same numbers rewrite the same report
+  assert nll_rounds.evaluate(rebatched, str(tmp_path)) == first  # the same numbers rewrite the same report
   assert read_json(first)["nll_bound_nats"] == pytest.approx(report["nll_bound_nats"])
   reports = sorted(name for name in os.listdir(tmp_path / "eval") if name.endswith(".json"))
   assert reports == sorted([os.path.basename(first), os.path.basename(other)])

@@ -14,15 +14,15 @@ import pytest
 from etils import epath
 
 from benchmarks import damage
-from hold_jax.configs import toy2d
-from hold_jax import checkpoint_integrity
-from hold_jax import checkpoint_restore
-from hold_jax import checkpoints
 from hold_jax import multihost
-from hold_jax import run_record
-from hold_jax import optimization
-from hold_jax import train
-from hold_jax import trained_model
+from hold_jax.configs import toy2d
+from hold_jax.training import optimization
+from hold_jax.training import train
+from hold_jax.workdir import checkpoint_integrity
+from hold_jax.workdir import checkpoint_restore
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import run_record
+from hold_jax.workdir import trained_model
 
 import run_helpers  # tests/run_helpers.py
 
@@ -367,11 +367,11 @@ def test_checkpoints_written_before_checksums_still_load(tmp_path, caplog):
 
 
 def test_sampling_into_an_unwritable_place_stops_before_drawing(trained_workdir, tmp_path, monkeypatch):
-  from hold_jax import sample  # pylint: disable=g-import-not-at-top
+  from hold_jax.sampling import sample_job  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained_workdir
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
   (copy / "samples").write_text("a file where the samples folder belongs")
-  monkeypatch.setattr(sample, "draw", lambda *args, **kwargs: pytest.fail("sampled before checking the workdir"))
+  monkeypatch.setattr(sample_job, "draw", lambda *args, **kwargs: pytest.fail("sampled before checking the workdir"))
   with pytest.raises(checkpoints.CheckpointError, match=r"samples is a file, not a directory"):
-    sample.sample_to_disk(config, str(copy))
+    sample_job.sample_to_disk(config, str(copy))

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hold_jax import adaptive_ode
-from hold_jax import exact_scores
-from hold_jax import flow_coordinates
-from hold_jax import flow_schedule
-from hold_jax import sampling
+from hold_jax.process import exact_scores
+from hold_jax.sampling import adaptive_ode
+from hold_jax.sampling import flow_coordinates
+from hold_jax.sampling import flow_schedule
+from hold_jax.sampling import samplers
 from test_sampling import DATA_MEAN, make_process
 
 NUM_PATHS = 32
@@ -49,7 +49,7 @@ def adaptive_paths(order, data_var, variable, tolerance, dtype_name, max_steps=1
   sde = make_process(order)
   score = lambda params, u, t: exact_scores.gaussian_score(sde, u, t, jnp.asarray(DATA_MEAN, u.dtype), data_var)
   with jax.enable_x64(dtype_name == "float64"):
-    u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(NUM_PATHS), order, (2,), jnp.float32)
+    u = samplers.prior_draws(jax.random.PRNGKey(0), jnp.arange(NUM_PATHS), order, (2,), jnp.float32)
     solve = jax.jit(lambda u: adaptive_ode.solve(
         sde, score, None, u, "tsit5", tolerance, tolerance, max_steps, variable))
     x, nfe = solve(u.astype(jnp.dtype(dtype_name)))
@@ -83,7 +83,7 @@ def test_adaptive_solve_in_flow_coordinates_is_cheap_and_finite_on_near_point_ma
 def test_bad_ode_variables_name_the_field():
   config = sampling_config_with(ode_variable="y")
   with pytest.raises(ValueError, match="sampling.ode_variable"):
-    sampling.check_settings(make_process(3), config)
+    samplers.check_settings(make_process(3), config)
 
 
 def sampling_config_with(**fields):

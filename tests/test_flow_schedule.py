@@ -1,4 +1,4 @@
-"""The posterior-mean form of the probability-flow ODE (hold_jax/flow_schedule.py), against float64 references
+"""The posterior-mean form of the probability-flow ODE (hold_jax/sampling/flow_schedule.py), against float64 references
 that share none of its numerics: scipy's implicit Radau solves of the same ODEs, and Sigma from the kernel's
 covariance (perturbation_kernel.marginal), not from its square-root factor."""
 import functools
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.integrate
 
-from hold_jax import flow_schedule
-from hold_jax import perturbation_kernel
-from hold_jax import sampling
-from hold_jax import sde as sde_lib
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sde as sde_lib
+from hold_jax.sampling import flow_schedule
+from hold_jax.sampling import samplers
 from test_sde import make_sde
 
 # The schedule is a float64 host computation (flow_schedule switches x64 on itself); the references here are float64
@@ -27,7 +27,7 @@ def process(order):
 
 
 def grid(sde, num_steps):
-  return np.asarray(sampling.time_grid(sde, num_steps, "quadratic"), np.float64)
+  return np.asarray(samplers.time_grid(sde, num_steps, "quadratic"), np.float64)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,8 +7,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from hold_jax import generation
 from hold_jax import multihost
+from hold_jax.sampling import data_parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,15 +17,19 @@ DRAW = """
 import sys
 import jax
 import numpy as np
+from hold_jax import models
+from hold_jax.process import sde as sde_lib
+from hold_jax.sampling import sample_job
+from hold_jax.training import optimization, train
+from hold_jax.workdir import trained_model
 from hold_jax.configs import toy2d
-from hold_jax import models, optimization, sample, sde as sde_lib, train, trained_model
 config = toy2d.get_config("local")
 config.sampling.num_steps = 8
 config.sampling.batch_size = {batch}
 model = models.create_model(config.model, (2,))
 optimizer = optimization.make_optimizer(config.optim, 10)
 state = train.init_state(model, (2,), trained_model.input_blocks(3, config.loss.parametrization), optimizer, config.seed)
-samples = sample.make_drawer(config, (2,))(state.ema_params, 10)
+samples = sample_job.make_drawer(config, (2,))(state.ema_params, 10)
 np.save("{path}", samples)
 print(jax.device_count())
 """
@@ -49,7 +53,7 @@ def test_a_last_batch_is_padded_with_copies_of_its_last_row():
   assert padded.shape == (5, 3, 3) and (padded[2:] == images[1]).all()
   assert multihost.process_share(5).tolist() == [0, 1, 2, 3, 4]  # one process holds every index
   assert multihost.all_processes(np.array([1, 2])).tolist() == [[1, 2]] and multihost.on_every_process(True)
-  assert [list(ids) for ids in generation.id_batches(3, 10, 3)] == [[3, 4, 5], [6, 7, 8], [9]]
+  assert [list(ids) for ids in data_parallel.id_batches(3, 10, 3)] == [[3, 4, 5], [6, 7, 8], [9]]
 
 
 @pytest.mark.slow

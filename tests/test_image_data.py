@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hold_jax.configs import cifar10
 from hold_jax.configs import celebahq256
+from hold_jax.configs import cifar10
 from hold_jax.configs import digits
-from hold_jax import image_data
-from hold_jax import image_sources
-from hold_jax import input_pipeline
-from hold_jax import prefetch
+from hold_jax.data import image_data
+from hold_jax.data import image_sources
+from hold_jax.data import input_pipeline
+from hold_jax.training import prefetch
 
 DIGIT_LEVELS = 17
 

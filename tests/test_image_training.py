@@ -10,10 +10,10 @@ import pytest
 
 from hold_jax.configs import cifar10
 from hold_jax.configs import digits
-from hold_jax import optimization
-from hold_jax import sample
-from hold_jax import train
-from hold_jax import trained_model
+from hold_jax.sampling import sample_job
+from hold_jax.training import optimization
+from hold_jax.training import train
+from hold_jax.workdir import trained_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,11 +46,11 @@ def test_digits_command_line_trains_writes_grids_and_samples(tmp_path):
   config = digits.get_config("local")
   config.training.update(num_steps=4, sample_every=4)
   config.sampling.num_steps = 4
-  assert os.listdir(tmp_path / "samples") == [sample.grid_file_name(config, 4)]  # grid_step4_<settings hash>.png
+  assert os.listdir(tmp_path / "samples") == [sample_job.grid_file_name(config, 4)]  # grid_step4_<settings hash>.png
   sampled = subprocess.run(base + ["--mode=sample"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert sampled.returncode == 0, sampled.stderr[-4000:]
   path = sampled.stdout.strip().splitlines()[-1]
-  assert path == str(tmp_path / "samples" / f"{sample.sample_file_stem(config, 4)}.npz")
+  assert path == str(tmp_path / "samples" / f"{sample_job.sample_file_stem(config, 4)}.npz")
   with np.load(path) as archive:
     assert archive["x"].shape == (8, 8, 8, 1) and np.isfinite(archive["x"]).all()
     assert archive["pixels"].dtype == np.uint8 and archive["pixels"].shape == (8, 8, 8, 1)

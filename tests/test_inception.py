@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hold_jax.metrics import inception
-from hold_jax.metrics import inception_network
-from hold_jax.metrics import torch_weights
+from hold_jax.evaluation.feature_networks import inception
+from hold_jax.evaluation.feature_networks import inception_network
+from hold_jax.evaluation.feature_networks import torch_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 GROUPS = ("images_a", "images_b", "images_c")  # 2 x 32x32 RGB, 1 x 64x64 grey, 1 x 48x40 RGB

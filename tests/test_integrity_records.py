@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from benchmarks import damage
-from hold_jax import checkpoint_integrity
-from hold_jax import checkpoints
-from hold_jax import train
-from hold_jax import trained_model
+from hold_jax.training import train
+from hold_jax.workdir import checkpoint_integrity
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import trained_model
 
 from test_fault_tolerance import flat, full_restore, local_config
 
@@ -94,8 +94,8 @@ def test_an_unreadable_step_folder_stops_training_by_name_and_changes_nothing(tr
 
 def test_a_checkpoint_with_non_finite_parameters_is_named_before_any_sampling(trained_workdir, monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
-  from hold_jax import checkpoint_restore  # pylint: disable=g-import-not-at-top
-  from hold_jax import sample  # pylint: disable=g-import-not-at-top
+  from hold_jax.sampling import sample_job  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import checkpoint_restore  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained_workdir
   read = checkpoint_restore.restore_for_reading
 
@@ -104,14 +104,14 @@ def test_a_checkpoint_with_non_finite_parameters_is_named_before_any_sampling(tr
     return checkpoint_restore.Restored(jax.tree.map(lambda leaf: leaf * np.nan, restored.tree), restored.step)
 
   monkeypatch.setattr(checkpoint_restore, "restore_for_reading", poisoned)
-  monkeypatch.setattr(sample, "draw", lambda *args, **kwargs: pytest.fail("sampled from non-finite parameters"))
+  monkeypatch.setattr(sample_job, "draw", lambda *args, **kwargs: pytest.fail("sampled from non-finite parameters"))
   with pytest.raises(checkpoints.CheckpointError, match=r"The EMA parameters of the checkpoint of step 40 are not "
                      r"finite .*no sampling setting can help"):
-    sample.sample_to_disk(config, str(workdir))
+    sample_job.sample_to_disk(config, str(workdir))
 
 
 def test_a_deleted_config_json_is_read_from_the_checkpoints_copy(trained_workdir, copy):
-  from hold_jax import run_record  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import run_record  # pylint: disable=g-import-not-at-top
   _, config, _ = trained_workdir
   (copy / run_record.RECORD_NAME).unlink()
   changed = local_config(num_steps=60)

@@ -1,11 +1,11 @@
-"""The tabulated BCSM kernel (hold_jax/kernel_table.py) against the float64 kernel it replaces."""
+"""The tabulated BCSM kernel (hold_jax/process/kernel_table.py) against the float64 kernel it replaces."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hold_jax import kernel_table
-from hold_jax import perturbation_kernel
+from hold_jax.process import kernel_table
+from hold_jax.process import perturbation_kernel
 from test_sde import PARAMETER_SETS, make_sde
 
 

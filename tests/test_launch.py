@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hold_jax.configs import toy2d
-from hold_jax import trained_model
+from hold_jax.workdir import trained_model
 
 import run_helpers  # tests/run_helpers.py
 

@@ -17,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hold_jax.cli import config_checks
 from hold_jax.configs import default
-from hold_jax import config_checks
-from hold_jax import evaluate
-from hold_jax import exact_scores
-from hold_jax import image_data
-from hold_jax import likelihood
-from hold_jax import perturbation_kernel
-from hold_jax import sde as sde_lib
+from hold_jax.data import image_data
+from hold_jax.evaluation import likelihood
+from hold_jax.evaluation import nll_rounds
+from hold_jax.process import exact_scores
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sde as sde_lib
 from test_sde import make_sde
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -344,7 +344,7 @@ def test_bad_settings_name_the_field():
 def test_eval_mode_end_to_end_from_the_command_line(tmp_path):
   """Train toy2d:local for 20 steps, then --mode=eval: a JSON report with a finite bound, its standard error,
   the NFE and the checkpoint step. stdout says the bound in nats per point, then the report's path, then the
-  toy's other default metric (SW1, hold_jax/point_quality.py) beside its baselines and its report's path."""
+  toy's other default metric (SW1, hold_jax/evaluation/point_quality.py) beside its baselines and its report's path."""
   base = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir", str(tmp_path)]
   trained = subprocess.run(base + ["--config.training.num_steps=20"], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
@@ -363,7 +363,7 @@ def test_eval_mode_end_to_end_from_the_command_line(tmp_path):
   assert os.path.dirname(path) == str(tmp_path / "eval")
   assert re.fullmatch(r"nll_generated_kernel_exact_ckpt20_[0-9a-f]{8}\.json", os.path.basename(path))
   report = json.load(open(path))
-  assert evaluate.report_stem(report["hashed_settings"]) + ".json" == os.path.basename(path)
+  assert nll_rounds.report_stem(report["hashed_settings"]) + ".json" == os.path.basename(path)
   assert report["num_examples"] == 12 and report["checkpoint_step"] == 20 and report["num_dims"] == 2
   for field in ("nll_bound_nats", "nll_bound_nats_stderr", "nll_bound_nats_per_dim", "nfe_mean", "aux_entropy_nats"):
     assert np.isfinite(report[field]) and report[field] != 0, (field, report[field])

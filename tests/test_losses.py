@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import references
-from hold_jax import exact_scores
-from hold_jax import losses
-from hold_jax import perturbation_kernel
-from hold_jax import sde as sde_lib
+from hold_jax.models import score_outputs
+from hold_jax.process import exact_scores
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sde as sde_lib
+from hold_jax.training import losses
 from test_sde import PARAMETER_SETS, make_sde
 
 DATA_MEAN, DATA_VAR = 0.5, 0.3
@@ -173,15 +174,15 @@ def test_parametrizations():
   u = jax.random.normal(jax.random.PRNGKey(5), (6, 3, 2))
   t = jnp.linspace(0.01, 0.9, 6)
   true = exact_scores.gaussian_score(sde, u, t, DATA_MEAN, DATA_VAR)
-  scale = losses.score_scale(sde, t)[:, None]
+  scale = score_outputs.score_scale(sde, t)[:, None]
   assert u.dtype == jnp.float32
   # float32: (-l s) / l rounds twice (2^-24 each), 1.2e-7 relative; a wrong scale is O(1) off.
-  np.testing.assert_allclose(losses.score_from_output(sde, "eps", -scale * true, u, t), true, rtol=3e-7)
-  np.testing.assert_allclose(losses.score_from_output(sde, "score", true, u, t), true)
+  np.testing.assert_allclose(score_outputs.score_from_output(sde, "eps", -scale * true, u, t), true, rtol=3e-7)
+  np.testing.assert_allclose(score_outputs.score_from_output(sde, "score", true, u, t), true)
   normal = exact_scores.gaussian_score(sde, u, t, 0.0, 1.0)
-  np.testing.assert_allclose(losses.score_from_output(sde, "mixed", jnp.zeros_like(true), u, t), normal)
+  np.testing.assert_allclose(score_outputs.score_from_output(sde, "mixed", jnp.zeros_like(true), u, t), normal)
   with pytest.raises(ValueError, match="loss.parametrization"):
-    losses.score_from_output(sde, "velocity", true, u, t)
+    score_outputs.score_from_output(sde, "velocity", true, u, t)
 
 
 def test_eps_weighting_is_eps_prediction_error():
@@ -189,7 +190,7 @@ def test_eps_weighting_is_eps_prediction_error():
   sde = make_sde(3)
   x0 = gaussian_data(jax.random.PRNGKey(6), (8, 4))
   eps_theta = lambda u: jnp.sin(u[:, 0] + 2 * u[:, 2])
-  score_fn = lambda params, u, t: losses.score_from_output(sde, "eps", eps_theta(u), u, t)
+  score_fn = lambda params, u, t: score_outputs.score_from_output(sde, "eps", eps_theta(u), u, t)
   loss = losses.per_example_loss(sde, score_fn, None, x0, jax.random.PRNGKey(7))
   t_rng, noise_rng = jax.random.split(jax.random.PRNGKey(7))
   t = jax.random.uniform(t_rng, (8,), x0.dtype, sde.eps, sde.T)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hold_jax import demo
-from hold_jax import sde as sde_lib
+from hold_jax.cli import demo
+from hold_jax.process import sde as sde_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def test_every_config_builds_its_process(path):
 
 
 def test_exact_score_demo_from_the_command_line(tmp_path):
-  command = [sys.executable, "-m", "hold_jax.demo", "--config", "configs/mixture_demo.py",
+  command = [sys.executable, "-m", "hold_jax.cli.demo", "--config", "configs/mixture_demo.py",
              "--workdir", str(tmp_path), "--config.sampling.num_samples=400", "--config.sampling.num_steps=50",
              "--config.sde.order=2"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -46,7 +46,7 @@ def test_exact_score_demo_from_the_command_line(tmp_path):
 
 
 def test_bad_override_names_the_field(tmp_path):
-  for entry in ("hold_jax.main", "hold_jax.demo"):
+  for entry in ("hold_jax.main", "hold_jax.cli.demo"):
     config = "configs/toy2d.py" if entry == "hold_jax.main" else "configs/mixture_demo.py"
     command = [sys.executable, "-m", entry, "--config", config, "--workdir", str(tmp_path), "--config.sde.eps=2.0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -57,4 +57,4 @@ def test_bad_override_names_the_field(tmp_path):
 def test_training_entry_points_the_demo_config_to_its_own_entry(tmp_path):
   command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/mixture_demo.py", "--workdir", str(tmp_path)]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 2 and "python -m hold_jax.demo --config configs/mixture_demo.py" in result.stderr
+  assert result.returncode == 2 and "python -m hold_jax.cli.demo --config configs/mixture_demo.py" in result.stderr

@@ -1,4 +1,4 @@
-"""FID, KID, IS and their statistics (hold_jax/metrics/statistics.py, reference_stats.py), the FID command
+"""FID, KID, IS and their statistics (hold_jax/evaluation/statistics.py, reference_stats.py), the FID command
 (hold_jax/fid.py) and the point-cloud metrics (metrics/point_clouds.py), against closed forms, scipy and
 brute-force oracles; the command runs with a stand-in feature network (a fixed random projection of the
 pixels), so no Inception weights are needed."""
@@ -17,10 +17,11 @@ import scipy.stats
 from PIL import Image
 
 from hold_jax import fid
-from hold_jax import input_pipeline
-from hold_jax.metrics import point_clouds
-from hold_jax.metrics import reference_stats
-from hold_jax.metrics import statistics
+from hold_jax.data import input_pipeline
+from hold_jax.evaluation import image_features
+from hold_jax.evaluation import point_clouds
+from hold_jax.evaluation import reference_stats
+from hold_jax.evaluation import statistics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -315,7 +316,8 @@ class StandInNetwork:
   calls: int = 0
 
   def apply(self, images):
-    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3
+    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] in (1, 3)
+    images = np.repeat(images, 3 // images.shape[-1], axis=-1)  # grey as three equal channels, as Inception
     self.calls += 1
     x = images.reshape(len(images), -1).astype(np.float64) / 255.0
     rng = np.random.default_rng(x.shape[1])
@@ -336,8 +338,12 @@ def write_pngs(folder, pixels):
   return str(folder)
 
 
+def as_network(stand_in: StandInNetwork) -> image_features.Network:
+  return image_features.from_outputs(stand_in, "pool3", "logits", "")
+
+
 def run_cli(capsys, *argv, network=None):
-  status = fid.main(list(argv), network=StandInNetwork() if network is None else network)
+  status = fid.main(list(argv), network=as_network(StandInNetwork() if network is None else network))
   out, err = capsys.readouterr()
   return status, out, err
 
@@ -455,7 +461,7 @@ def test_only_the_writing_process_caches_reference_statistics(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Point clouds (hold_jax/metrics/point_clouds.py).
+# Point clouds (hold_jax/evaluation/point_clouds.py).
 
 
 def test_sliced_wasserstein_in_one_dimension_is_scipys_w1():

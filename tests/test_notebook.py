@@ -1,5 +1,5 @@
 """notebooks/evaluate.ipynb, executed headless (nbclient) on a tiny digits run trained here, and the workdir
-views it is built on (hold_jax/workdir_view.py)."""
+views it is built on (hold_jax/workdir/workdir_view.py)."""
 import json
 import os
 import subprocess
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from hold_jax.configs import digits
-from hold_jax import quality
-from hold_jax import run_record
-from hold_jax import train
-from hold_jax import workdir_view
+from hold_jax.evaluation import image_quality
+from hold_jax.training import train
+from hold_jax.workdir import run_record
+from hold_jax.workdir import workdir_view
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "evaluate.ipynb")
@@ -40,7 +40,7 @@ def workdir(tmp_path_factory):
   config.eval.stats_cache_dir = str(folder / "stats")
   train.train(config, str(folder))
   config.eval.sampler_sweep = ("lie_trotter:quadratic:2", "lie_trotter:quadratic:4")
-  quality.evaluate_quality(config, str(folder))
+  image_quality.evaluate_quality(config, str(folder))
   return folder
 
 
@@ -141,7 +141,7 @@ def test_the_setup_cell_clones_and_installs_outside_a_checkout(tmp_path, monkeyp
   monkeypatch.setenv("HOLD_JAX_REPOSITORY", ROOT)
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   setup = [cell for cell in notebook.cells if "setup" in cell.metadata.get("tags", [])]
-  check = nbformat.v4.new_code_cell("import hold_jax.run_record, os; print('cwd', os.getcwd())")
+  check = nbformat.v4.new_code_cell("import hold_jax.workdir.run_record, os; print('cwd', os.getcwd())")
   notebook.cells = setup + [check]
   nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
-from hold_jax import optimization
+from hold_jax.training import optimization
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

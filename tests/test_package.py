@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from hold_jax import cli
+from hold_jax.cli import command_errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ def test_wheel_holds_configs_data_license_and_the_command(wheel):
     entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
   for config in ("default", "images", "toy2d", "digits", "cifar10", "celebahq256", "mixture_demo"):
     assert f"hold_jax/configs/{config}.py" in names
-  assert "hold_jax/metrics/digits_classifier.npz" in names
+  assert "hold_jax/evaluation/feature_networks/digits_classifier.npz" in names
   for folder in ("swiss_roll", "digits"):  # the pretrained models (hold_jax/pretrained)
     files = ("config.json", "model.json", "ema_params.msgpack")
     assert {f"hold_jax/pretrained/{folder}/{name}" for name in files} <= names
@@ -59,19 +59,19 @@ def test_installed_command_runs_a_stock_config_from_any_directory(wheel, tmp_pat
 
 
 def test_stock_config_path(tmp_path, monkeypatch):
-  packaged = os.path.join(cli.PACKAGED_CONFIGS, "toy2d.py")
+  packaged = os.path.join(command_errors.PACKAGED_CONFIGS, "toy2d.py")
   monkeypatch.chdir(tmp_path)
-  assert cli.stock_config_path("configs/toy2d.py") == packaged
-  assert cli.stock_config_path("configs/no_such.py") == "configs/no_such.py"  # reported as missing later
-  assert cli.stock_config_path("other/toy2d.py") == "other/toy2d.py"
+  assert command_errors.stock_config_path("configs/toy2d.py") == packaged
+  assert command_errors.stock_config_path("configs/no_such.py") == "configs/no_such.py"  # reported as missing later
+  assert command_errors.stock_config_path("other/toy2d.py") == "other/toy2d.py"
   (tmp_path / "configs").mkdir()
   (tmp_path / "configs" / "toy2d.py").write_text("# a user's own copy\n")
-  assert cli.stock_config_path("configs/toy2d.py") == "configs/toy2d.py"  # a file here always wins
+  assert command_errors.stock_config_path("configs/toy2d.py") == "configs/toy2d.py"  # a file here always wins
   flag_values = _config_flag_values()
-  argv = cli.with_stock_configs(["prog", "--config", "configs/digits.py:local", "--workdir", "w"], flag_values)
-  assert argv[2] == os.path.join(cli.PACKAGED_CONFIGS, "digits.py") + ":local"
-  argv = cli.with_stock_configs(["prog", "--config=configs/cifar10.py"], flag_values)
-  assert argv[1] == "--config=" + os.path.join(cli.PACKAGED_CONFIGS, "cifar10.py")
+  argv = command_errors.with_stock_configs(["prog", "--config", "configs/digits.py:local", "--workdir", "w"], flag_values)
+  assert argv[2] == os.path.join(command_errors.PACKAGED_CONFIGS, "digits.py") + ":local"
+  argv = command_errors.with_stock_configs(["prog", "--config=configs/cifar10.py"], flag_values)
+  assert argv[1] == "--config=" + os.path.join(command_errors.PACKAGED_CONFIGS, "cifar10.py")
 
 
 def _config_flag_values():

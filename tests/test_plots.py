@@ -1,6 +1,6 @@
-"""Pictures of samples and of quality tables (hold_jax/plots.py, hold_jax/workdir_view.py): each kind of data
+"""Pictures of samples and of quality tables (hold_jax/plots.py, hold_jax/workdir/workdir_view.py): each kind of data
 gets its own figure, with the data drawn faintly underneath; image grids have gaps; titles fit their figures;
-PNGs carry their metadata; a sweep's table gets its plot beside it (hold_jax/quality.py write_table)."""
+PNGs carry their metadata; a sweep's table gets its plot beside it (hold_jax/evaluation/image_quality.py write_table)."""
 from __future__ import annotations
 
 import json
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hold_jax import input_pipeline
 from hold_jax import plots
-from hold_jax import quality
-from hold_jax import quality_features
-from hold_jax import workdir_view
 from hold_jax.configs import digits
+from hold_jax.data import input_pipeline
+from hold_jax.evaluation import image_features
+from hold_jax.evaluation import image_quality
+from hold_jax.workdir import workdir_view
 
 RNG = np.random.default_rng(0)
 DATA_4D = RNG.standard_normal((200, 4))
@@ -191,10 +191,10 @@ def test_a_sweep_table_gets_its_plot_beside_it_and_the_console_names_both(tmp_pa
   (tmp_path / "eval").mkdir()
   config = digits.get_config("local")
   config.eval.sampler_sweep = ("lie_trotter:quadratic:2", "strang:edm:4")
-  network = quality_features.Network("digits-classifier-v1", "ab" * 32, "tf1", None, "_digits")
-  loaded = quality.Loaded((8, 8, 1), network, None, 4, {"key": "digits-reference"}, BASELINES)
+  network = image_features.Network("digits-classifier-v1", "ab" * 32, "tf1", None, "_digits")
+  loaded = image_quality.Loaded((8, 8, 1), network, None, 4, {"key": "digits-reference"}, BASELINES)
   rows = quality_table()["rows"]
-  path = quality.write_table(config, str(tmp_path), loaded, rows, 1.0)
+  path = image_quality.write_table(config, str(tmp_path), loaded, rows, 1.0)
   picture = path[:-len(".json")] + ".png"
   assert sorted(os.listdir(tmp_path / "eval")) == sorted([os.path.basename(path), os.path.basename(picture)])
   with open(path) as file:

@@ -1,5 +1,5 @@
-"""--mode=eval's results as a reader sees them (hold_jax/report_text.py and each report kind's format_report), and
-the sliced Wasserstein-1 metric of point sets with its baselines (hold_jax/point_quality.py)."""
+"""--mode=eval's results as a reader sees them (hold_jax/evaluation/report_text.py and each report kind's format_report), and
+the sliced Wasserstein-1 metric of point sets with its baselines (hold_jax/evaluation/point_quality.py)."""
 import json
 import os
 import re
@@ -7,16 +7,16 @@ import re
 import numpy as np
 import pytest
 
-from hold_jax import config_checks
-from hold_jax import evaluate
-from hold_jax import evaluation
-from hold_jax import point_quality
-from hold_jax import quality
-from hold_jax import report_text
-from hold_jax import train
-from hold_jax import workdir_view
+from hold_jax.cli import config_checks
 from hold_jax.configs import digits
 from hold_jax.configs import toy2d
+from hold_jax.evaluation import eval_job
+from hold_jax.evaluation import image_quality
+from hold_jax.evaluation import nll_rounds
+from hold_jax.evaluation import point_quality
+from hold_jax.evaluation import report_text
+from hold_jax.training import train
+from hold_jax.workdir import workdir_view
 
 # ----------------------------------------------------------------------------------------------------------
 # The console's view of small report dicts.
@@ -43,38 +43,38 @@ def test_numbers_are_rounded_to_three_significant_digits_and_keep_their_integer_
 
 
 def test_a_quality_report_says_each_metric_beside_its_baselines_then_its_path():
-  text = quality.format_report(digits_report(), "runs/digits/eval/quality_x.json")
+  text = image_quality.format_report(digits_report(), "runs/digits/eval/quality_x.json")
   lines = text.splitlines()
   assert "fd_digits 1.31 (held-out digits 6.14, noise 871)" in lines
   assert "kid_digits 0.00212 (held-out digits 0.0104, noise 2.95)" in lines
   assert lines[-1] == "runs/digits/eval/quality_x.json" and "{" not in text  # no raw dict
-  several = quality.format_report(digits_report(num_repeats=3), "r.json").splitlines()
+  several = image_quality.format_report(digits_report(num_repeats=3), "r.json").splitlines()
   assert "fd_digits 2.31 mean, 1.31 min of 3 repeats (held-out digits 6.14, noise 871)" in several
 
 
 def test_the_nll_bound_is_quoted_in_nats_per_point_for_points_and_bits_per_dim_for_images():
   points = {"nll_bound_nats": -2.77194, "nll_bound_nats_stderr": 0.04312, "nll_bound_nats_per_dim": -1.38597,
             "num_examples": 1000, "nfe_mean": 371.6, "checkpoint_step": 20}
-  assert evaluate.format_report(points, "p.json").splitlines() == [
+  assert nll_rounds.format_report(points, "p.json").splitlines() == [
       "nll_bound -2.772 +- 0.043 nats per point (1000 points, mean NFE 372, checkpoint step 20)", "p.json"]
   images = dict(points, nll_bound_nats=4567.8, nll_bound_nats_per_dim=2.2304, bits_per_dim=3.21768,
                 bits_per_dim_stderr=0.01234, num_levels=256)
-  first = evaluate.format_report(images, "i.json").splitlines()[0]
+  first = nll_rounds.format_report(images, "i.json").splitlines()[0]
   assert first.startswith("nll_bound 3.218 +- 0.012 bits/dim (1000 images") and "nats" not in first
-  assert evaluate.in_reported_unit(-2.5, 2, None) == (-2.5, "nats per point")
-  assert evaluate.in_reported_unit(0.0, 4, 256) == (7.0, "bits/dim")  # log2(256 / 2) for [-1, 1] scaling
+  assert nll_rounds.in_reported_unit(-2.5, 2, None) == (-2.5, "nats per point")
+  assert nll_rounds.in_reported_unit(0.0, 4, 256) == (7.0, "bits/dim")  # log2(256 / 2) for [-1, 1] scaling
 
 
 def test_a_sweep_table_shows_the_baselines_once_under_the_metric_means():
   rows = [{"method": "lie_trotter", "grid": "quadratic", "num_steps": n, "nfe": n, "fd_digits_mean": 10.0 / n,
            "fd_digits_min": 9.0 / n, "report": "r.json"} for n in (10, 20)]
-  lines = quality.format_table(rows, DIGITS_BASELINES).splitlines()
+  lines = image_quality.format_table(rows, DIGITS_BASELINES).splitlines()
   assert len(lines) == 5 and lines[0].split() == ["method", "grid", "num_steps", "nfe", "fd_digits_mean",
                                                   "fd_digits_min"]
   assert lines[3].split() == ["held-out", "digits:", "6.139"] and lines[4].split() == ["noise:", "871.3"]
   column = lines[0].index("fd_digits_mean")
   assert lines[3][column:].split()[0] == "6.139" and lines[1][column:].split()[0] == "1"  # aligned
-  assert len(quality.format_table(rows).splitlines()) == 3  # no baselines, no rows for them
+  assert len(image_quality.format_table(rows).splitlines()) == 3  # no baselines, no rows for them
 
 
 def test_evaluation_summary_reads_each_report_and_formats_it_by_its_kind(tmp_path):
@@ -88,7 +88,7 @@ def test_evaluation_summary_reads_each_report_and_formats_it_by_its_kind(tmp_pat
   for name, report in (("nll.json", nll), ("points.json", points), ("quality.json", digits_report())):
     (tmp_path / name).write_text(json.dumps(report))
     paths.append(str(tmp_path / name))
-  lines = evaluation.summary(paths + [str(tmp_path / "elsewhere.json")]).splitlines()
+  lines = eval_job.summary(paths + [str(tmp_path / "elsewhere.json")]).splitlines()
   assert lines[0].startswith("nll_bound -2.5 +- 0.1 nats per point") and lines[1] == paths[0]
   assert "sw1 0.123 (held-out points 0.0261, noise 0.271)" in lines and paths[1] in lines
   assert "fd_digits 1.31 (held-out digits 6.14, noise 871)" in lines
@@ -166,7 +166,7 @@ def test_an_sw1_report_holds_the_metric_its_baselines_and_is_named_by_its_settin
   workdir, config = trained
   config = config.copy_and_resolve_references()
   config.eval.num_repeats = 2
-  paths = evaluation.run(config, str(workdir))
+  paths = eval_job.run(config, str(workdir))
   assert len(paths) == 1 and os.path.dirname(paths[0]) == str(workdir / "eval")
   assert re.fullmatch(r"quality_lie_trotter_quadratic_2steps_ckpt4_points_[0-9a-f]{8}\.json",
                       os.path.basename(paths[0]))
@@ -178,7 +178,7 @@ def test_an_sw1_report_holds_the_metric_its_baselines_and_is_named_by_its_settin
   assert report["repeats"][0]["sw1"] != report["repeats"][1]["sw1"]  # two seeds, two sample sets
   assert set(report["baselines"]) == {"heldout_points", "gaussian_noise"}
   assert "within_0_01_mean" in report["summary"] and "within_0_01" in report["baselines"]["heldout_points"]
-  text = evaluation.summary(paths).splitlines()
+  text = eval_job.summary(paths).splitlines()
   assert text[-1] == paths[0] and re.fullmatch(r"sw1 [0-9.]+ mean, [0-9.]+ min of 2 repeats \(held-out points "
                                                r"[0-9.]+, noise [0-9.]+\)", text[1])
   stem = lambda config: point_quality.report_stem(point_quality.report_settings(config, 4))
@@ -196,7 +196,7 @@ def test_an_sw1_sweep_writes_a_table_that_workdir_view_finds_and_draws(trained):
   workdir, config = trained
   config = config.copy_and_resolve_references()
   config.eval.sampler_sweep = ("lie_trotter:quadratic:1", "lie_trotter:quadratic:3")
-  path = evaluation.run(config, str(workdir))[0]
+  path = eval_job.run(config, str(workdir))[0]
   assert re.fullmatch(r"quality_vs_nfe_ckpt4_points_[0-9a-f]{8}\.json", os.path.basename(path))
   table = workdir_view.load_table(path)
   assert [(row["method"], row["num_steps"], row["nfe"]) for row in table["rows"]] == [
@@ -207,7 +207,7 @@ def test_an_sw1_sweep_writes_a_table_that_workdir_view_finds_and_draws(trained):
   assert os.path.isfile(path[:-len(".json")] + ".png")  # the plot beside the table
   for row in table["rows"]:
     assert os.path.isfile(workdir / "eval" / row["report"])
-  lines = evaluation.summary([path]).splitlines()
+  lines = eval_job.summary([path]).splitlines()
   assert lines[-1] == path and sum(line.startswith(("held-out points:", "noise:")) for line in lines) == 2
 
 

@@ -2,7 +2,7 @@
 import jax
 import pytest
 
-from hold_jax import preemption
+from hold_jax.training import preemption
 
 
 def test_one_process_uses_its_own_signal_flag(monkeypatch):

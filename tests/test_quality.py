@@ -1,4 +1,4 @@
-"""Sample-quality evaluation (hold_jax/quality.py) end to end on the digits, with the bundled classifier."""
+"""Sample-quality evaluation (hold_jax/evaluation/image_quality.py) end to end on the digits, with the bundled classifier."""
 import json
 import os
 import re
@@ -10,14 +10,14 @@ import pytest
 
 from benchmarks import damage
 from hold_jax.configs import digits
-from hold_jax import checkpoints
-from hold_jax import evaluate
-from hold_jax import evaluation
-from hold_jax import quality
-from hold_jax import quality_features
-from hold_jax import quality_files
-from hold_jax import train
-from hold_jax import trained_model
+from hold_jax.evaluation import eval_job
+from hold_jax.evaluation import image_features
+from hold_jax.evaluation import image_quality
+from hold_jax.evaluation import nll_rounds
+from hold_jax.evaluation import quality_files
+from hold_jax.training import train
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import trained_model
 
 
 def eval_config():
@@ -54,7 +54,7 @@ def with_eval(config, **fields):
 
 
 def run(config, workdir):
-  path = quality.evaluate_quality(config, str(workdir))
+  path = image_quality.evaluate_quality(config, str(workdir))
   with open(path) as file:
     return path, json.load(file)
 
@@ -75,8 +75,8 @@ def test_report_has_the_metrics_the_baselines_and_resumes_round_by_round(trained
   assert len(os.listdir(config.eval.stats_cache_dir)) == 1  # reference statistics cached for the next run
 
   generated = []
-  original = quality._generate_round  # pylint: disable=protected-access
-  monkeypatch.setattr(quality, "_generate_round", lambda *args: generated.append(args[3]) or original(*args))
+  original = image_quality._generate_round  # pylint: disable=protected-access
+  monkeypatch.setattr(image_quality, "_generate_round", lambda *args: generated.append(args[3]) or original(*args))
   os.remove(run_dir / "repeat0_round1.npz")  # killed before the second round was written
   assert run(config, workdir)[1]["repeats"] == report["repeats"]
   assert [list(ids) for ids in generated] == [list(range(8, 13))]  # only the missing round
@@ -88,31 +88,17 @@ def test_report_has_the_metrics_the_baselines_and_resumes_round_by_round(trained
   assert [list(ids) for ids in generated] == [list(range(8))]
 
 
-def test_a_round_file_with_changed_numbers_fails_its_checksum(trained, tmp_path):
-  features = np.arange(12, dtype=np.float32).reshape(3, 4)
-  path = tmp_path / "round.npz"
-  quality.write_round(path, features, features[:, :2], 7)
-  found = quality.read_round(path, 3)
-  assert found[2] == 7 and np.array_equal(found[0], features)
-  assert quality.read_round(path, 4) is None  # wrong number of rows
-  with np.load(path) as archive:
-    arrays = dict(archive)
-  arrays["features"][1, 2] += 1
-  np.savez(path, **arrays)
-  assert quality.read_round(path, 3) is None
-
-
 def test_bad_evaluation_inputs_are_named(trained, tmp_path):
   workdir, config = trained
   inception = eval_config()
   inception.eval.feature_network = "inception"
   with pytest.raises(ValueError, match=r"eval.inception_weights is not set.*pt_inception-2015-12-05"):
-    quality.evaluate_quality(inception, str(workdir))
+    image_quality.evaluate_quality(inception, str(workdir))
   inception.eval.inception_weights = str(tmp_path / "missing.pth")
   with pytest.raises(ValueError, match=r"missing.pth"):
-    quality.evaluate_quality(inception, str(workdir))
+    image_quality.evaluate_quality(inception, str(workdir))
   with pytest.raises(checkpoints.CheckpointError, match=r"No checkpoint in"):
-    quality.evaluate_quality(config, str(tmp_path / "empty"))
+    image_quality.evaluate_quality(config, str(tmp_path / "empty"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,7 +125,7 @@ def test_a_chosen_checkpoint_is_evaluated_instead_of_the_newest(trained, monkeyp
 
   monkeypatch.setattr(trained_model, "load_ema_params", load_ema_params)
   with pytest.raises(checkpoints.CheckpointError, match="stop here"):
-    evaluate.evaluate(with_eval(config, checkpoint_step=2, num_examples=4, batch_size=4), str(workdir))
+    nll_rounds.evaluate(with_eval(config, checkpoint_step=2, num_examples=4, batch_size=4), str(workdir))
   assert asked == [2]
 
 
@@ -147,7 +133,7 @@ def test_an_absent_chosen_step_lists_the_steps_there(trained):
   workdir, config = trained
   with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint of step 3 in .*checkpoints; the steps "
                      r"there: 2, 4\."):
-    quality.evaluate_quality(with_eval(config, checkpoint_step=3), str(workdir))
+    image_quality.evaluate_quality(with_eval(config, checkpoint_step=3), str(workdir))
 
 
 # Kinds that reach the EMA parameters: the evaluation reads them alone, and flipped bytes in the largest data
@@ -159,7 +145,7 @@ def test_a_damaged_chosen_step_is_an_error_not_a_fallback(trained, tmp_path, kin
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval"))
   damage.kinds()[kind](copy / "checkpoints" / "2")
   with pytest.raises(checkpoints.CheckpointError) as info:
-    quality.evaluate_quality(with_eval(config, checkpoint_step=2), str(copy))
+    image_quality.evaluate_quality(with_eval(config, checkpoint_step=2), str(copy))
   message = str(info.value)
   assert "checkpoint of step 2" in message and "cannot be used" in message
   assert "no other step is read in its place" in message and "left where it is" in message
@@ -174,14 +160,14 @@ def test_a_damaged_chosen_step_is_an_error_not_a_fallback(trained, tmp_path, kin
 def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypatch):
   workdir, config = trained
   calls = {"reference_statistics": 0, "load_network": 0, "load_ema_params": 0}
-  for module, name in ((quality_features, "reference_statistics"), (quality_features, "load_network"),
+  for module, name in ((image_features, "reference_statistics"), (image_features, "load_network"),
                        (trained_model, "load_ema_params")):
     original = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *args, name=name, original=original:
                         calls.__setitem__(name, calls[name] + 1) or original(*args))
   method, grid = config.sampling.method, config.sampling.grid
   sweep = (f"{method}:{grid}:1", f"{method}:{grid}:2")
-  path = quality.evaluate_quality(with_eval(config, sampler_sweep=sweep), str(workdir))
+  path = image_quality.evaluate_quality(with_eval(config, sampler_sweep=sweep), str(workdir))
   assert calls == {"reference_statistics": 1, "load_network": 1, "load_ema_params": 1}  # loaded once each
   assert re.fullmatch(r"quality_vs_nfe_ckpt4_digits-classifier-v1_[0-9a-f]{8}\.json", os.path.basename(path))
   with open(path) as file:
@@ -201,20 +187,20 @@ def test_a_sampler_sweep_writes_a_report_per_entry_and_a_table(trained, monkeypa
     assert os.path.isdir(workdir / "eval" / report["run"])
   assert rows[0]["fd_digits_mean"] != rows[1]["fd_digits_mean"]
   assert rows[0]["report"] != rows[1]["report"]
-  lines = evaluation.summary([path]).splitlines()  # what --mode=eval prints: the table, its baselines once
+  lines = eval_job.summary([path]).splitlines()  # what --mode=eval prints: the table, its baselines once
   assert lines[-1] == path and sum(line.startswith(("held-out digits:", "noise:")) for line in lines) == 2
-  report_lines = evaluation.summary([str(workdir / "eval" / rows[0]["report"])]).splitlines()
+  report_lines = eval_job.summary([str(workdir / "eval" / rows[0]["report"])]).splitlines()
   assert re.fullmatch(r"fd_digits [0-9.]+ \(held-out digits [0-9.]+, noise [0-9.]+\)", report_lines[1])
 
 
 def test_a_bad_sweep_entry_fails_before_anything_is_loaded(trained, monkeypatch):
   workdir, config = trained
-  monkeypatch.setattr(quality_features, "load_network",
+  monkeypatch.setattr(image_features, "load_network",
                       lambda *args: pytest.fail("loaded before the sweep was checked"))
   bad = with_eval(config, sampler_sweep=("strang:edm:20", "strang:cosine:20"))
   with pytest.raises(ValueError, match=r"eval.sampler_sweep\[1\] = 'strang:cosine:20' is not allowed \(unknown "
                      r"grid 'cosine'\).*\('uniform', 'quadratic', 'edm'\)"):
-    quality.evaluate_quality(bad, str(workdir))
+    image_quality.evaluate_quality(bad, str(workdir))
 
 
 def test_feature_stream_computes_full_batches_whatever_the_sampling_batches():
@@ -225,9 +211,9 @@ def test_feature_stream_computes_full_batches_whatever_the_sampling_batches():
     flat = images.reshape(len(images), -1).astype(np.float32)
     return np.stack([flat.mean(axis=1), flat[:, 0]], axis=1), flat[:, :3]
 
-  network = quality_features.Network("stand-in", "0" * 64, "tf1", features, "")
+  network = image_features.Network("stand-in", "0" * 64, "tf1", features, "")
   images = np.random.default_rng(0).integers(0, 256, (23, 4, 4, 1), dtype=np.uint8)
-  stream = quality_features.FeatureStream(network, batch_size=5)
+  stream = image_features.FeatureStream(network, batch_size=5)
   for start, stop in ((0, 3), (3, 10), (10, 11), (11, 23)):  # sampling batches of 3, 7, 1 and 12
     stream.add(images[start:stop])
   got_features, got_logits = stream.finish()

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from hold_jax import fid
+from hold_jax.evaluation import image_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
@@ -117,6 +118,7 @@ def test_main_commands_run(monkeypatch, tmp_path):
 
 class StandInNetwork:
   """A fixed random projection of the pixels in place of the Inception network: pool3 (B, 16), logits (B, 10)."""
+  name = "stand-in"
   weights_sha256 = "0" * 64
   resize = "tf1"
 
@@ -142,6 +144,7 @@ def test_fid_commands_run(tmp_path, capsys):
     assert args.inception_weights
     # The same command on generated images, with a stand-in for the Inception weights the tests do not have.
     argv = [str(samples) if w == args.a else str(reference) if w == args.b else w for w in words[3:]]
-    assert fid.main(argv, network=StandInNetwork()) == 0, capsys.readouterr().err
+    network = image_features.from_outputs(StandInNetwork(), "pool3", "logits", "")
+    assert fid.main(argv, network=network) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"fid", "kid", "is"} <= set(result) and np.isfinite(result["fid"])

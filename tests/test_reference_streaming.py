@@ -1,4 +1,4 @@
-"""Reference statistics (hold_jax/quality_features.py): the cache key is counted from the split's metadata, a
+"""Reference statistics (hold_jax/evaluation/image_features.py): the cache key is counted from the split's metadata, a
 cached entry is read without the split, and a computed one streams the split chunk by chunk and batch by batch."""
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import jax
 import numpy as np
 import pytest
 
-from hold_jax import image_data
-from hold_jax import image_sources
-from hold_jax import quality_features
 from hold_jax.configs import cifar10
 from hold_jax.configs import digits
-from hold_jax.metrics import reference_stats
-from hold_jax.metrics import statistics
+from hold_jax.data import image_data
+from hold_jax.data import image_sources
+from hold_jax.evaluation import image_features
+from hold_jax.evaluation import reference_stats
+from hold_jax.evaluation import statistics
 
 
-def stand_in_network(batch_sizes: list[int] | None = None) -> quality_features.Network:
+def stand_in_network(batch_sizes: list[int] | None = None) -> image_features.Network:
   """A feature network of plain numpy: the first 12 pixels and the mean pixel (N, 13), logits (N, 3); it records
   the size of every batch it is given."""
   def features(images):
@@ -27,7 +27,7 @@ def stand_in_network(batch_sizes: list[int] | None = None) -> quality_features.N
     flat = images.reshape(len(images), -1).astype(np.float32)
     return np.concatenate([flat[:, :12], flat.mean(axis=1, keepdims=True)], axis=1), flat[:, :3]
 
-  return quality_features.Network("stand-in", "0" * 64, "tf1", features, "")
+  return image_features.Network("stand-in", "0" * 64, "tf1", features, "")
 
 
 def digits_config(cache_dir, feature_batch_size: int = 100):
@@ -37,7 +37,7 @@ def digits_config(cache_dir, feature_batch_size: int = 100):
   return config
 
 
-def all_at_once(config, network: quality_features.Network):
+def all_at_once(config, network: image_features.Network):
   """The computation before streaming: the whole split in memory, features of it, one FeatureStats.add."""
   source = image_sources.SOURCES[config.data.dataset]
   size = config.data.image_size
@@ -47,7 +47,7 @@ def all_at_once(config, network: quality_features.Network):
 
   levels = image_sources.load_part(config.data.dataset, config.eval.reference_split, config.data.data_dir, 0, 1, fit)
   images = image_data.to_pixels(image_data.to_model_space(levels, source.num_levels))
-  features, _ = quality_features.features_in_batches(network, images, config.eval.feature_batch_size)
+  features, _ = image_features.features_in_batches(network, images, config.eval.feature_batch_size)
   accumulator = statistics.FeatureStats(features.shape[1]).add(features)
   key = reference_stats.reference_key(config.data.dataset, config.eval.reference_split, len(images),
                                       network.weights_sha256, network.resize)
@@ -76,7 +76,7 @@ def test_the_count_of_the_key_is_the_loaded_count_without_loading(monkeypatch):
   with pytest.raises(ValueError, match=r"data.split = 'test': the digits set has one split, 'train'"):
     image_sources.part_size("digits", "test", None, 0, 1)
   monkeypatch.setattr(image_sources, "digits_part", refuse)
-  assert quality_features.reference_count(digits.get_config("local")) == 1797
+  assert image_features.reference_count(digits.get_config("local")) == 1797
 
 
 def test_tfds_is_counted_unread_and_streamed_as_load_part_loads(prepared_mock_tfds, monkeypatch):
@@ -97,7 +97,7 @@ def test_tfds_is_counted_unread_and_streamed_as_load_part_loads(prepared_mock_tf
 
 def test_a_cached_reference_is_returned_without_reading_the_split(tmp_path, monkeypatch):
   config, network = digits_config(tmp_path), stand_in_network()
-  first = quality_features.reference_statistics(config, network)
+  first = image_features.reference_statistics(config, network)
   mu, sigma, features, old_key = all_at_once(config, network)
   assert first["key"] == old_key  # the key of caches written before streaming
   assert os.listdir(tmp_path) == [f"{old_key}.npz"]
@@ -105,7 +105,7 @@ def test_a_cached_reference_is_returned_without_reading_the_split(tmp_path, monk
   for name in ("load_part", "part_chunks", "digits_part", "tfds_part"):
     monkeypatch.setattr(image_sources, name, refuse)
   calls = []
-  cached = quality_features.reference_statistics(config, stand_in_network(calls))
+  cached = image_features.reference_statistics(config, stand_in_network(calls))
   assert cached["key"] == old_key and calls == []
   np.testing.assert_array_equal(cached["mu"], first["mu"])
   np.testing.assert_array_equal(cached["sigma"], first["sigma"])
@@ -122,7 +122,7 @@ def test_streamed_reference_equals_the_all_at_once_computation(tmp_path, monkeyp
   config, calls = digits_config(tmp_path), []
   network = stand_in_network(calls)
   monkeypatch.setattr(jax, "process_index", lambda: 1)  # not the writing process: computed, not cached
-  streamed = quality_features.reference_statistics(config, network)
+  streamed = image_features.reference_statistics(config, network)
   assert os.listdir(tmp_path) == []
   assert set(calls) == {100} and len(calls) == 18  # 1,797 images: 17 full batches and one of 97, padded
   mu, sigma, features, key = all_at_once(config, network)
@@ -137,14 +137,14 @@ def test_streamed_reference_equals_the_all_at_once_computation(tmp_path, monkeyp
 def test_batches_of_regroups_any_chunks_into_the_batches_of_the_joined_images(chunk_sizes):
   images = np.random.default_rng(0).integers(0, 256, (sum(chunk_sizes), 4, 4, 3), dtype=np.uint8)
   chunks = np.split(images, np.cumsum(chunk_sizes)[:-1])
-  batches = list(quality_features.batches_of(iter(chunks), 8))
+  batches = list(image_features.batches_of(iter(chunks), 8))
   assert [len(batch) for batch in batches] == [min(8, len(images) - start) for start in range(0, len(images), 8)]
   np.testing.assert_array_equal(np.concatenate(batches), images)
 
   network = stand_in_network()
-  want_features, _ = quality_features.features_in_batches(network, images, 8)
+  want_features, _ = image_features.features_in_batches(network, images, 8)
   want = statistics.FeatureStats().add(want_features)
-  got, got_features = quality_features.streamed_features(network, iter(chunks), 8, len(images), "the test split")
+  got, got_features = image_features.streamed_features(network, iter(chunks), 8, len(images), "the test split")
   np.testing.assert_array_equal(got_features, want_features)
   assert got.n == len(images)
   assert_close(got.mean(), want.mean())
@@ -156,9 +156,9 @@ def test_a_split_of_another_size_than_its_metadata_is_named():
   network = stand_in_network()
   with pytest.raises(ValueError, match=r"the test split holds 10 images, but its metadata counts 11: .*prepare "
                      r"it again under data.data_dir"):
-    quality_features.streamed_features(network, iter(chunks), 4, 11, "the test split")
+    image_features.streamed_features(network, iter(chunks), 4, 11, "the test split")
   with pytest.raises(ValueError, match=r"holds more than 9 images, but its metadata counts 9"):
-    quality_features.streamed_features(network, iter(chunks), 4, 9, "the test split")
+    image_features.streamed_features(network, iter(chunks), 4, 9, "the test split")
 
 
 def test_the_split_is_streamed_in_chunks_and_batches(tmp_path, monkeypatch):
@@ -182,7 +182,7 @@ def test_the_split_is_streamed_in_chunks_and_batches(tmp_path, monkeypatch):
   calls = []
   tracemalloc.start()
   try:
-    stats = quality_features.reference_statistics(config, stand_in_network(calls))
+    stats = image_features.reference_statistics(config, stand_in_network(calls))
     _, peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()

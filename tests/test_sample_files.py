@@ -1,5 +1,5 @@
 """Sample files are named from every setting that can change them and record those settings: a run with other
-settings writes a new file next to the earlier ones, never over them (hold_jax/sample.py, hold_jax/demo.py)."""
+settings writes a new file next to the earlier ones, never over them (hold_jax/sampling/sample_job.py, hold_jax/cli/demo.py)."""
 from __future__ import annotations
 
 import json
@@ -14,14 +14,14 @@ import pytest
 from etils import epath
 from PIL import Image
 
-from hold_jax import demo
-from hold_jax import input_pipeline
 from hold_jax import plots
-from hold_jax import sample
-from hold_jax import trained_model
+from hold_jax.cli import demo
 from hold_jax.configs import digits
 from hold_jax.configs import mixture_demo
 from hold_jax.configs import toy2d
+from hold_jax.data import input_pipeline
+from hold_jax.sampling import sample_job
+from hold_jax.workdir import trained_model
 
 
 def sampling_config(config, **changes):
@@ -48,14 +48,14 @@ def trained(trained_workdir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("sampled") / "run"
   shutil.copytree(trained_workdir[0], workdir)
   config = trained_workdir[1]
-  path = sample.sample_to_disk(sampling_config(config), str(workdir))
+  path = sample_job.sample_to_disk(sampling_config(config), str(workdir))
   return workdir, config, path, read(path)
 
 
 @pytest.mark.parametrize("field, value", [("stochasticity", 0.5), ("clip_x0", "none"), ("seed", 1)])
 def test_a_run_with_another_setting_keeps_the_earlier_file(trained, field, value):
   workdir, config, first, first_arrays = trained
-  second = sample.sample_to_disk(sampling_config(config, **{field: value}), str(workdir))
+  second = sample_job.sample_to_disk(sampling_config(config, **{field: value}), str(workdir))
   assert second != first and os.path.isfile(second) and os.path.isfile(first[:-len(".npz")] + ".png")
   assert os.path.isfile(second[:-len(".npz")] + ".png")
   kept, written = read(first), read(second)
@@ -67,18 +67,18 @@ def test_a_run_with_another_setting_keeps_the_earlier_file(trained, field, value
     settings = json.loads(str(arrays["settings_json"]))
     assert (settings["seed"] if field == "seed" else settings["sampling"][field]) == expected
     assert settings["checkpoint_step"] == int(arrays["checkpoint_step"]) == 40
-    assert sample.settings_stem(settings) + ".npz" == os.path.basename(path)  # the record gives the name again
+    assert sample_job.settings_stem(settings) + ".npz" == os.path.basename(path)  # the record gives the name again
     whole = ml_collections.ConfigDict(json.loads(str(arrays["config_json"])))
-    assert sample.sample_file_stem(whole, 40) + ".npz" == os.path.basename(path)
+    assert sample_job.sample_file_stem(whole, 40) + ".npz" == os.path.basename(path)
   if field != "clip_x0":  # clipping changes the samples only where x0_hat leaves the data's range
     assert not np.allclose(kept["x"], written["x"])
 
 
 def test_the_same_settings_rewrite_the_same_file_whatever_the_batch_size(trained):
   workdir, config, first, first_arrays = trained
-  assert sample.sample_to_disk(sampling_config(config), str(workdir)) == first
+  assert sample_job.sample_to_disk(sampling_config(config), str(workdir)) == first
   np.testing.assert_array_equal(read(first)["x"], first_arrays["x"])
-  assert sample.sample_to_disk(sampling_config(config, batch_size=32), str(workdir)) == first
+  assert sample_job.sample_to_disk(sampling_config(config, batch_size=32), str(workdir)) == first
   rewritten = read(first)
   np.testing.assert_allclose(rewritten["x"], first_arrays["x"], atol=1e-5)  # float rounding of other batch shapes
   assert json.loads(str(rewritten["settings_json"]))["sampling"]["batch_size"] == 32  # what the file came from
@@ -101,20 +101,20 @@ def changed(value):
 
 def test_the_name_covers_every_sampling_field_but_the_batch_size():
   config = toy2d.get_config("local")
-  base = sample.sample_file_stem(config, 40)
+  base = sample_job.sample_file_stem(config, 40)
   assert re.fullmatch(r"lie_trotter_quadratic_50steps_ckpt40_[0-9a-f]{8}", base)
   for field in config.sampling:
     other = ml_collections.ConfigDict(config.to_dict())
     other.sampling[field] = changed(config.sampling[field])
-    stem = sample.sample_file_stem(other, 40)
-    assert (stem == base) == (field in sample.UNHASHED_SAMPLING_FIELDS), field
-  assert sample.UNHASHED_SAMPLING_FIELDS == ("batch_size",)
+    stem = sample_job.sample_file_stem(other, 40)
+    assert (stem == base) == (field in sample_job.UNHASHED_SAMPLING_FIELDS), field
+  assert sample_job.UNHASHED_SAMPLING_FIELDS == ("batch_size",)
   other = ml_collections.ConfigDict(config.to_dict())
   other.seed = 1
-  assert len({base, sample.sample_file_stem(other, 40), sample.sample_file_stem(config, 20)}) == 3
+  assert len({base, sample_job.sample_file_stem(other, 40), sample_job.sample_file_stem(config, 20)}) == 3
   config.sampling.update(method="ode_adaptive", ode_variable="state")
   assert re.fullmatch(r"ode_adaptive_tsit5_rtol1e-05_atol1e-05_state_ckpt40_[0-9a-f]{8}",
-                      sample.sample_file_stem(config, 40))
+                      sample_job.sample_file_stem(config, 40))
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".png"])
@@ -122,7 +122,7 @@ def test_a_write_cut_short_leaves_nothing_under_the_final_name(tmp_path, monkeyp
   config = toy2d.get_config("local")
   samples = np.random.default_rng(0).normal(size=(config.sampling.num_samples, 2)).astype(np.float32)
   monkeypatch.setattr(trained_model, "load_ema_params", lambda config, workdir, shape: (None, 7))
-  monkeypatch.setattr(sample, "draw", lambda config, params, shape, return_nfe=False: (samples, 50))
+  monkeypatch.setattr(sample_job, "draw", lambda config, params, shape, return_nfe=False: (samples, 50))
   write_bytes = epath.Path.write_bytes
 
   def killed(path, data):  # half of the file reaches the disk, then the job is killed
@@ -134,7 +134,7 @@ def test_a_write_cut_short_leaves_nothing_under_the_final_name(tmp_path, monkeyp
 
   monkeypatch.setattr(epath.Path, "write_bytes", killed)
   with pytest.raises(KeyboardInterrupt):
-    sample.sample_to_disk(config, str(tmp_path))
+    sample_job.sample_to_disk(config, str(tmp_path))
   assert not [name for name in os.listdir(tmp_path / "samples") if name.endswith(suffix)]
 
 
@@ -150,10 +150,10 @@ def test_sample_to_disk_draws_every_kind_of_points_over_the_data_and_names_its_f
     config.data.dataset = f"npy:{tmp_path / 'cloud.npy'}"
   samples = np.random.default_rng(0).normal(size=(config.sampling.num_samples, dims)).astype(np.float32)
   monkeypatch.setattr(trained_model, "load_ema_params", lambda config, workdir, shape: (None, 7))
-  monkeypatch.setattr(sample, "draw", lambda config, params, shape, return_nfe=False: (samples, 50))
+  monkeypatch.setattr(sample_job, "draw", lambda config, params, shape, return_nfe=False: (samples, 50))
   drawn, figure_of = [], plots.samples_figure
   monkeypatch.setattr(plots, "samples_figure", lambda *args, **kwargs: drawn.append(args) or figure_of(*args, **kwargs))
-  path = sample.sample_to_disk(config, str(tmp_path / "run"))
+  path = sample_job.sample_to_disk(config, str(tmp_path / "run"))
   picture = path[:-len(".npz")] + ".png"
   with Image.open(picture) as image:
     assert json.loads(image.text["settings"]) == json.loads(str(read(path)["settings_json"]))
@@ -169,16 +169,16 @@ def test_sample_to_disk_draws_every_kind_of_points_over_the_data_and_names_its_f
 def test_training_grids_of_one_step_with_other_sampling_settings_are_both_kept(tmp_path, monkeypatch):
   config = digits.get_config("local")
   config.training.update(sample_every=2, num_grid_samples=4)
-  monkeypatch.setattr(sample, "make_drawer", lambda config, shape: lambda params, num: np.zeros((num,) + shape))
+  monkeypatch.setattr(sample_job, "make_drawer", lambda config, shape: lambda params, num: np.zeros((num,) + shape))
   # absl's handler (and so pytest's caplog) depends on what earlier tests of the process set up: the call is
   # recorded instead.
   logged = []
-  monkeypatch.setattr(sample.logging, "info", lambda message, *args: logged.append(message % args))
+  monkeypatch.setattr(sample_job.logging, "info", lambda message, *args: logged.append(message % args))
   writer = SimpleNamespace(write_images=lambda step, images: None)
   for stochasticity in (0.0, 0.5, 0.5):  # a resumed run with another setting, then one with the same
     config.sampling.stochasticity = stochasticity
-    sample.grid_callback(config, str(tmp_path), (8, 8, 1))(2, SimpleNamespace(ema_params=None), writer)
-    assert logged[-1].endswith(f"grid written to {tmp_path / 'samples' / sample.grid_file_name(config, 2)}")
+    sample_job.grid_callback(config, str(tmp_path), (8, 8, 1))(2, SimpleNamespace(ema_params=None), writer)
+    assert logged[-1].endswith(f"grid written to {tmp_path / 'samples' / sample_job.grid_file_name(config, 2)}")
   names = sorted(os.listdir(tmp_path / "samples"))
   assert len(names) == 2 and all(re.fullmatch(r"grid_step2_[0-9a-f]{8}\.png", name) for name in names), names
   by_setting = {}
@@ -187,9 +187,9 @@ def test_training_grids_of_one_step_with_other_sampling_settings_are_both_kept(t
       settings = json.loads(image.text["settings"])
     assert settings["checkpoint_step"] == 2 and settings["sampling"]["num_samples"] == 4  # what was drawn
     by_setting[settings["sampling"]["stochasticity"]] = name
-  assert sorted(by_setting) == [0.0, 0.5] and sample.grid_file_name(config, 2) == by_setting[0.5]
+  assert sorted(by_setting) == [0.0, 0.5] and sample_job.grid_file_name(config, 2) == by_setting[0.5]
   config.sampling.batch_size = 1
-  assert sample.grid_file_name(config, 2) == by_setting[0.5]
+  assert sample_job.grid_file_name(config, 2) == by_setting[0.5]
 
 
 def test_demo_runs_with_other_settings_keep_their_own_files(tmp_path, monkeypatch):

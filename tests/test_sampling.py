@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from hold_jax import adaptive_ode
-from hold_jax import exact_scores
-from hold_jax import flow_coordinates
-from hold_jax import perturbation_kernel
-from hold_jax import sampling
-from hold_jax import sde as sde_lib
+from hold_jax.process import exact_scores
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sde as sde_lib
+from hold_jax.sampling import adaptive_ode
+from hold_jax.sampling import flow_coordinates
+from hold_jax.sampling import samplers
 from test_sde import make_sde
 
 DATA_MEAN = np.array([0.5, -0.5])
@@ -106,7 +106,7 @@ def gaussian_sampler(method, num_steps, grid, order, data_var, denoise, num_samp
   """Compiled float32 sampler (rng, ids (num_samples,)) -> Samples for N(DATA_MEAN, data_var I) data."""
   sde = make_process(order)
   config = sampling_config(method, num_steps, grid, denoise)
-  sampler = sampling.make_sampler(sde, tabulated_gaussian_score(order, data_var), (2,), config, dtype=jnp.float32,
+  sampler = samplers.make_sampler(sde, tabulated_gaussian_score(order, data_var), (2,), config, dtype=jnp.float32,
                                   return_nfe=True)
   return compile_fast(jax.jit(lambda rng, ids: sampler(None, rng, ids)), jax.random.PRNGKey(0),
                       jnp.arange(num_samples))
@@ -168,7 +168,7 @@ def relative_error(samples, mean, var):
 def test_samples_reproduce_the_data_moments(method, num_steps, order, denoise):
   """Within Monte Carlo error (10^4 samples, 4 standard errors). Euler-Maruyama's covariance is still 5.4
   standard errors off at 100 steps and needs about 400; the exponential score step is biased for data this
-  broad (see sampling.py) and needs about 200."""
+  broad (see samplers.py) and needs about 200."""
   samples = gaussian_samples(method, num_steps, order=order, denoise=denoise)
   mean_z, cov_z = moment_errors(samples, *target_moments(order, denoise=denoise))
   assert mean_z < 4 and cov_z < 4, (mean_z, cov_z)
@@ -208,7 +208,7 @@ def test_exponential_score_step_is_stable_where_euler_is_not():
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("method", sampling.POSTERIOR_METHODS + ("gddim", "ode_adaptive"))
+@pytest.mark.parametrize("method", samplers.POSTERIOR_METHODS + ("gddim", "ode_adaptive"))
 def test_posterior_mean_samplers_are_exact_for_a_point_mass_at_any_step_count(method, order):
   """Nearly a point mass: x0_hat is exact for every u, so 5 steps give the law of x at eps (mean and spread
   within 5%; Lie-Trotter at 5 steps is 2, 190 and 220 times too wide for orders 1, 2 and 3)."""
@@ -246,7 +246,7 @@ def ode_reference(order, dtype_name):
   solved in float64 by the adaptive solver at tolerance 1e-10 (x64 on here whatever the test's precision)."""
   sde = make_process(order)
   with jax.enable_x64(True):
-    u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(GDDIM_PATHS), order, (2,), jnp.dtype(dtype_name))
+    u = samplers.prior_draws(jax.random.PRNGKey(0), jnp.arange(GDDIM_PATHS), order, (2,), jnp.dtype(dtype_name))
     solve = jax.jit(lambda u: adaptive_ode.solve(
         sde, exact_gaussian_score(order), None, u, "tsit5", 1e-10, 1e-10, 100_000)[0])
     return np.asarray(solve(u.astype(jnp.float64))[:, 0], np.float64)
@@ -254,7 +254,7 @@ def ode_reference(order, dtype_name):
 
 def gddim_paths(order, method, num_steps, dtype, **settings):
   sde = make_process(order)
-  sampler = jax.jit(lambda ids: sampling.sample_with_nfe(
+  sampler = jax.jit(lambda ids: samplers.sample_with_nfe(
       sde, exact_gaussian_score(order), None, jax.random.PRNGKey(0), ids, (2,), num_steps, method,
       grid="quadratic", denoise=False, dtype=dtype, **settings).x)
   return np.asarray(compile_fast(sampler, jnp.arange(GDDIM_PATHS))(jnp.arange(GDDIM_PATHS)), np.float64)
@@ -299,7 +299,7 @@ def ode_path_sampler(order, method, num_steps=1, variable="state"):
 
   @jax.jit
   def sampler(ids, tolerance):
-    return sampling.sample_with_nfe(sde, score_fn, None, jax.random.PRNGKey(0), ids, (2,), num_steps, method,
+    return samplers.sample_with_nfe(sde, score_fn, None, jax.random.PRNGKey(0), ids, (2,), num_steps, method,
                                     denoise=False, ode_rtol=tolerance, ode_atol=tolerance, ode_variable=variable,
                                     dtype=jnp.float32)
 
@@ -355,7 +355,7 @@ def count_network_calls(method, order, **settings):
     return -u[:, -1] / 0.7
 
   config = sampling_config(method, **settings)
-  sampler = sampling.make_sampler(sde, counting_score, (2,), config, jnp.float32, return_nfe=True)
+  sampler = samplers.make_sampler(sde, counting_score, (2,), config, jnp.float32, return_nfe=True)
   result = compile_fast(sampler, None, jax.random.PRNGKey(0), jnp.arange(3))(None, jax.random.PRNGKey(0),
                                                                              jnp.arange(3))
   jax.block_until_ready(result)
@@ -363,7 +363,7 @@ def count_network_calls(method, order, **settings):
   return int(result.nfe), sum(calls) / 3
 
 
-@pytest.mark.parametrize("solver", sorted(sampling.ODE_SOLVERS))
+@pytest.mark.parametrize("solver", sorted(samplers.ODE_SOLVERS))
 def test_reported_nfe_of_the_adaptive_solver_is_its_number_of_network_evaluations(solver):
   """Exact in the state; in the flow coordinates diffrax re-evaluates a segment's first stage when that segment's
   first step is rejected, which the count misses: at most one evaluation per segment."""
@@ -386,14 +386,14 @@ def test_ode_samplers_are_deterministic_maps_of_the_prior_draws():
   sde = make_process(3, init_aux_var=1.0)
   score_fn = lambda params, u, t: -u[:, -1]
   ids = jnp.array([3, 17, 4])
-  prior = np.asarray(sampling.prior_draws(jax.random.PRNGKey(5), ids, sde.order, (2,), jnp.float32), np.float64)
+  prior = np.asarray(samplers.prior_draws(jax.random.PRNGKey(5), ids, sde.order, (2,), jnp.float32), np.float64)
   skew = -(np.asarray(sde_lib.drift_matrix(sde, np.float64)) + np.diag([0.0, 0.0, sde.friction]))  # K
   rotation = scipy.linalg.expm(skew * (sde.integrated_beta_at_T - sde.beta_0 * sde.eps))
   expected = np.einsum("j,bjd->bd", rotation[0], prior)
   for method, num_steps, tolerance, variable in (("ode_heun", 2000, 3e-4, "state"), ("ode_adaptive", 1, 3e-5, "state"),
                                                  ("ode_adaptive", 1, 5e-4, "flow")):
     config = sampling_config(method, num_steps, denoise=False, ode_rtol=1e-7, ode_atol=1e-7, ode_variable=variable)
-    sampler = compile_fast(sampling.make_sampler(sde, score_fn, (2,), config, dtype=jnp.float32), None,
+    sampler = compile_fast(samplers.make_sampler(sde, score_fn, (2,), config, dtype=jnp.float32), None,
                            jax.random.PRNGKey(5), ids)
     np.testing.assert_allclose(sampler(None, jax.random.PRNGKey(5), ids), expected, atol=tolerance)
 
@@ -431,7 +431,7 @@ def test_ode_sample_depends_only_on_its_own_prior_draw(method, num_steps):
 def test_sample_does_not_depend_on_the_batch_size():
   sde = make_process(3)
   score_fn = lambda params, u, t: -(u[:, -1] - 0.3 * u[:, 0]) / 0.7
-  sampler = sampling.make_sampler(sde, score_fn, (3,), sampling_config("euler_maruyama", 6), jnp.float32)
+  sampler = samplers.make_sampler(sde, score_fn, (3,), sampling_config("euler_maruyama", 6), jnp.float32)
   rng = jax.random.PRNGKey(7)
   together = compile_fast(sampler, None, rng, jnp.arange(8))(None, rng, jnp.arange(8))
   alone = compile_fast(sampler, None, rng, jnp.array([5]))(None, rng, jnp.array([5]))
@@ -442,13 +442,13 @@ def test_sample_does_not_depend_on_the_batch_size():
 # Structure and settings.
 
 
-@pytest.mark.parametrize("method", sampling.FIXED_STEP_METHODS)
+@pytest.mark.parametrize("method", samplers.FIXED_STEP_METHODS)
 def test_sampler_is_one_scan_whatever_the_number_of_steps(method):
   sde = make_sde(3)
   score_fn = lambda params, u, t: -u[:, -1]
 
   def jaxpr_size(num_steps):
-    fn = lambda rng: sampling.sample(sde, score_fn, None, rng, jnp.arange(4), (2,), num_steps, method)
+    fn = lambda rng: samplers.sample(sde, score_fn, None, rng, jnp.arange(4), (2,), num_steps, method)
     jaxpr = jax.make_jaxpr(fn)(jax.random.PRNGKey(0))
     assert sum(eqn.primitive.name == "scan" for eqn in jaxpr.jaxpr.eqns) == 1
     return len(jaxpr.jaxpr.eqns)
@@ -461,35 +461,35 @@ def test_stationary_prior_is_preserved_exactly_by_the_linear_step():
   Lie-Trotter is exact at any step count: 5 steps give N(0, I)."""
   sde = make_sde(3, init_aux_var=1.0)
   score_fn = lambda params, u, t: -u[:, -1]
-  samples = np.asarray(sampling.sample(sde, score_fn, None, jax.random.PRNGKey(3), jnp.arange(20000), (1,), 5,
+  samples = np.asarray(samplers.sample(sde, score_fn, None, jax.random.PRNGKey(3), jnp.arange(20000), (1,), 5,
                                        "lie_trotter", denoise=False))
   assert abs(samples.mean()) < 4 / np.sqrt(20000)
   assert abs(samples.var() - 1) < 4 * np.sqrt(2 / 20000)
 
 
 def test_network_evaluations():
-  assert sampling.network_evaluations("strang", 20, 3, True) == 20  # order >= 2: denoising needs no network
-  assert sampling.network_evaluations("lie_trotter", 20, 1, True) == 21
-  assert sampling.network_evaluations("ode_heun", 20, 2, False) == 40
+  assert samplers.network_evaluations("strang", 20, 3, True) == 20  # order >= 2: denoising needs no network
+  assert samplers.network_evaluations("lie_trotter", 20, 1, True) == 21
+  assert samplers.network_evaluations("ode_heun", 20, 2, False) == 40
   with pytest.raises(ValueError, match="no fixed NFE"):
-    sampling.network_evaluations("ode_adaptive", 20, 3, True)
+    samplers.network_evaluations("ode_adaptive", 20, 3, True)
 
 
 def test_time_at_integrated_beta_inverts_integrated_beta():
   for sde in (make_sde(3), make_sde(2, beta_schedule="linear", beta_0=0.1, beta_1=20.0),
               make_sde(2, beta_schedule="linear", beta_0=12.0, beta_1=0.5)):
     t = np.linspace(0.0, sde.T, 33)
-    inverted = sampling.time_at_integrated_beta(sde, sde_lib.integrated_beta(sde, t))
+    inverted = samplers.time_at_integrated_beta(sde, sde_lib.integrated_beta(sde, t))
     assert inverted.dtype == jnp.float32
     # float32, as the Strang samplers use it: t rounded once, B(t) and the non-cancelling root a few more
     # (2^-24 each), and t -> B(t) -> t has condition number at most 1 here: 8 roundings' worth is 5e-7.
     np.testing.assert_allclose(inverted, t, rtol=5e-7, atol=0)
 
 
-@pytest.mark.parametrize("kind", sampling.GRIDS)
+@pytest.mark.parametrize("kind", samplers.GRIDS)
 def test_time_grids(kind):
   sde = make_sde(3)
-  grid = np.asarray(sampling.time_grid(sde, 50, kind))
+  grid = np.asarray(samplers.time_grid(sde, 50, kind))
   assert grid.shape == (51,) and grid.dtype == np.float32
   # The ends are T and eps rounded once to float32 (2^-24 relative), not a float32 cancellation's leftover.
   np.testing.assert_allclose([grid[0], grid[-1]], [sde.T, sde.eps], rtol=6e-8)
@@ -499,42 +499,42 @@ def test_time_grids(kind):
 def test_bad_sampling_settings_name_the_field():
   sde = make_sde(3)
   with pytest.raises(ValueError, match="sampling.grid"):
-    sampling.time_grid(sde, 10, "cosine")
+    samplers.time_grid(sde, 10, "cosine")
   with pytest.raises(ValueError, match="sampling.num_steps"):
-    sampling.time_grid(sde, 0)
+    samplers.time_grid(sde, 0)
   for field, value in (("method", "heun"), ("ode_solver", "rk4"), ("ode_rtol", 0.0), ("ode_atol", -1e-5),
                        ("ode_max_steps", 0), ("multistep_order", 4), ("multistep_order", True),
                        ("time_variable", "t"), ("clip_x0", "1:0")):
     config = sampling_config("ode_adaptive")
     config[field] = value
     with pytest.raises(ValueError, match=f"sampling.{field}"):
-      sampling.make_sampler(sde, lambda p, u, t: u[:, -1], (2,), config)
+      samplers.make_sampler(sde, lambda p, u, t: u[:, -1], (2,), config)
 
 
 def test_non_finite_advice_fits_the_method():
-  assert "ode_max_steps" in sampling.non_finite_advice(sampling_config("ode_adaptive"))
-  assert "num_steps" in sampling.non_finite_advice(sampling_config("ode_heun"))
-  assert "'strang_exponential'" in sampling.non_finite_advice(sampling_config("strang"))
-  assert "num_steps" in sampling.non_finite_advice(sampling_config("strang_exponential"))
+  assert "ode_max_steps" in samplers.non_finite_advice(sampling_config("ode_adaptive"))
+  assert "num_steps" in samplers.non_finite_advice(sampling_config("ode_heun"))
+  assert "'strang_exponential'" in samplers.non_finite_advice(sampling_config("strang"))
+  assert "num_steps" in samplers.non_finite_advice(sampling_config("strang_exponential"))
 
 
 def test_clip_x0_settings():
   data_range = (np.array([-1.0, -2.0]), np.array([1.0, 2.0]))
-  assert sampling.clip_range("auto", data_range) is data_range
-  assert sampling.clip_range("auto", None) is None and sampling.clip_range("none", data_range) is None
-  assert sampling.clip_range("-1.5:2", None) == (-1.5, 2.0)
+  assert samplers.clip_range("auto", data_range) is data_range
+  assert samplers.clip_range("auto", None) is None and samplers.clip_range("none", data_range) is None
+  assert samplers.clip_range("-1.5:2", None) == (-1.5, 2.0)
   for bad in ("1:-1", "x", "1", "0:1:2", "nan:1"):
     with pytest.raises(ValueError, match="sampling.clip_x0.*LOW:HIGH"):
-      sampling.clip_range(bad, None)
+      samplers.clip_range(bad, None)
 
 
-@pytest.mark.parametrize("method", sampling.POSTERIOR_METHODS + ("gddim", "ode_adaptive"))
+@pytest.mark.parametrize("method", samplers.POSTERIOR_METHODS + ("gddim", "ode_adaptive"))
 def test_every_posterior_mean_sampler_clips_x0_hat(method):
   """A point mass at (0.5, -0.5) with x0_hat clipped to [0, 0.2]: the samples end at (0.2, 0) instead; with
   'auto' and no known data range nothing is clipped."""
   sde = make_process(3)
   score_fn = tabulated_gaussian_score(3, POINT_MASS_VAR)
-  draw = lambda clip, data_range=None: np.asarray(sampling.make_sampler(
+  draw = lambda clip, data_range=None: np.asarray(samplers.make_sampler(
       sde, score_fn, (2,), sampling_config(method, 5, "quadratic", clip_x0=clip), dtype=jnp.float32,
       data_range=data_range)(None, jax.random.PRNGKey(0), jnp.arange(256)))
   np.testing.assert_allclose(draw("0:0.2").mean(0), [0.2, 0.0], atol=0.01)
@@ -556,7 +556,7 @@ def test_gddim_reproduces_a_two_component_mixture_better_than_the_cholesky_and_a
   cov = component_var * np.eye(2) + (np.asarray(weights)[:, None] * centered).T @ centered
 
   def moment_error(method):
-    sampler = sampling.make_sampler(sde, score_fn, (2,), sampling_config(method, 20, "edm", clip_x0="none"),
+    sampler = samplers.make_sampler(sde, score_fn, (2,), sampling_config(method, 20, "edm", clip_x0="none"),
                                     dtype=jnp.float32)
     x = np.asarray(sampler(None, jax.random.PRNGKey(0), jnp.arange(4000)), np.float64)
     return np.linalg.norm(x.mean(0) - mean) + np.linalg.norm(np.cov(x.T) - cov)
@@ -575,7 +575,7 @@ def test_stochastic_gddim_is_exact_in_law_for_a_point_mass_and_reproduces_broad_
   def draw(data_var, num_steps, num_samples, stochasticity=1.0):
     config = sampling_config("gddim", num_steps, "quadratic", denoise=False, stochasticity=stochasticity,
                              clip_x0="none")
-    sampler = sampling.make_sampler(sde, tabulated_gaussian_score(order, data_var), (2,), config,
+    sampler = samplers.make_sampler(sde, tabulated_gaussian_score(order, data_var), (2,), config,
                                     dtype=jnp.float32)
     return np.asarray(sampler(None, jax.random.PRNGKey(0), jnp.arange(num_samples)), np.float64)
 
@@ -590,4 +590,4 @@ def test_stochastic_gddim_is_exact_in_law_for_a_point_mass_and_reproduces_broad_
 def test_bad_stochasticity_names_the_field():
   for value in (-0.5, float("nan"), "1"):
     with pytest.raises(ValueError, match="sampling.stochasticity"):
-      sampling.check_settings(make_process(3), sampling_config("gddim", stochasticity=value))
+      samplers.check_settings(make_process(3), sampling_config("gddim", stochasticity=value))

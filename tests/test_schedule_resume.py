@@ -10,10 +10,10 @@ import pytest
 from clu import metric_writers
 
 from hold_jax import console
-from hold_jax import optimization
-from hold_jax import run_record
-from hold_jax import train
 from hold_jax.configs import toy2d
+from hold_jax.training import optimization
+from hold_jax.training import train
+from hold_jax.workdir import run_record
 
 HORIZON = 40
 LEARNING_RATE = 1e-3  # toy2d's

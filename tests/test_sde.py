@@ -10,9 +10,9 @@ import scipy.stats
 
 import references
 from hold_jax.configs import default
-from hold_jax import perturbation_kernel
-from hold_jax import sampling
-from hold_jax import sde as sde_lib
+from hold_jax.process import perturbation_kernel
+from hold_jax.process import sde as sde_lib
+from hold_jax.sampling import samplers
 
 TIMES = np.array([1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.4, 1.0])
 
@@ -200,7 +200,7 @@ def test_kernel_is_jittable_vmappable_and_differentiable():
 
 
 def test_prior_draws_and_log_density():
-  u = sampling.prior_draws(jax.random.PRNGKey(0), jnp.arange(4000), 3, (2,))
+  u = samplers.prior_draws(jax.random.PRNGKey(0), jnp.arange(4000), 3, (2,))
   assert u.shape == (4000, 3, 2)
   assert abs(float(u.mean())) < 0.02 and abs(float(u.var()) - 1) < 0.03
   assert u.dtype == jnp.float32

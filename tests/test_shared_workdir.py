@@ -15,10 +15,10 @@ from etils import epath
 
 from benchmarks import damage
 from benchmarks import read_failures
-from hold_jax import checkpoint_integrity
-from hold_jax import checkpoints
-from hold_jax import train
-from hold_jax import trained_model
+from hold_jax.training import train
+from hold_jax.workdir import checkpoint_integrity
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import trained_model
 
 from test_fault_tolerance import flat, full_restore, local_config
 

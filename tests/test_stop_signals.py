@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from hold_jax import checkpoint_restore
-from hold_jax import checkpoints
-from hold_jax import preemption
-from hold_jax import trained_model
+from hold_jax.training import preemption
+from hold_jax.workdir import checkpoint_restore
+from hold_jax.workdir import checkpoints
+from hold_jax.workdir import trained_model
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The torch-free .pth reader (hold_jax/metrics/torch_weights.py) against crafted files: sizes the bytes do not
+"""The torch-free .pth reader (hold_jax/evaluation/feature_networks/torch_weights.py) against crafted files: sizes the bytes do not
 back, zip bombs, dtypes the network cannot use, and BUILD on the reader's stand-ins.
 
 The files are written by hand (no torch; benchmarks/crafted_weights.py): `tensor` emits the opcodes torch
@@ -20,8 +20,8 @@ import pytest
 
 from benchmarks.crafted_weights import (MIB, crafted, fragment, global_, legacy_file, state_dict_pickle, tensor,
                                         zip_file)
-from hold_jax.metrics import inception
-from hold_jax.metrics import torch_weights
+from hold_jax.evaluation.feature_networks import inception
+from hold_jax.evaluation.feature_networks import torch_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 FEW_MB = 4 * MIB  # the memory a refused file may cost, all told

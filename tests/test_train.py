@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from hold_jax.configs import toy2d
-from hold_jax import input_pipeline
-from hold_jax import optimization
-from hold_jax import train
-from hold_jax import trained_model
-from hold_jax.metrics import point_clouds
+from hold_jax.data import input_pipeline
+from hold_jax.evaluation import point_clouds
+from hold_jax.training import optimization
+from hold_jax.training import train
+from hold_jax.workdir import trained_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,8 +152,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_same_losses_and_parameters_on_one_and_four_devices(tmp_path):
   code = """
     import json, sys, jax, numpy as np
+    from hold_jax.training import train
     from hold_jax.configs import toy2d
-    from hold_jax import train
     config = toy2d.get_config("local")
     config.training.num_steps = 20
     config.training.log_every = 1
@@ -212,15 +212,15 @@ def test_command_line_trains_logs_and_samples(tmp_path):
 
 
 def test_non_finite_samples_are_reported_not_written(tmp_path, monkeypatch):
-  from hold_jax import sample  # pylint: disable=g-import-not-at-top
+  from hold_jax.sampling import sample_job  # pylint: disable=g-import-not-at-top
   config = local_config()
   config.sampling.method = "ode_heun"
   samples = np.ones((config.sampling.num_samples, 2), np.float32)
   samples[3] = np.nan
   monkeypatch.setattr(trained_model, "load_ema_params", lambda config, workdir, shape: (None, 7))
-  monkeypatch.setattr(sample, "draw", lambda config, params, shape, return_nfe=False: (samples, 40))
+  monkeypatch.setattr(sample_job, "draw", lambda config, params, shape, return_nfe=False: (samples, 40))
   with pytest.raises(FloatingPointError, match=r"1 of 256 samples are not finite .*nothing was written.*num_steps"):
-    sample.sample_to_disk(config, str(tmp_path))
+    sample_job.sample_to_disk(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "samples") or not os.listdir(tmp_path / "samples")
 
 

@@ -7,7 +7,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # The forward process (hold_jax/sde.py, docs/process.md). Empty couplings and unset friction mean
+  # The forward process (hold_jax/process/sde.py, docs/process.md). Empty couplings and unset friction mean
   # critical damping with w_1 = coupling_scale: for order 3, w = (1, 2 sqrt 2), xi = 3 sqrt 3.
   config.sde = sde = ml_collections.ConfigDict()
   sde.order = 3
@@ -23,11 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   sde.eps = 1e-3
   sde.init_aux_var = 0.04  # initial variance of every auxiliary block (4% of stationary, as CLD)
 
-  # The objective (hold_jax/losses.py, docs/process.md).
+  # The objective (hold_jax/training/losses.py, docs/process.md).
   config.loss = loss = ml_collections.ConfigDict()
   loss.objective = "bcsm"  # 'bcsm' (condition on x_0) or 'dsm' (condition on the full initial state)
   # The network: 'denoiser' (an EDM-preconditioned denoiser of the sufficient statistic x0_gls at noise level
-  # sigma_eff, any order: hold_jax/denoiser.py, docs/denoiser.md), or a network of the whole state whose output is
+  # sigma_eff, any order: hold_jax/models/denoiser.py, docs/denoiser.md), or a network of the whole state whose output is
   # 'eps', the 'score' or 'mixed' (N(0, I) score + correction).
   loss.parametrization = "denoiser"
   # 'edm' (lambda = 1 / c_out^2, the denoiser's) or, for the others, 'eps' (lambda = l_t^2), 'likelihood' (xi beta)
@@ -40,12 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
   loss.log_sigma_std = 1.2
   loss.sigma_data = 0.5  # the data's standard deviation in the denoiser's preconditioning (EDM's, for [-1, 1] images)
 
-  # Sampling (hold_jax/sampling.py, docs/samplers.md).
+  # Sampling (hold_jax/sampling/samplers.py, docs/samplers.md).
   config.sampling = sampling = ml_collections.ConfigDict()
   # 'lie_trotter', 'strang' (A/2, S, A/2), their '_exponential' variants (a score step that cannot overshoot
   # near eps), 'ancestral' / 'ddim' (posterior-mean steps, exact for a point mass), 'euler_maruyama', or the
   # probability-flow ODE: 'ode_heun' (2 NFE per step), 'ode_adaptive', 'gddim' (its exponential integrator in
-  # posterior-mean form, hold_jax/flow_schedule.py). See hold_jax/sampling.py.
+  # posterior-mean form, hold_jax/sampling/flow_schedule.py). See hold_jax/sampling/samplers.py.
   sampling.method = "lie_trotter"
   sampling.num_steps = 100  # steps of the fixed-step methods (NFE = steps, twice that for 'ode_heun')
   sampling.grid = "quadratic"  # 'uniform', 'quadratic' or 'edm'
@@ -66,21 +66,21 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_max_steps = 4096  # a sample that needs more steps comes back as NaN
-  # The variable the adaptive solve runs in: 'flow' (y = Psi(B_ref, B) u in log B, hold_jax/flow_coordinates.py,
+  # The variable the adaptive solve runs in: 'flow' (y = Psi(B_ref, B) u in log B, hold_jax/sampling/flow_coordinates.py,
   # without the stiff linear part) or 'state' (u in B).
   sampling.ode_variable = "flow"
   sampling.num_samples = 1024
   sampling.batch_size = 1024
 
   # --mode=eval computes eval.metrics: 'nll' (the NLL bound below), for images 'fid', 'kid', 'is', and for point
-  # data 'sw1' (the sliced Wasserstein-1 distance to held-out points, hold_jax/point_quality.py).
+  # data 'sw1' (the sliced Wasserstein-1 distance to held-out points, hold_jax/evaluation/point_quality.py).
   config.eval = evaluation = ml_collections.ConfigDict()
   evaluation.metrics = ("nll",)
   # The checkpoint every metric reads: its step, or -1 for the newest readable one. A chosen step that is
   # absent or damaged is an error, never replaced by another step.
   evaluation.checkpoint_step = -1
 
-  # Sample quality (hold_jax/quality.py): num_samples images from config.sampling in resumable rounds of
+  # Sample quality (hold_jax/evaluation/image_quality.py): num_samples images from config.sampling in resumable rounds of
   # round_size, num_repeats times with seeds seed, seed + 1, ... (each reported, with the mean and minimum).
   # 'sw1' draws num_samples points the same way (no rounds) against as many held-out points (eval.seed's).
   evaluation.num_samples = 50_000
@@ -104,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   # tabulates them. Empty: config.sampling alone.
   evaluation.sampler_sweep = ()
 
-  # The NLL bound (hold_jax/likelihood.py and evaluate.py, docs/likelihood.md): the probability-flow ODE from eps
+  # The NLL bound (hold_jax/evaluation/likelihood.py and nll_rounds.py, docs/likelihood.md): the probability-flow ODE from eps
   # to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.
   evaluation.split = "test"  # image data: the split to bound (the digits have only 'train'); else unused
   # Generated 2-D data: this many fresh points. Fixed data (images, npy clouds): the first this many (-1: all).
@@ -124,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.ode_atol = 1e-5
   evaluation.max_steps = 4096  # solver steps per example; an example that needs more fails the run loudly
 
-  # Training (hold_jax/train.py). The image recipe's values; toy2d.py and images.py override what differs.
+  # Training (hold_jax/training/train.py). The image recipe's values; toy2d.py and images.py override what differs.
   # Adam with linear warm-up from 0, then 'constant' or 'cosine' (decay to 0 at schedule_horizon); the global
   # gradient norm is clipped to grad_clip (<= 0: no clipping).
   config.optim = optim = ml_collections.ConfigDict()

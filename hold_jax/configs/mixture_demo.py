@@ -1,6 +1,6 @@
 """Sampler demo on a 2-D ring of Gaussians with its exact score: no download, no training.
 
-  python -m hold_jax.demo --config configs/mixture_demo.py --workdir runs/exact_demo      # make exact-demo
+  python -m hold_jax.cli.demo --config configs/mixture_demo.py --workdir runs/exact_demo      # make exact-demo
 """
 import ml_collections
 

@@ -29,7 +29,7 @@ PARAMS_FILE = "ema_params.msgpack"
 MODEL_FILE = "model.json"
 CACHE_ENV = "HOLD_JAX_CACHE"
 
-# name -> (folder, process of hold_jax/sde.py's STOCK_PROCESSES); the bare data set name is HOLD.
+# name -> (folder, process of hold_jax/process/sde.py's STOCK_PROCESSES); the bare data set name is HOLD.
 MODELS = {
     "swiss_roll": ("swiss_roll", "hold"),
     "swiss_roll-cld": ("swiss_roll", "cld"),
@@ -107,15 +107,15 @@ def _build_workdir(source: epath.Path, target: epath.Path, step: int) -> None:
   from flax import serialization  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
-  from hold_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from hold_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from hold_jax import models  # pylint: disable=g-import-not-at-top
   from hold_jax import multihost  # pylint: disable=g-import-not-at-top
-  from hold_jax import optimization  # pylint: disable=g-import-not-at-top
-  from hold_jax import run_record  # pylint: disable=g-import-not-at-top
-  from hold_jax import sde as sde_lib  # pylint: disable=g-import-not-at-top
-  from hold_jax import train  # pylint: disable=g-import-not-at-top
-  from hold_jax import trained_model  # pylint: disable=g-import-not-at-top
+  from hold_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from hold_jax.process import sde as sde_lib  # pylint: disable=g-import-not-at-top
+  from hold_jax.training import optimization  # pylint: disable=g-import-not-at-top
+  from hold_jax.training import train  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import checkpoints  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import run_record  # pylint: disable=g-import-not-at-top
+  from hold_jax.workdir import trained_model  # pylint: disable=g-import-not-at-top
 
   config = run_record.load_config(source)
   data_shape = input_pipeline.data_shape(config.data)

@@ -20,10 +20,10 @@ import jax
 from flax import serialization
 from etils import epath
 
-from hold_jax import input_pipeline
 from hold_jax import pretrained
-from hold_jax import run_record
-from hold_jax import trained_model
+from hold_jax.data import input_pipeline
+from hold_jax.workdir import run_record
+from hold_jax.workdir import trained_model
 
 
 def export(workdir: str, config_name: str, folder: str, made: str, settings: dict[str, str] | None = None

@@ -1,1 +1,0 @@
-"""Metrics of generated samples (FID, KID, IS) and the networks they use."""
