@@ -61,20 +61,11 @@ def summary(reports: list[dict[str, Any]]) -> str:
 
 
 def with_fields(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of config with the dotted `fields` ('sampling.num_steps': 50) replaced; a ValueError naming a field
-  the config does not have, with the fields of its group."""
+  """A copy of config with the dotted `fields` ('sampling.num_steps': 50) replaced (run_record.set_field: a
+  ValueError names a field the config does not have)."""
   config = ml_collections.ConfigDict(config.to_dict())
   for field, value in fields.items():
-    *parents, name = field.split(".")
-    node = config
-    for depth, part in enumerate(parents):
-      if part not in node:
-        raise ValueError(f"{'.'.join(parents[:depth + 1])} is not a config group; the groups are {sorted(config)}.")
-      node = node[part]
-    if name not in node:
-      raise ValueError(f"{field} is not a config field; {'.'.join(parents) or 'the config'} has "
-                       f"{', '.join(sorted(node))}.")
-    node[name] = tuple(value) if isinstance(value, list) else value
+    run_record.set_field(config, field, value)
   return config
 
 
@@ -120,12 +111,11 @@ class Model:
     config = self.configured(sampling={**sampling, "num_samples": num_samples})
     if seed is not None:
       field_checks.require_seed("seed", seed)
-      config.seed = seed
-    key = json.dumps({"sampling": config.sampling.to_dict(), "sde": config.sde.to_dict(), "seed": config.seed},
-                     sort_keys=True, default=str)
-    if key not in self._drawers:  # one compile per sampler and batch size, not per call
+    key = json.dumps({"sampling": config.sampling.to_dict(), "sde": config.sde.to_dict()}, sort_keys=True,
+                     default=str)
+    if key not in self._drawers:  # one compile per sampler and batch size, not per call or seed
       self._drawers[key] = sample_lib.make_drawer(config, self.data_shape)
-    return self._drawers[key](self.params, num_samples)
+    return self._drawers[key](self.params, num_samples, config.seed if seed is None else seed)
 
   def plot(self, samples, title: str | None = None):
     """A matplotlib figure of `samples` (plots.samples_figure): images as one grid with gaps; 2-D points over a

@@ -13,7 +13,8 @@ POINTER = re.compile(r'(?<![\w/.])((?:docs|benchmarks)/[\w-]+\.md)(?:#([\w-]+)|,
 def tracked_text_files() -> list[pathlib.Path]:
   names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
   return [ROOT / name for name in names
-          if name.endswith((".py", ".md", ".ipynb", ".sh", ".sbatch")) and (ROOT / name).is_file()]
+          if name.endswith((".py", ".md", ".ipynb", ".sh", ".sbatch")) and (ROOT / name).is_file()
+          and ROOT / name != pathlib.Path(__file__).resolve()]  # this file's examples are not pointers
 
 
 def github_anchor(heading: str) -> str:

@@ -83,7 +83,7 @@ def test_adaptive_solve_in_flow_coordinates_is_cheap_and_finite_on_near_point_ma
 def test_bad_ode_variables_name_the_field():
   config = sampling_config_with(ode_variable="y")
   with pytest.raises(ValueError, match="sampling.ode_variable"):
-    samplers.check_settings(make_process(3), config)
+    samplers.settings_from_config(make_process(3), config)
 
 
 def sampling_config_with(**fields):

@@ -169,7 +169,7 @@ def test_sample_to_disk_draws_every_kind_of_points_over_the_data_and_names_its_f
 def test_training_grids_of_one_step_with_other_sampling_settings_are_both_kept(tmp_path, monkeypatch):
   config = digits.get_config("local")
   config.training.update(sample_every=2, num_grid_samples=4)
-  monkeypatch.setattr(sample_job, "make_drawer", lambda config, shape: lambda params, num: np.zeros((num,) + shape))
+  monkeypatch.setattr(sample_job, "make_drawer", lambda config, shape: lambda params, num, seed=None: np.zeros((num,) + shape))
   # absl's handler (and so pytest's caplog) depends on what earlier tests of the process set up: the call is
   # recorded instead.
   logged = []

@@ -254,9 +254,9 @@ def ode_reference(order, dtype_name):
 
 def gddim_paths(order, method, num_steps, dtype, **settings):
   sde = make_process(order)
+  chosen = samplers.Settings(method=method, num_steps=num_steps, grid="quadratic", denoise=False, **settings)
   sampler = jax.jit(lambda ids: samplers.sample_with_nfe(
-      sde, exact_gaussian_score(order), None, jax.random.PRNGKey(0), ids, (2,), num_steps, method,
-      grid="quadratic", denoise=False, dtype=dtype, **settings).x)
+      sde, exact_gaussian_score(order), None, jax.random.PRNGKey(0), ids, (2,), chosen, dtype=dtype).x)
   return np.asarray(compile_fast(sampler, jnp.arange(GDDIM_PATHS))(jnp.arange(GDDIM_PATHS)), np.float64)
 
 
@@ -299,9 +299,9 @@ def ode_path_sampler(order, method, num_steps=1, variable="state"):
 
   @jax.jit
   def sampler(ids, tolerance):
-    return samplers.sample_with_nfe(sde, score_fn, None, jax.random.PRNGKey(0), ids, (2,), num_steps, method,
-                                    denoise=False, ode_rtol=tolerance, ode_atol=tolerance, ode_variable=variable,
-                                    dtype=jnp.float32)
+    chosen = samplers.Settings(method=method, num_steps=num_steps, denoise=False, ode_rtol=tolerance,
+                               ode_atol=tolerance, ode_variable=variable)
+    return samplers.sample_with_nfe(sde, score_fn, None, jax.random.PRNGKey(0), ids, (2,), chosen, dtype=jnp.float32)
 
   return compile_fast(sampler, jnp.arange(PATH_SAMPLES), 1e-5)
 
@@ -590,4 +590,4 @@ def test_stochastic_gddim_is_exact_in_law_for_a_point_mass_and_reproduces_broad_
 def test_bad_stochasticity_names_the_field():
   for value in (-0.5, float("nan"), "1"):
     with pytest.raises(ValueError, match="sampling.stochasticity"):
-      samplers.check_settings(make_process(3), sampling_config("gddim", stochasticity=value))
+      samplers.settings_from_config(make_process(3), sampling_config("gddim", stochasticity=value))

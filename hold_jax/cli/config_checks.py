@@ -28,7 +28,7 @@ def check(config) -> None:
                      "--workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
   if "seed" in config:
     field_checks.require_seed("seed", config.seed)
-  samplers.check_settings(sde_lib.from_config(config.sde), config.sampling)
+  samplers.settings_from_config(sde_lib.from_config(config.sde), config.sampling)
   if "eval" in config:
     check_eval(config.eval)
     metrics = set(config.eval.get("metrics", ()))

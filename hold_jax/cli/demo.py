@@ -111,7 +111,7 @@ def main(argv, config, workdir: str) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
-    samplers.check_settings(sde_lib.from_config(config.sde), config.sampling)
+    samplers.settings_from_config(sde_lib.from_config(config.sde), config.sampling)
   except ValueError as error:
     print(f"{command_errors.PROGRAM}: error: {error}", file=sys.stderr)
     sys.exit(command_errors.USAGE_ERROR_STATUS)

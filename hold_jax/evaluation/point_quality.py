@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -239,17 +239,15 @@ def evaluate_points(config, workdir: str) -> str:
   return write_table(config, workdir, loaded, rows, time.time() - started)
 
 
-def draw_repeat(config, params, data_shape: tuple[int, ...], num_samples: int, repeat: int
-                ) -> tuple[np.ndarray, int]:
-  """(samples (num_samples, D), nfe) of repeat `repeat`: config.sampling with the seed config.seed + repeat; a
-  FloatingPointError when any is not finite (a metric of them would be meaningless)."""
-  repeat_config = config.copy_and_resolve_references()
-  repeat_config.seed = config.seed + repeat
-  samples, nfe = sample_job.make_drawer(repeat_config, data_shape, return_nfe=True)(params, num_samples)
+def draw_repeat(draw: Callable, params, num_samples: int, seed: int, sampling_config) -> tuple[np.ndarray, int]:
+  """(samples (num_samples, D), nfe) of one repeat, drawn with `seed` by draw = sample_job.make_drawer(config,
+  data_shape, return_nfe=True); a FloatingPointError when any is not finite (a metric of them would be
+  meaningless)."""
+  samples, nfe = draw(params, num_samples, seed)
   bad = ~np.isfinite(samples).all(axis=1)
   if bad.any():
-    raise FloatingPointError(f"{bad.sum()} of {num_samples} samples of repeat {repeat} (seed {repeat_config.seed}) "
-                             f"are not finite; no report was written. {samplers.non_finite_advice(config.sampling)}")
+    raise FloatingPointError(f"{bad.sum()} of {num_samples} samples drawn with seed {seed} are not finite; no "
+                             f"report was written. {samplers.non_finite_advice(sampling_config)}")
   return samples, nfe
 
 
@@ -260,8 +258,9 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   settings, heldout = config.eval, loaded.heldout
   num_samples = len(heldout.points)
   repeats = []
+  draw = sample_job.make_drawer(config, loaded.data_shape, return_nfe=True)  # compiled once for every repeat
   for repeat in range(settings.num_repeats):
-    samples, nfe = draw_repeat(config, loaded.params, loaded.data_shape, num_samples, repeat)
+    samples, nfe = draw_repeat(draw, loaded.params, num_samples, config.seed + repeat, config.sampling)
     repeats.append({"seed": int(config.seed + repeat), "num_samples": num_samples, "nfe": int(nfe),
                     **measure(samples, heldout.points, config.data.dataset)})
   names = [name for name in repeats[0] if name not in ("seed", "num_samples", "nfe")]

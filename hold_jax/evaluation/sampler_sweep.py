@@ -77,5 +77,5 @@ def sweep_configs(config) -> list[tuple[SweepEntry, Any]]:
   result = []
   for entry in parse_sampler_sweep(config.eval.get("sampler_sweep", ())):
     result.append((entry, entry_config(config, entry)))
-    samplers.check_settings(sde, result[-1][1].sampling)
+    samplers.settings_from_config(sde, result[-1][1].sampling)
   return result

@@ -41,8 +41,7 @@ def export(workdir: str, config_name: str, folder: str, made: str, settings: dic
     if not run_record.is_run_setting(field):
       raise SystemExit(f"--set {field}: only run settings ({', '.join(run_record.RUN_SETTINGS)}) may differ from "
                        "the config file; the trained fields are the workdir's.")
-    group, name = field.split(".", 1)
-    config[group][name] = ast.literal_eval(value)
+    run_record.set_field(config, field, ast.literal_eval(value))
   config = run_record.with_schedule_horizon(config, epath.Path(workdir))
   differences = run_record.trained_differences(recorded, run_record.config_fields(config))
   if differences:

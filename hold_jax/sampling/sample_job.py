@@ -103,9 +103,11 @@ def png_metadata(settings: dict[str, Any]) -> dict[str, str]:
 
 
 def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -> Callable[[Any, int], Any]:
-  """draw(params, num_samples) -> (num_samples, *data_shape) samples of `config.sampling`, in batches of
-  config.sampling.batch_size sharded over every device of every process (hold_jax/sampling/data_parallel.py); sample i
-  always has the seed fold_in(PRNGKey(config.seed), i), whatever the batch size or the device count.
+  """draw(params, num_samples, seed=None) -> (num_samples, *data_shape) samples of `config.sampling`, in
+  batches of config.sampling.batch_size sharded over every device of every process
+  (hold_jax/sampling/data_parallel.py); sample i always has the seed fold_in(PRNGKey(seed), i), seed =
+  config.seed unless given, whatever the batch size or the device count. The sampler is compiled once per
+  batch shape: another seed is an argument, not a recompilation.
 
   With return_nfe, draw returns (samples, nfe): the network evaluations of a batch, the largest over the
   batches (they differ only for the adaptive ODE solver).
@@ -115,10 +117,10 @@ def make_drawer(config, data_shape: tuple[int, ...], return_nfe: bool = False) -
   score_fn = trained_model.make_score_fn(sde, model, config.loss)
   sampler = samplers.make_sampler(sde, score_fn, data_shape, config.sampling, return_nfe=True,
                                   data_range=input_pipeline.data_range(config.data))
-  rng = jax.random.PRNGKey(config.seed)
   mesh = multihost.make_mesh()
 
-  def draw_samples(params, num_samples: int):
+  def draw_samples(params, num_samples: int, seed: int | None = None):
+    rng = jax.random.PRNGKey(config.seed if seed is None else seed)
     results = [data_parallel.generate(sampler, params, rng, ids, mesh)
                for ids in data_parallel.id_batches(0, num_samples, config.sampling.batch_size)]
     samples = np.concatenate([samples for samples, _ in results])

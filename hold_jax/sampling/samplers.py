@@ -49,40 +49,9 @@ as in score_sde) when the order is 1; for order >= 2 the denoised output is x0_g
 least-squares estimate of x_0 from all blocks (noise sigma_eff(eps) instead of the data block's own), which
 needs no network.
 
-Choices. The measurements behind them are the moment tests on Gaussian data with the exact score
-(tests/test_sampling.py) and the trained toy models (benchmarks/toy2d_quality.py, figures in
-benchmarks/RESULTS.md: the share of samples within 0.01 of the spirals and the sliced Wasserstein distance):
-  * Strang's score time. On broad data the score at the step's midpoint (in B) gives smaller moment errors than
-    Lie-Trotter on uniform and quadratic grids; the step's start is worse on a uniform grid and slightly better
-    on a quadratic one (for order 1 several times worse than the midpoint), and the step's end diverges on the
-    uniform grid. With stiff data only a score taken where the state lives works (next point). On the toy,
-    Strang at the midpoint on the 'edm' grid is well ahead of Lie-Trotter at 20-30 NFE.
-  * Exponential score step. Near eps the score step is stiff: for concentrated data s ~ -(u_last - m) / l_t^2
-    with l_t^2 ~ B (2 xi / l_t^2 is in the hundreds at t = 1e-3 for order 3), and the Euler step multiplies
-    u_last - m by 1 - 2 xi dB / l_t^2, below -1 (divergence) once dB > l_t^2 / xi. Splitting the score as
-    s = -u_last / l_t^2 + r, with l_t the BCSM score scale (the network's s = -eps_theta / l_t under the 'eps'
-    parametrisation) and r frozen over the step, the score sub-flow du_last/dB = 2 xi (s + u_last) is linear
-    with rate -c = -2 xi (1 / l_t^2 - 1) and solves exactly to
-
-        u_last <- u_last + 2 xi h (s + u_last),   h = (1 - exp(-c dB)) / c  (<= dB, -> dB as c dB -> 0),
-
-    the Euler step with dB replaced by h: it never overshoots, and for point-mass data it lands on the
-    posterior mean. The score must be taken where the state is, t_{k+1} for Lie-Trotter (after the full
-    linear step) and t_mid for Strang: for near point-mass data both then keep close to the true spread, where
-    Euler Lie-Trotter and the exponential step with the score at t_k are far too wide and Euler Strang
-    diverges. The price: -1 / l_t^2 is the score's stiffness only for data concentrated below the noise level;
-    for broader data the step is over-damped (first order, but with a large constant: it needs more steps than
-    Lie-Trotter for the same error). On the toy it is ahead of Lie-Trotter at 10-15 NFE and behind Euler
-    Strang from 20.
-  * Posterior-mean steps. Both are exact at any number of steps when the data is a point mass (x0_hat is then
-    exact for every u), so the stiffness near eps costs them nothing: on the toy at 20 NFE 'ancestral' puts
-    more samples within 0.01 of the spirals than the splitting samplers. But they drop Var[x_0 | u_t] at every step, a first order
-    loss of spread with a large constant for broad data ('ddim' loses less than 'ancestral'), which is what the
-    swiss roll's sliced Wasserstein distance sees at 20 NFE ('ancestral' well above Strang).
-  * Heun and the adaptive solver integrate in B rather than t: beta(t) leaves the vector field (a linear
-    schedule is a change of variable, not a source of error), and the score time of a node is t(B)
-    (`time_at_integrated_beta`). The probability-flow ODE is as stiff as the score step: explicit Heun
-    needs far more NFE than the stochastic samplers on the toy, and still leaves a few samples far off.
+Why each method is built the way it is (Strang's score time, the exponential score step, the posterior-mean
+steps, integrating in B), with the measurements behind it: docs/samplers.md, "Why the methods are built this
+way".
 
 Where things live: the time grids and per-step coefficients in hold_jax/sampling/sampler_schedules.py (gddim's in
 hold_jax/sampling/flow_schedule.py), one step function per fixed-step method and their registry in
@@ -98,6 +67,7 @@ or the number of steps, so the deterministic ODE samplers map the same prior dra
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -160,28 +130,68 @@ def clip_range(setting: str, data_range: tuple[Any, Any] | None) -> tuple[Any, A
   return low, high
 
 
-def check_settings(sde: sde_lib.LangevinSDE, sampling_config) -> None:
-  """Raises ValueError naming the first bad field of `config.sampling`; absent ode_* fields keep the defaults
-  of `sample_with_nfe`."""
-  method = sampling_config.method
-  if method not in METHODS:
-    raise ValueError(f"sampling.method = {method!r} is not allowed: it must be one of {METHODS}.")
-  time_grid(sde, sampling_config.num_steps, sampling_config.grid, sampling_config.rho)
-  solver = sampling_config.get("ode_solver", "tsit5")
-  if solver not in ODE_SOLVERS:
-    raise ValueError(f"sampling.ode_solver = {solver!r} is not allowed: it must be one of {tuple(ODE_SOLVERS)}.")
-  for field in ("ode_rtol", "ode_atol"):
-    field_checks.require_positive(f"sampling.{field}", sampling_config.get(field, 1e-5))
-  flow_schedule.check_settings(sampling_config.get("multistep_order", 3), sampling_config.get("time_variable", "b"),
-                               sampling_config.get("stochasticity", 0.0))
-  clip_range(sampling_config.get("clip_x0", "none"), None)
-  variable = sampling_config.get("ode_variable", "flow")
-  if variable not in ODE_VARIABLES:
-    raise ValueError(f"sampling.ode_variable = {variable!r} is not allowed: it must be one of {ODE_VARIABLES}.")
-  field_checks.require_int("sampling.ode_max_steps", sampling_config.get("ode_max_steps", 4096), 1)
-  for field in ("num_samples", "batch_size"):  # read by the jobs that draw samples (sample_job.py, image_quality.py)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What a sampler is built from: the fields of config.sampling it reads, checked when made.
+
+  `settings_from_config` makes one from config.sampling at the edge (the command, the API, config_checks);
+  a notebook may write Settings(method='gddim', num_steps=20) directly. Every value is checked in
+  __post_init__ with the config field named, so the samplers below never see a bad one; the time grid's
+  fields are checked against the process by `check_grid` (settings_from_config does). clip_x0 is the
+  resolved (low, high) range or None, not the config's string.
+  """
+
+  method: str = "lie_trotter"
+  num_steps: int = 100
+  grid: str = "uniform"
+  rho: float = 7.0
+  denoise: bool = True
+  ode_solver: str = "tsit5"
+  ode_rtol: float = 1e-5
+  ode_atol: float = 1e-5
+  ode_max_steps: int = 4096
+  ode_variable: str = "flow"
+  multistep_order: int = 3
+  time_variable: str = "b"
+  stochasticity: float = 0.0
+  clip_x0: tuple[float, float] | None = None
+
+  def __post_init__(self):
+    field_checks.require(self.method in METHODS, "sampling.method", self.method, f"one of {METHODS}")
+    field_checks.require_int("sampling.num_steps", self.num_steps, 1)
+    field_checks.require(self.grid in GRIDS, "sampling.grid", self.grid, f"one of {GRIDS}")
+    field_checks.require(self.denoise in (True, False), "sampling.denoise", self.denoise, "True or False")
+    field_checks.require(self.ode_solver in ODE_SOLVERS, "sampling.ode_solver", self.ode_solver,
+                         f"one of {tuple(ODE_SOLVERS)}")
+    for field in ("ode_rtol", "ode_atol"):
+      if not isinstance(getattr(self, field), jax.Array):  # a traced tolerance (one compilation for many) is not
+        field_checks.require_positive(f"sampling.{field}", getattr(self, field))  # a config's: not checked
+    field_checks.require_int("sampling.ode_max_steps", self.ode_max_steps, 1)
+    field_checks.require(self.ode_variable in ODE_VARIABLES, "sampling.ode_variable", self.ode_variable,
+                         f"one of {ODE_VARIABLES}")
+    flow_schedule.check_settings(self.multistep_order, self.time_variable, self.stochasticity)
+
+  def check_grid(self, sde: sde_lib.LangevinSDE) -> None:
+    """Raises ValueError naming sampling.num_steps, grid or rho when they give no time grid for `sde`."""
+    time_grid(sde, self.num_steps, self.grid, self.rho)
+
+
+def settings_from_config(sde: sde_lib.LangevinSDE, sampling_config, data_range: tuple[Any, Any] | None = None
+                         ) -> Settings:
+  """config.sampling checked once into Settings; fields it lacks (an older config's) keep Settings' defaults.
+
+  data_range: (low, high) of the data (input_pipeline.data_range), what sampling.clip_x0 = 'auto' clips the
+  posterior mean to; None: unknown, no clipping. Raises ValueError naming the first bad field, including the
+  jobs' sampling.num_samples and sampling.batch_size (sample_job.py, image_quality.py read them).
+  """
+  fields = {field.name: sampling_config[field.name] for field in dataclasses.fields(Settings)
+            if field.name != "clip_x0" and field.name in sampling_config}
+  settings = Settings(**fields, clip_x0=clip_range(sampling_config.get("clip_x0", "none"), data_range))
+  settings.check_grid(sde)
+  for field in ("num_samples", "batch_size"):
     if field in sampling_config:
       field_checks.require_int(f"sampling.{field}", sampling_config[field], 1)
+  return settings
 
 
 def network_evaluations(method: str, num_steps: int, order: int, denoise: bool) -> int:
@@ -225,67 +235,57 @@ def prior_draws(rng: jax.Array, sample_ids: jax.Array, order: int, data_shape: t
 
 
 def sample_with_nfe(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.Array,
-                    sample_ids: jax.Array, data_shape: tuple[int, ...], num_steps: int = 100,
-                    method: str = "lie_trotter", grid: str = "uniform", rho: float = 7.0, denoise: bool = True,
-                    ode_solver: str = "tsit5", ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
-                    ode_max_steps: int = 4096, ode_variable: str = "flow", multistep_order: int = 3,
-                    time_variable: str = "b", stochasticity: float = 0.0, clip_x0: tuple[Any, Any] | None = None,
+                    sample_ids: jax.Array, data_shape: tuple[int, ...], settings: Settings = Settings(),
                     dtype=None) -> Samples:
   """Draws x_0 for each id in sample_ids (num_samples,); returns Samples(x (num_samples, *data_shape), nfe).
 
-  score_fn(params, u (b, n, *data_shape), t (b,)) -> last-block score (b, *data_shape). num_steps, grid and
-  rho set the steps of the fixed-step methods; ode_* the adaptive one (the tolerances may be traced).
-  denoise: order 1 a final noise-free Euler step from eps to t = 0, orders >= 2 x0_gls at eps
-  (`sampler_parts.denoise`). Jit it with the other settings static
-  (`make_sampler` does).
+  score_fn(params, u (b, n, *data_shape), t (b,)) -> last-block score (b, *data_shape). settings.num_steps,
+  grid and rho set the steps of the fixed-step methods; ode_* the adaptive one. denoise: order 1 a final
+  noise-free Euler step from eps to t = 0, orders >= 2 x0_gls at eps (`sampler_parts.denoise`). Jit it with
+  the settings static (`make_sampler` does).
   """
-  if method not in METHODS:
-    raise ValueError(f"sampling.method = {method!r} is not allowed: it must be one of {METHODS}.")
   dtype = dtype or jnp.result_type(float)
   u = prior_draws(rng, sample_ids, sde.order, data_shape, dtype)
-  if method == "ode_adaptive":
-    u, nfe = adaptive_ode.solve(sde, score_fn, params, u, ode_solver, ode_rtol, ode_atol, ode_max_steps,
-                                ode_variable, clip_x0)
+  if settings.method == "ode_adaptive":
+    u, nfe = adaptive_ode.solve(sde, score_fn, params, u, settings.ode_solver, settings.ode_rtol, settings.ode_atol,
+                                settings.ode_max_steps, settings.ode_variable, settings.clip_x0)
   else:
     _, noise_keys = sampler_parts.sample_keys(rng, sample_ids)
     context = fixed_step_samplers.Context(sde, score_fn, params, noise_keys, (sde.order,) + tuple(data_shape),
-                                          dtype, clip_x0)
+                                          dtype, settings.clip_x0)
     with jax.ensure_compile_time_eval():
-      times = time_grid(sde, num_steps, grid, rho).astype(dtype)
-    u = fixed_step_samplers.run(method, context, u, times,
-                                dict(multistep_order=multistep_order, time_variable=time_variable,
-                                     stochasticity=stochasticity))
-    nfe = jnp.asarray(network_evaluations(method, num_steps, sde.order, denoise), jnp.int32)
-  return Samples(x=sampler_parts.denoise(sde, score_fn, params, u, dtype) if denoise else u[:, 0], nfe=nfe)
+      times = time_grid(sde, settings.num_steps, settings.grid, settings.rho).astype(dtype)
+    u = fixed_step_samplers.run(settings.method, context, u, times,
+                                dict(multistep_order=settings.multistep_order, time_variable=settings.time_variable,
+                                     stochasticity=settings.stochasticity))
+    nfe = jnp.asarray(network_evaluations(settings.method, settings.num_steps, sde.order, settings.denoise),
+                      jnp.int32)
+  x = sampler_parts.denoise(sde, score_fn, params, u, dtype) if settings.denoise else u[:, 0]
+  return Samples(x=x, nfe=nfe)
 
 
 def sample(sde: sde_lib.LangevinSDE, score_fn: Callable, params: Any, rng: jax.Array, sample_ids: jax.Array,
-           data_shape: tuple[int, ...], num_steps: int = 100, method: str = "lie_trotter", **settings
+           data_shape: tuple[int, ...], num_steps: int = 100, method: str = "lie_trotter", dtype=None, **fields
            ) -> jax.Array:
-  """The samples x (num_samples, *data_shape) of `sample_with_nfe` (same arguments)."""
-  return sample_with_nfe(sde, score_fn, params, rng, sample_ids, data_shape, num_steps, method, **settings).x
+  """The samples x (num_samples, *data_shape) of `sample_with_nfe` with Settings(num_steps, method, **fields):
+  plain arguments, for a notebook."""
+  return sample_with_nfe(sde, score_fn, params, rng, sample_ids, data_shape,
+                         Settings(num_steps=num_steps, method=method, **fields), dtype).x
 
 
-_SETTINGS = ("num_steps", "method", "grid", "rho", "denoise", "ode_solver", "ode_rtol", "ode_atol", "ode_max_steps",
-             "ode_variable", "multistep_order", "time_variable", "stochasticity")
-
-
-def make_sampler(sde: sde_lib.LangevinSDE, score_fn: Callable, data_shape: tuple[int, ...], sampling_config,
+def make_sampler(sde: sde_lib.LangevinSDE, score_fn: Callable, data_shape: tuple[int, ...], settings,
                  dtype=None, return_nfe: bool = False, data_range: tuple[Any, Any] | None = None) -> Callable:
-  """jit(sample)(params, rng, sample_ids) with the settings of `config.sampling`.
+  """jit(sample)(params, rng, sample_ids) with `settings`: a Settings, or config.sampling (made into one by
+  settings_from_config, with data_range for sampling.clip_x0 = 'auto').
 
   The jitted function returns x (num_samples, *data_shape), or `Samples(x, nfe)` with return_nfe.
-  Fields absent from sampling_config (e.g. the ode_* fields of an older config) keep `sample_with_nfe`'s defaults.
-  data_range: (low, high) of the data (input_pipeline.data_range), which sampling.clip_x0 = 'auto' clips
-  x0_hat to in the posterior-mean samplers; None: unknown, no clipping.
   """
-  check_settings(sde, sampling_config)
-  settings = {field: sampling_config[field] for field in _SETTINGS if field in sampling_config}
-  settings["clip_x0"] = clip_range(sampling_config.get("clip_x0", "none"), data_range)
+  if not isinstance(settings, Settings):
+    settings = settings_from_config(sde, settings, data_range)
 
   @jax.jit
   def sampler(params, rng, sample_ids):
-    result = sample_with_nfe(sde, score_fn, params, rng, sample_ids, tuple(data_shape), dtype=dtype, **settings)
+    result = sample_with_nfe(sde, score_fn, params, rng, sample_ids, tuple(data_shape), settings, dtype)
     return result if return_nfe else result.x
 
   return sampler

@@ -277,11 +277,18 @@ def check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> None
     raise RecordMismatch(_describe(differences, workdir, "Resuming"))
 
 
-def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+def set_field(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+  """config.<field> = value for a dotted field ('sampling.num_steps'), lists as tuples (as config files write
+  them); a ValueError naming a group or field the config does not have, with the ones it has."""
   *parents, name = field.split(".")
   node = config
-  for part in parents:
+  for depth, part in enumerate(parents):
+    if part not in node:
+      raise ValueError(f"{'.'.join(parents[:depth + 1])} is not a config group; the groups are {sorted(config)}.")
     node = node[part]
+  if name not in node:
+    raise ValueError(f"{field} is not a config field; {'.'.join(parents) or 'the config'} has "
+                     f"{', '.join(sorted(node))}.")
   node[name] = _tuples(value)
 
 
@@ -311,7 +318,7 @@ def for_inference(workdir: epath.Path, config: ml_collections.ConfigDict,
     if (is_run_setting(field) or overridden_process or field not in given
         or _plain(given[field]) == _plain(trained)):
       continue
-    _set(merged, field, trained)
+    set_field(merged, field, trained)
     taken.append(field)
   if taken:
     logging.info("Trained fields taken from %s: %s", workdir / RECORD_NAME, ", ".join(taken))
