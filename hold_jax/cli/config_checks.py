@@ -36,7 +36,7 @@ def check(config) -> None:
       image_quality.image_shape(config.eval.metrics, config.data)
     if metrics & set(image_quality.POINT_METRICS):
       point_quality.point_shape(config.eval.metrics, config.data)
-  losses.check_settings(config.loss)
+  losses.settings_from_config(config.loss)
   if config.loss.parametrization == "denoiser":
     field_checks.require(config.model.get("embedding", "fourier") == "fourier", "model.embedding",
                          config.model.get("embedding"), "'fourier' with loss.parametrization = 'denoiser': the "

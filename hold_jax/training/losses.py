@@ -22,6 +22,7 @@ drawn by `sample_noise_levels`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -140,60 +141,71 @@ def per_example_loss(sde: sde_lib.LangevinSDE, score_fn: score_outputs.ScoreFn, 
   return weighting_over_scale_squared(sde, weighting, t, scale) * squared
 
 
-def check_settings(loss_config) -> None:
-  """Raises ValueError naming the first bad field of `config.loss` (an absent time_sampling is 'uniform')."""
-  for field, allowed in (("objective", OBJECTIVES), ("weighting", WEIGHTINGS),
-                         ("parametrization", score_outputs.PARAMETRIZATIONS), ("time_sampling", TIME_SAMPLINGS)):
-    value = loss_config.get(field, "uniform") if field == "time_sampling" else loss_config[field]
-    field_checks.require(value in allowed, f"loss.{field}", value, f"one of {allowed}")
-  is_denoiser = loss_config.parametrization == "denoiser"
-  field_checks.require((loss_config.weighting == "edm") == is_denoiser, "loss.weighting", loss_config.weighting,
-                       "'edm' with loss.parametrization = 'denoiser' (EDM's weight of a denoiser) and one of "
-                       f"{WEIGHTINGS[:3]} with the score parametrisations")
-  if is_denoiser:
-    field_checks.require(loss_config.objective == "bcsm", "loss.objective", loss_config.objective,
-                         "'bcsm' with loss.parametrization = 'denoiser' (the statistic conditions on x_0 alone)")
-  for field in ("sigma_data", "log_sigma_std"):
-    if field in loss_config:
-      field_checks.require_positive(f"loss.{field}", loss_config[field])
-  if "log_sigma_mean" in loss_config:
-    field_checks.require(field_checks.is_number(loss_config.log_sigma_mean), "loss.log_sigma_mean",
-                         loss_config.log_sigma_mean, "a finite number (the mean of log sigma_eff)")
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The objective of config.loss, each field checked when made (`settings_from_config` at the edge, or
+  Settings(...) in a notebook), so the loss functions below never see a bad combination."""
+
+  objective: str = "bcsm"
+  parametrization: str = "denoiser"
+  weighting: str = "edm"
+  time_sampling: str = "uniform"
+  log_sigma_mean: float = EDM_LOG_SIGMA_MEAN
+  log_sigma_std: float = EDM_LOG_SIGMA_STD
+  sigma_data: float = 0.5
+
+  def __post_init__(self):
+    for field, allowed in (("objective", OBJECTIVES), ("weighting", WEIGHTINGS),
+                           ("parametrization", score_outputs.PARAMETRIZATIONS), ("time_sampling", TIME_SAMPLINGS)):
+      field_checks.require(getattr(self, field) in allowed, f"loss.{field}", getattr(self, field), f"one of {allowed}")
+    is_denoiser = self.parametrization == "denoiser"
+    field_checks.require((self.weighting == "edm") == is_denoiser, "loss.weighting", self.weighting,
+                         "'edm' with loss.parametrization = 'denoiser' (EDM's weight of a denoiser) and one of "
+                         f"{WEIGHTINGS[:3]} with the score parametrisations")
+    if is_denoiser:
+      field_checks.require(self.objective == "bcsm", "loss.objective", self.objective,
+                           "'bcsm' with loss.parametrization = 'denoiser' (the statistic conditions on x_0 alone)")
+    for field in ("sigma_data", "log_sigma_std"):
+      field_checks.require_positive(f"loss.{field}", getattr(self, field))
+    field_checks.require(field_checks.is_number(self.log_sigma_mean), "loss.log_sigma_mean", self.log_sigma_mean,
+                         "a finite number (the mean of log sigma_eff)")
 
 
-def noise_level_settings(loss_config) -> dict:
-  """log_sigma_mean and log_sigma_std of `config.loss`, EDM's -1.2 and 1.2 where a record predates them."""
-  return {"log_sigma_mean": float(loss_config.get("log_sigma_mean", EDM_LOG_SIGMA_MEAN)),
-          "log_sigma_std": float(loss_config.get("log_sigma_std", EDM_LOG_SIGMA_STD))}
+def settings_from_config(loss_config) -> Settings:
+  """config.loss checked once into Settings. Fields a record predates keep what they meant then: time_sampling
+  'uniform', EDM's noise levels (-1.2, 1.2); sigma_data is read by the denoiser alone."""
+  fields = {field: loss_config[field] for field in ("objective", "parametrization", "weighting")}
+  optional = {field.name: loss_config[field.name] for field in dataclasses.fields(Settings)
+              if field.name not in fields and field.name in loss_config}
+  return Settings(**fields, **optional)
 
 
-def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: score_outputs.ScoreFn, loss_config) -> Callable:
-  """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss, from `config.loss`, checked."""
-  check_settings(loss_config)
-  field_checks.require(loss_config.parametrization != "denoiser", "loss.parametrization", "denoiser",
+def make_loss_fn(sde: sde_lib.LangevinSDE, score_fn: score_outputs.ScoreFn, settings) -> Callable:
+  """loss_fn(params, x0 (batch, *data_shape), rng) -> scalar mean loss of a score function; `settings` a
+  Settings or config.loss."""
+  if not isinstance(settings, Settings):
+    settings = settings_from_config(settings)
+  field_checks.require(settings.parametrization != "denoiser", "loss.parametrization", "denoiser",
                        f"one of {score_outputs.PARAMETRIZATIONS[:3]} for a score function (a denoiser's loss is "
                        "make_denoiser_loss_fn's)")
-  objective, weighting = loss_config.objective, loss_config.weighting
-  time_sampling = loss_config.get("time_sampling", "uniform")
-  levels = noise_level_settings(loss_config)
 
   def loss_fn(params, x0, rng):
-    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, objective, weighting, time_sampling, **levels))
+    return jnp.mean(per_example_loss(sde, score_fn, params, x0, rng, settings.objective, settings.weighting,
+                                     settings.time_sampling, settings.log_sigma_mean, settings.log_sigma_std))
 
   return loss_fn
 
 
-def make_denoiser_loss_fn(sde: sde_lib.LangevinSDE, network: denoiser.Network, loss_config) -> Callable:
-  """loss_fn(params, x0, rng) -> scalar mean of EDM's denoiser loss (hold_jax/models/denoiser.py), from `config.loss`."""
-  check_settings(loss_config)
-  time_sampling = loss_config.get("time_sampling", "uniform")
-  levels = noise_level_settings(loss_config)
-  sigma_data = float(loss_config.sigma_data)
+def make_denoiser_loss_fn(sde: sde_lib.LangevinSDE, network: denoiser.Network, settings) -> Callable:
+  """loss_fn(params, x0, rng) -> scalar mean of EDM's denoiser loss (hold_jax/models/denoiser.py); `settings` a
+  Settings or config.loss."""
+  if not isinstance(settings, Settings):
+    settings = settings_from_config(settings)
 
   def loss_fn(params, x0, rng):
     sigma_rng, noise_rng = jax.random.split(rng)
-    sigma = sample_noise_levels(sde, time_sampling, sigma_rng, x0.shape[:1], x0.dtype, **levels)
-    return jnp.mean(denoiser.per_example_loss(network, params, x0, sigma, noise_rng, sigma_data))
+    sigma = sample_noise_levels(sde, settings.time_sampling, sigma_rng, x0.shape[:1], x0.dtype,
+                                settings.log_sigma_mean, settings.log_sigma_std)
+    return jnp.mean(denoiser.per_example_loss(network, params, x0, sigma, noise_rng, float(settings.sigma_data)))
 
   return loss_fn
-

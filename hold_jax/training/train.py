@@ -57,15 +57,15 @@ class TrainState:
 
 def make_training_loss_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config) -> Callable:
   """loss_fn(params, x0, rng) of `config.loss` with the network in training mode (a dropout key per step)."""
-  losses.check_settings(loss_config)  # the fields once, up front
+  settings = losses.settings_from_config(loss_config)  # the fields once, up front
 
   def loss_fn(params, x0, rng):
     dropout_rng, loss_rng = jax.random.split(rng)
-    if loss_config.parametrization == "denoiser":
+    if settings.parametrization == "denoiser":
       network = trained_model.network_fn(model, dropout_rng)
-      return losses.make_denoiser_loss_fn(sde, network, loss_config)(params, x0, loss_rng)
+      return losses.make_denoiser_loss_fn(sde, network, settings)(params, x0, loss_rng)
     score_fn = trained_model.make_score_fn(sde, model, loss_config, dropout_rng)
-    return losses.make_loss_fn(sde, score_fn, loss_config)(params, x0, loss_rng)
+    return losses.make_loss_fn(sde, score_fn, settings)(params, x0, loss_rng)
 
   return loss_fn
 
