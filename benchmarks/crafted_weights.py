@@ -1,5 +1,6 @@
 """Crafted torch state_dict files, written by hand without torch, for the bounds of the torch-free reader
-(hold_jax/evaluation/feature_networks/torch_weights.py): tests/test_torch_weights_bounds.py and benchmarks/fault_injection.py.
+(hold_jax/evaluation/feature_networks/torch_weights.py): tests/test_torch_weights_bounds.py and
+benchmarks/fault_injection.py.
 
 `tensor` emits the opcodes torch pickles for a tensor, and `zip_file` / `legacy_file` wrap a state_dict pickle
 and its storages in the two formats; `cases()` names the crafted files a reader must refuse in bounded memory.

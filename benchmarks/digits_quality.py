@@ -5,8 +5,8 @@ IS of trained digits workdirs, for several samplers at several NFE, with the rea
       [--processes vp cld hold]
 
 Each workdir (trained with configs/digits.py, any order) is evaluated as `--mode=eval` does with
-eval.sampler_sweep = the entries (hold_jax/evaluation/image_quality.py): the same rounds and reports in W/eval, so a rerun
-reads what is already there. The process of each row is read from the workdir's config.json, or for a denoiser
+eval.sampler_sweep = the entries (hold_jax/evaluation/image_quality.py): the same rounds and reports in W/eval, so a
+rerun reads what is already there. The process of each row is read from the workdir's config.json, or for a denoiser
 workdir taken from --processes (common.STOCK_PROCESSES): one network sampled with each.
 """
 import argparse

@@ -5,8 +5,8 @@
 1. Throughput of the FID Inception port on 32x32 uint8 inputs (resized to 299 inside), per batch size:
    images/s, median of rounds after a compile. Seeded random weights (the published file is not needed for a
    speed measurement: the computation is the same).
-2. A whole `--mode=eval` quality evaluation (hold_jax.evaluation.image_quality.evaluate_quality) of the digits workdir W (by
-   default a 20-step digits:local run trained here), timed from outside: the seconds inside the sampler
+2. A whole `--mode=eval` quality evaluation (hold_jax.evaluation.image_quality.evaluate_quality) of the digits
+   workdir W (by default a 20-step digits:local run trained here), timed from outside: the seconds inside the sampler
    (data_parallel.generate, compiles included), inside the feature network (samples, reference images and
    baselines), and the rest (loading the checkpoint, metrics, round files, bookkeeping), each as a fraction of
    the evaluation's wall time. Twice per feature network: cold (reference statistics computed) and warm (read

@@ -32,7 +32,8 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "hold-jax":  # the
   for _signal in preemption.SIGNALS:
     signal.signal(_signal, _stopped_while_starting)
   command_help.print_help_and_exit(sys.argv)  # at once, before the imports below
-  command_errors.parse_flags(sys.argv, command_flags.scratch(), before_imports=True)  # a bad command line: one line, too
+  # A bad command line: one line, too.
+  command_errors.parse_flags(sys.argv, command_flags.scratch(), before_imports=True)
 
 with console.native_stderr_captured() as _IMPORT_NOTICES:
   importlib.import_module("tensorflow")  # first, so the C++ notices it prints on import are kept for the log
@@ -135,7 +136,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.hold_library_logs()
-  problem = command_errors.workdir_problem(_WORKDIR.value)  # command_errors.parse_flags says it first; another flags parser may not
+  # command_errors.parse_flags says it first; another flags parser may not.
+  problem = command_errors.workdir_problem(_WORKDIR.value)
   if problem:
     fail(problem, command_errors.USAGE_ERROR_STATUS)
   config = _CONFIG.value
@@ -166,8 +168,9 @@ def main(argv):
   except USER_ERRORS as error:
     # What the user can fix is said in one message; the traceback stays in the log (--verbosity=1 shows it).
     logging.debug("Traceback of the error below:", exc_info=True)
-    message = command_errors.config_field_error(error, config) if isinstance(error, (AttributeError, KeyError)) else None
-    if isinstance(error, (AttributeError, KeyError)) and message is None:
+    is_lookup = isinstance(error, (AttributeError, KeyError))
+    message = command_errors.config_field_error(error, config) if is_lookup else None
+    if is_lookup and message is None:
       raise
     fail(message or error)
   except OSError as error:  # after USER_ERRORS: a FileNotFoundError there (NotPrepared) is one already

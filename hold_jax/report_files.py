@@ -3,7 +3,8 @@ them, and JSON reports written whole or not at all.
 
 A file is named `<readable part>_<canonical_hash of its settings>`, so a run with any other setting that changes
 the contents writes a new file instead of replacing an earlier one, and the same settings write the same name
-again (hold_jax/sampling/sample_job.py, nll_rounds.py and image_quality.py say which settings each of their files hashes).
+again (hold_jax/sampling/sample_job.py, nll_rounds.py and image_quality.py say which settings each of their files
+hashes).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The denoiser of the sufficient statistic (hold_jax/process/sufficient_statistic.py, hold_jax/models/denoiser.py) against
-exact references: E[x_0 | u_t] = D(x0_gls; sigma_eff) and the last-block score it gives, for Gaussian and
+"""The denoiser of the sufficient statistic (hold_jax/process/sufficient_statistic.py, hold_jax/models/denoiser.py)
+against exact references: E[x_0 | u_t] = D(x0_gls; sigma_eff) and the last-block score it gives, for Gaussian and
 two-point data whose scores are known in closed form (hold_jax/process/exact_scores.py), orders 1-4."""
 import jax
 import jax.numpy as jnp

@@ -69,4 +69,5 @@ def test_pointer_resolves(source, page, anchor, section):
 
 def test_github_anchor():
   assert github_anchor("The library from Python") == "the-library-from-python"
-  assert github_anchor("train_speed.py: training step time (2026-11-24)") == "train_speedpy-training-step-time-2026-11-24"
+  heading = "train_speed.py: training step time (2026-11-24)"
+  assert github_anchor(heading) == "train_speedpy-training-step-time-2026-11-24"

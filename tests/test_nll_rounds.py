@@ -1,4 +1,5 @@
-"""Round files and the rounds driver (hold_jax/evaluation/round_files.py), and the NLL bound computed in resumable rounds (hold_jax/evaluation/nll_rounds.py)."""
+"""Round files and the rounds driver (hold_jax/evaluation/round_files.py), and the NLL bound computed in resumable
+rounds (hold_jax/evaluation/nll_rounds.py)."""
 import json
 import os
 

@@ -68,7 +68,8 @@ def test_stock_config_path(tmp_path, monkeypatch):
   (tmp_path / "configs" / "toy2d.py").write_text("# a user's own copy\n")
   assert command_errors.stock_config_path("configs/toy2d.py") == "configs/toy2d.py"  # a file here always wins
   flag_values = _config_flag_values()
-  argv = command_errors.with_stock_configs(["prog", "--config", "configs/digits.py:local", "--workdir", "w"], flag_values)
+  argv = command_errors.with_stock_configs(["prog", "--config", "configs/digits.py:local", "--workdir", "w"],
+                                           flag_values)
   assert argv[2] == os.path.join(command_errors.PACKAGED_CONFIGS, "digits.py") + ":local"
   argv = command_errors.with_stock_configs(["prog", "--config=configs/cifar10.py"], flag_values)
   assert argv[1] == "--config=" + os.path.join(command_errors.PACKAGED_CONFIGS, "cifar10.py")

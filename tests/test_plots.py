@@ -1,6 +1,7 @@
 """Pictures of samples and of quality tables (hold_jax/plots.py, hold_jax/workdir/workdir_view.py): each kind of data
 gets its own figure, with the data drawn faintly underneath; image grids have gaps; titles fit their figures;
-PNGs carry their metadata; a sweep's table gets its plot beside it (hold_jax/evaluation/image_quality.py write_table)."""
+PNGs carry their metadata; a sweep's table gets its plot beside it (hold_jax/evaluation/image_quality.py
+write_table)."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
-"""--mode=eval's results as a reader sees them (hold_jax/evaluation/report_text.py and each report kind's format_report), and
-the sliced Wasserstein-1 metric of point sets with its baselines (hold_jax/evaluation/point_quality.py)."""
+"""--mode=eval's results as a reader sees them (hold_jax/evaluation/report_text.py and each report kind's
+format_report), and the sliced Wasserstein-1 metric of point sets with its baselines
+(hold_jax/evaluation/point_quality.py)."""
 import json
 import os
 import re

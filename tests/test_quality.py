@@ -1,4 +1,5 @@
-"""Sample-quality evaluation (hold_jax/evaluation/image_quality.py) end to end on the digits, with the bundled classifier."""
+"""Sample-quality evaluation (hold_jax/evaluation/image_quality.py) end to end on the digits, with the bundled
+classifier."""
 import json
 import os
 import re

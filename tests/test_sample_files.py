@@ -1,5 +1,6 @@
 """Sample files are named from every setting that can change them and record those settings: a run with other
-settings writes a new file next to the earlier ones, never over them (hold_jax/sampling/sample_job.py, hold_jax/cli/demo.py)."""
+settings writes a new file next to the earlier ones, never over them (hold_jax/sampling/sample_job.py,
+hold_jax/cli/demo.py)."""
 from __future__ import annotations
 
 import json
@@ -169,7 +170,8 @@ def test_sample_to_disk_draws_every_kind_of_points_over_the_data_and_names_its_f
 def test_training_grids_of_one_step_with_other_sampling_settings_are_both_kept(tmp_path, monkeypatch):
   config = digits.get_config("local")
   config.training.update(sample_every=2, num_grid_samples=4)
-  monkeypatch.setattr(sample_job, "make_drawer", lambda config, shape: lambda params, num, seed=None: np.zeros((num,) + shape))
+  monkeypatch.setattr(sample_job, "make_drawer",
+                      lambda config, shape: lambda params, num, seed=None: np.zeros((num,) + shape))
   # absl's handler (and so pytest's caplog) depends on what earlier tests of the process set up: the call is
   # recorded instead.
   logged = []

@@ -1,5 +1,5 @@
-"""The torch-free .pth reader (hold_jax/evaluation/feature_networks/torch_weights.py) against crafted files: sizes the bytes do not
-back, zip bombs, dtypes the network cannot use, and BUILD on the reader's stand-ins.
+"""The torch-free .pth reader (hold_jax/evaluation/feature_networks/torch_weights.py) against crafted files: sizes the
+bytes do not back, zip bombs, dtypes the network cannot use, and BUILD on the reader's stand-ins.
 
 The files are written by hand (no torch; benchmarks/crafted_weights.py): `tensor` emits the opcodes torch
 pickles for a tensor, and `zip_file` / `legacy_file` wrap a state_dict pickle and its storages in the two

@@ -24,8 +24,8 @@ def check(config) -> None:
   missing = [group for group in TRAINING_GROUPS if group not in config]
   if missing:
     raise ValueError(f"the config has no {', '.join(missing)}: it does not train a network. The exact-score demo "
-                     "(configs/mixture_demo.py) runs with `python -m hold_jax.cli.demo --config configs/mixture_demo.py "
-                     "--workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
+                     "(configs/mixture_demo.py) runs with `python -m hold_jax.cli.demo --config "
+                     "configs/mixture_demo.py --workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
   if "seed" in config:
     field_checks.require_seed("seed", config.seed)
   samplers.settings_from_config(sde_lib.from_config(config.sde), config.sampling)

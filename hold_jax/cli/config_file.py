@@ -1,6 +1,7 @@
 """Why a --config file gives no config: not Python (a .json or text file, a syntax error), an error while it
 loads, no get_config(), a variant its get_config() refuses, or a result that is not a ConfigDict. ml_collections
-reports each as a traceback from inside its loader; hold_jax/cli/command_errors.py turns `problem`'s answer into one line.
+reports each as a traceback from inside its loader; hold_jax/cli/command_errors.py turns `problem`'s answer into one
+line.
 """
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = loss = ml_collections.ConfigDict()
   loss.objective = "bcsm"  # 'bcsm' (condition on x_0) or 'dsm' (condition on the full initial state)
   # The network: 'denoiser' (an EDM-preconditioned denoiser of the sufficient statistic x0_gls at noise level
-  # sigma_eff, any order: hold_jax/models/denoiser.py, docs/denoiser.md), or a network of the whole state whose output is
-  # 'eps', the 'score' or 'mixed' (N(0, I) score + correction).
+  # sigma_eff, any order: hold_jax/models/denoiser.py, docs/denoiser.md), or a network of the whole state whose output
+  # is 'eps', the 'score' or 'mixed' (N(0, I) score + correction).
   loss.parametrization = "denoiser"
   # 'edm' (lambda = 1 / c_out^2, the denoiser's) or, for the others, 'eps' (lambda = l_t^2), 'likelihood' (xi beta)
   # or 'none'.
@@ -66,8 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   sampling.ode_rtol = 1e-5
   sampling.ode_atol = 1e-5
   sampling.ode_max_steps = 4096  # a sample that needs more steps comes back as NaN
-  # The variable the adaptive solve runs in: 'flow' (y = Psi(B_ref, B) u in log B, hold_jax/sampling/flow_coordinates.py,
-  # without the stiff linear part) or 'state' (u in B).
+  # The variable the adaptive solve runs in: 'flow' (y = Psi(B_ref, B) u in log B,
+  # hold_jax/sampling/flow_coordinates.py, without the stiff linear part) or 'state' (u in B).
   sampling.ode_variable = "flow"
   sampling.num_samples = 1024
   sampling.batch_size = 1024
@@ -80,8 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   # absent or damaged is an error, never replaced by another step.
   evaluation.checkpoint_step = -1
 
-  # Sample quality (hold_jax/evaluation/image_quality.py): num_samples images from config.sampling in resumable rounds of
-  # round_size, num_repeats times with seeds seed, seed + 1, ... (each reported, with the mean and minimum).
+  # Sample quality (hold_jax/evaluation/image_quality.py): num_samples images from config.sampling in resumable rounds
+  # of round_size, num_repeats times with seeds seed, seed + 1, ... (each reported, with the mean and minimum).
   # 'sw1' draws num_samples points the same way (no rounds) against as many held-out points (eval.seed's).
   evaluation.num_samples = 50_000
   evaluation.round_size = 5_000
@@ -104,8 +104,8 @@ def get_config() -> ml_collections.ConfigDict:
   # tabulates them. Empty: config.sampling alone.
   evaluation.sampler_sweep = ()
 
-  # The NLL bound (hold_jax/evaluation/likelihood.py and nll_rounds.py, docs/likelihood.md): the probability-flow ODE from eps
-  # to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.
+  # The NLL bound (hold_jax/evaluation/likelihood.py and nll_rounds.py, docs/likelihood.md): the probability-flow ODE
+  # from eps to T with the data placed at eps; workdir/eval/<name>.json gets nats and, for images, bits/dim.
   evaluation.split = "test"  # image data: the split to bound (the digits have only 'train'); else unused
   # Generated 2-D data: this many fresh points. Fixed data (images, npy clouds): the first this many (-1: all).
   evaluation.num_examples = 10_000

@@ -1,11 +1,11 @@
 """`--mode=eval`: every metric config.eval.metrics names, one report per kind of metric, for the command line
 and the Python API alike (hold_jax/api.py), so the two never disagree.
 
-The NLL bound ('nll', hold_jax/evaluation/nll_rounds.py), the image-quality metrics (FID, KID, IS: hold_jax/evaluation/image_quality.py)
-and the point-set metrics (SW1: hold_jax/evaluation/point_quality.py) each write their own report into workdir/eval;
-`run` returns their paths in that order, and `summary` says what they hold for a reader: each metric to a few
-significant digits beside its baselines, in its one unit (the NLL bound in nats per point for point sets, in
-bits/dim for images), then the report's path.
+The NLL bound ('nll', hold_jax/evaluation/nll_rounds.py), the image-quality metrics (FID, KID, IS:
+hold_jax/evaluation/image_quality.py) and the point-set metrics (SW1: hold_jax/evaluation/point_quality.py) each write
+their own report into workdir/eval; `run` returns their paths in that order, and `summary` says what they hold for a
+reader: each metric to a few significant digits beside its baselines, in its one unit (the NLL bound in nats per point
+for point sets, in bits/dim for images), then the report's path.
 """
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ newest readable checkpoint, or of step eval.checkpoint_step (that step or an err
 reported, with their mean and minimum), quantised to uint8 as an image file would be, and passed through a
 feature network (hold_jax/evaluation/image_features.py, which also computes and caches the reference statistics): the
 FID Inception-v3 (eval.feature_network = 'inception', weights from the local file eval.inception_weights,
-hold_jax/evaluation/feature_networks/inception.py) or, for the digits, a small classifier that needs no download ('digits',
-hold_jax/evaluation/feature_networks/digits_features.py). FID and KID compare the features with those of the reference images
-(eval.reference_split of the training data, or a user's statistics file eval.reference_stats); IS uses the
-network's logits. With the digits network the report names them fd_digits, kid_digits and is_digits: they are
+hold_jax/evaluation/feature_networks/inception.py) or, for the digits, a small classifier that needs no download
+('digits', hold_jax/evaluation/feature_networks/digits_features.py). FID and KID compare the features with those of the
+reference images (eval.reference_split of the training data, or a user's statistics file eval.reference_stats); IS uses
+the network's logits. With the digits network the report names them fd_digits, kid_digits and is_digits: they are
 comparable only with each other, never with published FIDs.
 
 Rounds. Generation runs in rounds of eval.round_size samples; after each round process 0 writes the round's
@@ -275,8 +275,8 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
 
 def digits_baselines(config, network: image_features.Network, settings) -> dict[str, dict[str, float]]:
   """The same metrics for real digits the model never saw against the others, and for uniform noise: the
-  classifier's split of the digits (hold_jax/evaluation/feature_networks/digits_features.py), its 297 held-out images and as many
-  noise images against statistics of its 1,500 training images. They bracket what a model can reach; with
+  classifier's split of the digits (hold_jax/evaluation/feature_networks/digits_features.py), its 297 held-out images
+  and as many noise images against statistics of its 1,500 training images. They bracket what a model can reach; with
   fewer samples than the model's, they carry a larger small-sample bias."""
   from hold_jax.evaluation import statistics  # pylint: disable=g-import-not-at-top
   from hold_jax.evaluation.feature_networks import digits_features  # pylint: disable=g-import-not-at-top

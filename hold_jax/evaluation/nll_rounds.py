@@ -380,7 +380,8 @@ def evaluate(config, workdir: str) -> str:
   report = {
       "quantity": ("Upper bound on -log p_model(x) per example, p_model the x-marginal of the probability-flow "
                    "ODE's density at t = eps (data placed at eps, auxiliaries drawn from q, H[q] subtracted); "
-                   "see hold_jax/evaluation/likelihood.py. bits_per_dim adds log2(num_levels / 2) for [-1, 1] scaling."),
+                   "see hold_jax/evaluation/likelihood.py. bits_per_dim adds log2(num_levels / 2) for [-1, 1] "
+                   "scaling."),
       **summarize(nll_bound, num_coords, examples.num_levels),
       "num_examples": int(len(nll_bound)),
       "num_dims": num_coords,

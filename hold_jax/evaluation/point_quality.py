@@ -72,7 +72,8 @@ def point_shape(metrics, data_config) -> tuple[int]:
   """(D,): the shape of one point of `config.data`; a ValueError naming eval.metrics when the data are images."""
   data_shape = input_pipeline.data_shape(data_config)
   field_checks.require(len(data_shape) == 1, "eval.metrics", tuple(metrics),
-                       f"names from {('nll',) + image_quality.IMAGE_METRICS} for data.dataset = {data_config.dataset!r}: "
+                       f"names from {('nll',) + image_quality.IMAGE_METRICS} for data.dataset = "
+                       f"{data_config.dataset!r}: "
                        f"{POINT_METRICS} compare point sets (N, D), not images")
   return tuple(data_shape)
 

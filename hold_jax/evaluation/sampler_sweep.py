@@ -1,6 +1,6 @@
 """eval.sampler_sweep: "method:grid:num_steps" entries, each one evaluation of sample quality with those three
-sampling fields replaced (hold_jax/evaluation/image_quality.py tabulates them against NFE). Every entry is parsed and its
-sampler checked against config.sde before anything is loaded or generated, so a typo costs seconds.
+sampling fields replaced (hold_jax/evaluation/image_quality.py tabulates them against NFE). Every entry is parsed and
+its sampler checked against config.sde before anything is loaded or generated, so a typo costs seconds.
 """
 from __future__ import annotations
 

@@ -31,9 +31,9 @@ def probability_flow(sde, score_fn, params, u, t):
 
 
 def posterior_mean(score: jax.Array, u: jax.Array, row: jax.Array, scale: jax.Array, clip_x0=None) -> jax.Array:
-  """x0_hat = E[x_0 | u] = (s + r . u) / c by Tweedie's formula through the kernel (hold_jax/sampling/samplers.py), clipped to
-  clip_x0 = (low, high) (each broadcasting against data_shape) when given: the thresholding of DPM-Solver++ and
-  Imagen, which keeps an extrapolated or far-off x0_hat inside the data's range.
+  """x0_hat = E[x_0 | u] = (s + r . u) / c by Tweedie's formula through the kernel (hold_jax/sampling/samplers.py),
+  clipped to clip_x0 = (low, high) (each broadcasting against data_shape) when given: the thresholding of DPM-Solver++
+  and Imagen, which keeps an extrapolated or far-off x0_hat inside the data's range.
 
   score: (batch, *data_shape); u: (batch, n, *data_shape); row: (n,); scale: (). Returns (batch, *data_shape).
   """

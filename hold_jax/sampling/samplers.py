@@ -31,8 +31,8 @@ config.sampling.method, with its network evaluations (NFE) for N = sampling.num_
                   "Cholesky choice"); kept as the comparison for 'gddim'.
   'gddim'         the exponential integrator of the probability-flow ODE in posterior-mean form (gDDIM; the
                   transition R_{k+1} R_k^{-1} of a square root of Sigma moved by the flow, and sampling.multistep_order
-                  past x0_hat values extrapolated in sampling.time_variable; hold_jax/sampling/flow_schedule.py). Exact for
-                  a point mass; converges to the ODE at the multistep order. NFE N. sampling.stochasticity =
+                  past x0_hat values extrapolated in sampling.time_variable; hold_jax/sampling/flow_schedule.py). Exact
+                  for a point mass; converges to the ODE at the multistep order. NFE N. sampling.stochasticity =
                   lambda > 0 integrates gDDIM's stochastic family instead (1: the reverse SDE), exact in law
                   for a point mass.
   'euler_maruyama' u <- u + dB [-F u + 2 xi s e_last] + sqrt(dB) G z, score at (u_k, t_k). NFE N.
@@ -56,7 +56,8 @@ way".
 Where things live: the time grids and per-step coefficients in hold_jax/sampling/sampler_schedules.py (gddim's in
 hold_jax/sampling/flow_schedule.py), one step function per fixed-step method and their registry in
 hold_jax/sampling/fixed_step_samplers.py (a new sampler is a step function and one registry line), the adaptive ODE in
-hold_jax/sampling/adaptive_ode.py, shared pieces in hold_jax/sampling/sampler_parts.py; this module checks the settings and draws.
+hold_jax/sampling/adaptive_ode.py, shared pieces in hold_jax/sampling/sampler_parts.py; this module checks the settings
+and draws.
 
 Every fixed-step sampler is one `lax.scan` over steps. Its schedule (times, and the kernel matrices of all
 steps) depends on static settings only, so it is computed once when the sampler is traced and enters the

@@ -15,9 +15,9 @@ lambda = l_t^2 ('eps': the loss is then || eps_theta - eps_last ||^2 when s = -e
 xi beta(t) ('likelihood', g^2 / 2) or 1 ('none'). The score function is any callable; the network
 parametrisations that produce one are in hold_jax/models/score_outputs.py.
 
-The 'denoiser' parametrisation (hold_jax/models/denoiser.py, the default) is the same objective written for the posterior
-mean: with s = -(y_last - w_last D) / l_t, l_t s + eps_last = w_last (D - x_0), so BCSM is a weighted
-|| D - x_0 ||^2, and it is trained with EDM's weight lambda(sigma_eff) = 1 / c_out^2 ('edm') on noise levels
+The 'denoiser' parametrisation (hold_jax/models/denoiser.py, the default) is the same objective written for the
+posterior mean: with s = -(y_last - w_last D) / l_t, l_t s + eps_last = w_last (D - x_0), so BCSM is a
+weighted || D - x_0 ||^2, and it is trained with EDM's weight lambda(sigma_eff) = 1 / c_out^2 ('edm') on noise levels
 drawn by `sample_noise_levels`.
 """
 from __future__ import annotations

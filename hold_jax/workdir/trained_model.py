@@ -52,7 +52,8 @@ def network_fn(model: nn.Module, dropout_rng: jax.Array | None = None) -> Callab
 def make_score_fn(sde: sde_lib.LangevinSDE, model: nn.Module, loss_config,
                   dropout_rng: jax.Array | None = None) -> score_outputs.ScoreFn:
   """score_fn(params, u, t) of a network read through `loss_config.parametrization`: a denoiser of the sufficient
-  statistic (hold_jax/models/denoiser.py), or a network of (u, t) whose output `score_outputs.score_from_output` reads."""
+  statistic (hold_jax/models/denoiser.py), or a network of (u, t) whose output `score_outputs.score_from_output`
+  reads."""
   network = network_fn(model, dropout_rng)
   if loss_config.parametrization == "denoiser":
     return denoiser.score_fn(sde, network, float(loss_config.sigma_data))

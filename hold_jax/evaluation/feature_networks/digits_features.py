@@ -2,8 +2,8 @@
 
 FID needs the Inception weights, which cannot be downloaded here, and was never meant for 8x8 grey images
 anyway. This network plays its part for the digits: a Fréchet distance and KID over its 64
-penultimate features, an IS over its 10 logits (hold_jax/evaluation/image_quality.py reports them as fd_digits, kid_digits and
-is_digits). Its numbers are comparable only with each other, computed with the same weights file (record
+penultimate features, an IS over its 10 logits (hold_jax/evaluation/image_quality.py reports them as fd_digits,
+kid_digits and is_digits). Its numbers are comparable only with each other, computed with the same weights file (record
 weights_sha256 next to them), never with published FIDs.
 
 The network. An MLP 64 -> 128 -> 64 -> 10 with swish activations (17,226 float32 parameters, 70 KB): on 8x8
@@ -35,7 +35,8 @@ sums differently (XLA_FLAGS=--xla_cpu_max_isa=AVX changes the bytes), so on anot
 the committed one to float32 rounding of each array's scale, with the same predictions, rather than bit for bit. The
 committed weights file is made by
 
-  python -m hold_jax.evaluation.feature_networks.digits_features --write hold_jax/evaluation/feature_networks/digits_classifier.npz
+  python -m hold_jax.evaluation.feature_networks.digits_features \
+      --write hold_jax/evaluation/feature_networks/digits_classifier.npz
 
 in seconds on a CPU, mostly imports, data and compilation rather than the 500 steps. The file is an
 uncompressed .npz whose zip entries carry a fixed date, so its SHA-256 is a function of the weights alone.

@@ -1,5 +1,5 @@
-"""The published weights of the FID Inception network (hold_jax/evaluation/feature_networks/inception_network.py): reading,
-checking and mapping them onto the Flax tree, and seeded random weights for tests.
+"""The published weights of the FID Inception network (hold_jax/evaluation/feature_networks/inception_network.py):
+reading, checking and mapping them onto the Flax tree, and seeded random weights for tests.
 
 Weights: the published torch state_dict `pt_inception-2015-12-05-6726825d.pth` (pytorch-fid's GitHub release
 'fid_weights'; torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`, release v0.2.0, carries the same

@@ -1,5 +1,6 @@
 """The FID Inception-v3 network (TF graph `inception-2015-12-05`, as torch-fidelity reproduces it) in Flax:
-its pre-processing and its layers. hold_jax/evaluation/feature_networks/inception.py loads the published weights into it.
+its pre-processing and its layers. hold_jax/evaluation/feature_networks/inception.py loads the published weights into
+it.
 
 Every published FID, KID and IS number goes through one network: the TF1 graph `classify_image_graph_def.pb`
 of 2015-12-05, fed RGB floats in [0, 255]. Its pytorch-fid/torch-fidelity torch port is the reference here
