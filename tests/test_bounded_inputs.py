@@ -1,7 +1,7 @@
 """Inputs whose size or shape cannot hold are refused before any compute, in one line naming the field or file
 and the fix: batches and sample counts that cannot fit in memory (hold_jax/memory_budget.py), .npy point
 clouds whose header claims other data than the file holds (input_pipeline.load_point_cloud), and FID
-statistics whose sigma is not a covariance (metrics/statistics.check_covariance)."""
+statistics whose sigma is not a covariance (statistics.check_covariance)."""
 import re
 
 import jax

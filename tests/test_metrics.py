@@ -1,5 +1,5 @@
 """FID, KID, IS and their statistics (hold_jax/evaluation/statistics.py, reference_stats.py), the FID command
-(hold_jax/fid.py) and the point-cloud metrics (metrics/point_clouds.py), against closed forms, scipy and
+(hold_jax/fid.py) and the point-cloud metrics (hold_jax/evaluation/point_clouds.py), against closed forms, scipy and
 brute-force oracles; the command runs with a stand-in feature network (a fixed random projection of the
 pixels), so no Inception weights are needed."""
 import dataclasses
