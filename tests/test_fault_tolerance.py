@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -305,6 +306,21 @@ def test_a_save_that_fills_the_disk_is_one_message_and_keeps_the_previous_checkp
   assert names and all(name.isdigit() for name in names)  # no temporary directory left behind
   params, step = trained_model.load_ema_params(config, str(small_disk / "run"), (2,))
   assert step == max(int(name) for name in names) and np.isfinite(flat(params)).all()
+
+
+def test_a_temporary_directory_that_a_late_writer_brings_back_is_removed_again(tmp_path):
+  """After a failed save, orbax's thread writing another item of it may recreate its temporary directory."""
+  def late_writer():
+    time.sleep(0.2)
+    (tmp_path / "60.orbax-checkpoint-tmp" / "checksums").mkdir(parents=True)
+
+  (tmp_path / "60.orbax-checkpoint-tmp").mkdir()
+  (tmp_path / "40").mkdir()
+  writer = threading.Thread(target=late_writer)
+  writer.start()
+  checkpoints.remove_temporary_directories(epath.Path(tmp_path))
+  writer.join()
+  assert os.listdir(tmp_path) == ["40"]
 
 
 def test_read_only_workdir_is_named(tmp_path):

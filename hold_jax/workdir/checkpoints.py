@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 import jax
 import numpy as np
@@ -154,12 +155,32 @@ def temporary_directories(directory: epath.Path) -> list[epath.Path]:
   return [path for path in directory.iterdir() if ".orbax-checkpoint-tmp" in path.name]
 
 
+# After a failed save, orbax's threads writing the save's other items (the checksums' JSON beside the state)
+# may still create files in its temporary directory for a moment: it is removed until it stays gone this long.
+SETTLE_SECONDS, SETTLE_LIMIT_SECONDS = 0.5, 10.0
+
+
+def remove_temporary_directories(directory: epath.Path) -> None:
+  """Removes orbax's directories of unfinished saves in `directory`, again until none has come back for
+  SETTLE_SECONDS (at most SETTLE_LIMIT_SECONDS)."""
+  started = quiet_since = time.monotonic()
+  while True:
+    found = temporary_directories(directory)
+    for path in found:
+      shutil.rmtree(path, ignore_errors=True) if "://" not in str(path) else path.rmtree(missing_ok=True)
+    now = time.monotonic()
+    if found:
+      quiet_since = now
+    elif now - quiet_since >= SETTLE_SECONDS or now - started >= SETTLE_LIMIT_SECONDS:
+      return
+    time.sleep(0.05)
+
+
 def save_error(manager: ocp.CheckpointManager, step: int | None, error: BaseException) -> CheckpointError:
   """The one message of a failed save, after removing its temporary directory."""
   directory = epath.Path(manager.directory)
   if jax.process_index() == 0:
-    for path in temporary_directories(directory):
-      shutil.rmtree(path, ignore_errors=True) if "://" not in str(path) else path.rmtree(missing_ok=True)
+    remove_temporary_directories(directory)
   previous = [s for s in manager.all_steps() if step is None or s < step]
   intact = (f"the checkpoint of step {max(previous)} is intact and a rerun resumes from it"
             if previous else "no earlier checkpoint exists")
