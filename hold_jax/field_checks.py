@@ -7,6 +7,7 @@ instead of raising a TypeError that names no field.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -56,3 +57,12 @@ def require_seed(field: str, value: Any) -> None:
   take: an integer in [0, 2**63). Either library's own error names no field."""
   require(is_int(value) and 0 <= value < SEED_LIMIT, field, value, "an integer in [0, 2**63) (numpy's and jax's "
           "random generators take no negative or larger seed)")
+
+
+def settings_of(kind: type, group: Any) -> Any:
+  """`group` itself if it is already a `kind` (a frozen, checked settings dataclass), else a `kind` made from
+  the fields the config group has (the others keep their defaults), checked as it is made. Library functions
+  take either, so a notebook may pass a ConfigDict while a job checks its config once and passes the result."""
+  if isinstance(group, kind):
+    return group
+  return kind(**{field.name: group[field.name] for field in dataclasses.fields(kind) if field.name in group})

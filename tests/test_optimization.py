@@ -1,4 +1,5 @@
 """The optimizer's learning-rate schedules and settings checks."""
+import dataclasses
 import math
 
 import numpy as np
@@ -35,7 +36,25 @@ def test_bad_optimizer_settings_name_the_field(field, value):
                                       warmup_steps=10, schedule="constant"))
   optim[field] = value
   with pytest.raises(ValueError, match=f"optim.{field}"):
-    optimization.check_settings(optim, config_dict.ConfigDict(dict(decay=0.999)))
+    optimization.settings_from_config(optim)
+  with pytest.raises(ValueError, match=f"optim.{field}"):  # a notebook's direct use is checked the same way
+    optimization.learning_rate_schedule(optim, 100)
+
+
+@pytest.mark.parametrize("field,value", [("decay", 1.0), ("decay", float("nan")), ("warmup", "yes")])
+def test_bad_ema_settings_name_the_field(field, value):
+  ema = dict(decay=0.999, warmup=True)  # a plain dict: a ConfigDict refuses a str for a bool itself
+  ema[field] = value
+  with pytest.raises(ValueError, match=f"ema.{field}"):
+    optimization.ema_settings_from_config(ema)
+
+
+def test_settings_are_checked_once_and_frozen():
+  settings = optimization.settings_from_config(config_dict.ConfigDict(dict(learning_rate=1e-3, schedule="cosine")))
+  assert optimization.settings_from_config(settings) is settings  # passed on as it is, not checked again
+  assert (settings.learning_rate, settings.schedule, settings.warmup_steps) == (1e-3, "cosine", 5000)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    settings.learning_rate = 1.0
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

@@ -9,8 +9,10 @@ from hold_jax.evaluation import nll_rounds
 from hold_jax.evaluation import point_quality
 from hold_jax.process import sde as sde_lib
 from hold_jax.sampling import samplers
+from hold_jax.training import loop_settings
 from hold_jax.training import losses
 from hold_jax.training import optimization
+from hold_jax.workdir import checkpoints
 
 TRAINING_GROUPS = ("data", "model", "training")
 
@@ -59,9 +61,9 @@ def check_eval(eval_config) -> None:
 
 
 def check_training(config) -> None:
-  """The training loop's own fields: config.training's counts and checkpoint.keep; the optimizer's and the EMA's are
-  optimization.check_settings'."""
-  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
-    field_checks.require_int(f"training.{field}", config.training[field], 1)
-  field_checks.require_int("checkpoint.keep", config.checkpoint.keep, 1)
-  optimization.check_settings(config.optim, config.ema)
+  """The training loop's groups, each by the settings record the loop takes: config.training, config.checkpoint,
+  config.optim and config.ema."""
+  loop_settings.settings_from_config(config.training)
+  checkpoints.settings_from_config(config.checkpoint)
+  optimization.settings_from_config(config.optim)
+  optimization.ema_settings_from_config(config.ema)

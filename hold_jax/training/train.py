@@ -28,6 +28,7 @@ from hold_jax import models
 from hold_jax import multihost
 from hold_jax.data import input_pipeline
 from hold_jax.process import sde as sde_lib
+from hold_jax.training import loop_settings
 from hold_jax.training import losses
 from hold_jax.training import optimization
 from hold_jax.training import preemption
@@ -82,8 +83,11 @@ def init_state(model: nn.Module, data_shape: tuple[int, ...], blocks: int, optim
                     first_bad_step=jnp.asarray(-1, jnp.int32))
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_config) -> Callable:
-  """train_step(state, batch (global_batch, *data_shape)) -> (state, metrics); not yet jitted."""
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    ema: optimization.EMASettings) -> Callable:
+  """train_step(state, batch (global_batch, *data_shape)) -> (state, metrics); not yet jitted. `ema` an
+  optimization.EMASettings or config.ema."""
+  ema = optimization.ema_settings_from_config(ema)
 
   def train_step(state: TrainState, batch: jax.Array):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -91,7 +95,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = optimization.ema_decay(state.step, ema_config.decay, ema_config.warmup)
+    decay = optimization.ema_decay(state.step, ema.decay, ema.warmup)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     good = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.first_bad_step < 0)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(good, a, b), new, old)
@@ -179,13 +183,14 @@ def prepare_workdir(config, workdir: str, abstract: TrainState) -> str | None:
   """
   path = trained_model.workdir_path(workdir)
   checkpoints.check_workdir(path, checkpoints.state_bytes(abstract))
+  optim, num_steps = optimization.settings_from_config(config.optim), config.training.num_steps
   if not run_record.has_checkpoints(path):
-    note = optimization.check_training_length(config.optim, config.training.num_steps)
+    note = optimization.check_training_length(optim, num_steps)
     run_record.write(path, config)
     return note
   run_record.check_resume(path, config)  # against config.json, or its copy in the newest checkpoint
   if not (path / run_record.RECORD_NAME).exists():
-    note = optimization.check_training_length(config.optim, config.training.num_steps)
+    note = optimization.check_training_length(optim, num_steps)
     if run_record.copy_in_checkpoints(path) is None:  # checkpoints of an earlier version: nothing to compare
       logging.warning("%s has checkpoints but no config.json: recording the given config.", path)
     else:
@@ -193,8 +198,7 @@ def prepare_workdir(config, workdir: str, abstract: TrainState) -> str | None:
                       "newest checkpoint).", path)
     run_record.write(path, config)
     return note
-  return optimization.check_training_length(config.optim, config.training.num_steps,
-                                            str(path / run_record.RECORD_NAME))
+  return optimization.check_training_length(optim, num_steps, str(path / run_record.RECORD_NAME))
 
 
 def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainState:
@@ -209,25 +213,27 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   refuses to train past its horizon (optimization.check_training_length). Either is said at the start.
   """
   config = run_record.with_schedule_horizon(config, trained_model.workdir_path(workdir))
-  training = config.training
+  # Each group checked once, here at the edge; the library below takes the checked settings.
+  training = loop_settings.settings_from_config(config.training)
+  optim = optimization.settings_from_config(config.optim)
   mesh = multihost.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = multihost.batch_sharding(mesh)
   stream = input_pipeline.create_stream(config.data, training.batch_size, config.seed)
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, stream.data_shape)
-  optimizer = optimization.make_optimizer(config.optim, training.num_steps)
+  optimizer = optimization.make_optimizer(optim, training.num_steps)
   loss_fn = make_training_loss_fn(sde, model, config.loss)
   blocks = trained_model.input_blocks(sde.order, config.loss.parametrization)
   make_fresh_state = lambda: init_state(model, stream.data_shape, blocks, optimizer, config.seed)
   abstract = abstract_state(make_fresh_state, replicated)
   schedule_note = prepare_workdir(config, workdir, abstract)
-  train_step = jax.jit(make_train_step(loss_fn, optimizer, config.ema),
+  train_step = jax.jit(make_train_step(loss_fn, optimizer, optimization.ema_settings_from_config(config.ema)),
                        in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                        donate_argnums=0)
   memory_budget.check_train_step(train_step, abstract, (training.batch_size,) + stream.data_shape, batch_sharding)
 
-  manager = trained_model.checkpoint_manager(workdir, config.checkpoint)
+  manager = trained_model.checkpoint_manager(workdir, checkpoints.settings_from_config(config.checkpoint))
   try:
     state = restore_or_init(manager, make_fresh_state, replicated)
     if schedule_note and jax.process_index() == 0:
@@ -241,25 +247,26 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
     if start == 0:
       writer.write_hparams(hparams(config))
     with preemption.StopRequests(manager.reached_preemption) as stop:
-      state = _train_loop(config, state, start, train_step, stream, batch_sharding, manager, writer, callbacks,
-                          stop)
+      state = _train_loop(config, training, optim, state, start, train_step, stream, batch_sharding, manager,
+                          writer, callbacks, stop)
     writer.flush()
   finally:  # every exit completes (or cleanly reports) the save in flight and releases orbax's threads
     manager.close()
   return state
 
 
-def _train_loop(config, state: TrainState, start: int, train_step, stream, batch_sharding, manager, writer,
-                callbacks, stop: preemption.StopRequests) -> TrainState:
-  """Steps start..training.num_steps (or until a stop request), logging and saving on the way."""
-  training = config.training
+def _train_loop(config, training: loop_settings.Settings, optim: optimization.Settings, state: TrainState,
+                start: int, train_step, stream, batch_sharding, manager, writer, callbacks,
+                stop: preemption.StopRequests) -> TrainState:
+  """Steps start..training.num_steps (or until a stop request), logging and saving on the way; `config` is what
+  each checkpoint records."""
   main_process = jax.process_index() == 0
   hooks = [periodic_actions.ReportProgress(num_train_steps=training.num_steps, writer=writer,
                                            every_steps=training.log_every)] if main_process else []
   progress = console.Progress(start, training.num_steps)
-  # The optimizer's own schedule (train() resolved config.optim.schedule_horizon for both), logged at the step
-  # whose update it scaled: Adam evaluates it at its count, which equals the step.
-  schedule = optimization.learning_rate_schedule(config.optim, training.num_steps)
+  # The optimizer's own schedule (train() resolved optim.schedule_horizon for both), logged at the step whose
+  # update it scaled: Adam evaluates it at its count, which equals the step.
+  schedule = optimization.learning_rate_schedule(optim, training.num_steps)
   global_shape = (training.batch_size,) + stream.data_shape
   pending = []
   last_saved = manager.latest_step()

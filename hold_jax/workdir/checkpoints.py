@@ -11,6 +11,7 @@ removed here, and leftovers of killed saves are removed by the training job's ma
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging as logging_lib
@@ -26,6 +27,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from hold_jax import field_checks
 from hold_jax.workdir import checkpoint_integrity
 
 STATE_ITEM = "default"
@@ -43,6 +45,25 @@ class ChangedStructure(CheckpointError):
 
 # ----------------------------------------------------------------------------------------------------------
 # The manager and saving.
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """config.checkpoint: the newest `keep` steps stay on disk; `asynchronous` saves are written by orbax's
+  threads while training goes on (each is complete before the next starts or the job ends)."""
+
+  keep: int = 3
+  asynchronous: bool = True
+
+  def __post_init__(self):
+    field_checks.require_int("checkpoint.keep", self.keep, 1)
+    field_checks.require(isinstance(self.asynchronous, bool), "checkpoint.asynchronous", self.asynchronous,
+                         "true or false")
+
+
+def settings_from_config(checkpoint_config) -> Settings:
+  """config.checkpoint checked once into Settings; a field the config lacks keeps its default."""
+  return field_checks.settings_of(Settings, checkpoint_config)
 
 
 def make_manager(directory: epath.Path, keep: int = 3, asynchronous: bool = True,

@@ -29,10 +29,13 @@ def workdir_path(workdir: str) -> epath.Path:
   return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
-def checkpoint_manager(workdir: str, checkpoint_config, read_only: bool = False) -> ocp.CheckpointManager:
-  """The orbax manager of workdir/checkpoints (hold_jax/workdir/checkpoints.py: two items per step, checksums)."""
-  return checkpoints.make_manager(workdir_path(workdir) / "checkpoints", checkpoint_config.keep,
-                                  checkpoint_config.asynchronous, read_only=read_only)
+def checkpoint_manager(workdir: str, settings: checkpoints.Settings,
+                       read_only: bool = False) -> ocp.CheckpointManager:
+  """The orbax manager of workdir/checkpoints (hold_jax/workdir/checkpoints.py: two items per step, checksums);
+  `settings` a checkpoints.Settings or config.checkpoint."""
+  settings = checkpoints.settings_from_config(settings)
+  return checkpoints.make_manager(workdir_path(workdir) / "checkpoints", settings.keep, settings.asynchronous,
+                                  read_only=read_only)
 
 
 def network_fn(model: nn.Module, dropout_rng: jax.Array | None = None) -> Callable:
