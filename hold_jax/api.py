@@ -39,7 +39,6 @@ from hold_jax.data import image_data
 from hold_jax.data import image_sources
 from hold_jax.data import input_pipeline
 from hold_jax.evaluation import eval_job
-from hold_jax.evaluation import likelihood
 from hold_jax.evaluation import nll_rounds
 from hold_jax.process import sde as sde_lib
 from hold_jax.sampling import sample_job as sample_lib
@@ -139,8 +138,7 @@ class Model:
     config = self.configured(eval=eval_settings)
     values, num_levels = self._examples(data)
     examples = nll_rounds.Examples(values, np.arange(len(values)), len(values), num_levels, "given data")
-    settings = likelihood.settings_from_config(config.eval, self.data_shape)
-    bound = nll_rounds.make_batch_bound(config, self.data_shape, settings)
+    bound = nll_rounds.make_batch_bound(config, self.data_shape, config.eval)
     mesh = multihost.make_mesh(jax.local_devices())
     batch_size = -(-min(int(config.eval.batch_size), len(values)) // mesh.size) * mesh.size
     params = jax.device_put(jax.device_get(self.params), NamedSharding(mesh, PartitionSpec()))

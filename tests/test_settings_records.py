@@ -7,12 +7,13 @@ import pytest
 
 from hold_jax import field_checks
 from hold_jax.configs import default
+from hold_jax.evaluation import eval_settings
 from hold_jax.training import loop_settings
 from hold_jax.training import optimization
 from hold_jax.workdir import checkpoints
 
 RECORDS = [(optimization.Settings, "optim"), (optimization.EMASettings, "ema"), (loop_settings.Settings, "training"),
-           (checkpoints.Settings, "checkpoint")]
+           (checkpoints.Settings, "checkpoint"), (eval_settings.Settings, "eval")]
 
 
 @pytest.mark.parametrize("kind,group", RECORDS)

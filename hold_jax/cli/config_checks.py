@@ -4,8 +4,8 @@ from __future__ import annotations
 from hold_jax import field_checks
 from hold_jax import models
 from hold_jax.data import input_pipeline
+from hold_jax.evaluation import eval_settings
 from hold_jax.evaluation import image_quality
-from hold_jax.evaluation import nll_rounds
 from hold_jax.evaluation import point_quality
 from hold_jax.process import sde as sde_lib
 from hold_jax.sampling import samplers
@@ -32,11 +32,10 @@ def check(config) -> None:
     field_checks.require_seed("seed", config.seed)
   samplers.settings_from_config(sde_lib.from_config(config.sde), config.sampling)
   if "eval" in config:
-    check_eval(config.eval)
-    metrics = set(config.eval.get("metrics", ()))
-    if metrics & set(image_quality.IMAGE_METRICS):
+    metrics = set(check_eval(config.eval).metrics)
+    if metrics & set(eval_settings.IMAGE_METRICS):
       image_quality.image_shape(config.eval.metrics, config.data)
-    if metrics & set(image_quality.POINT_METRICS):
+    if metrics & set(eval_settings.POINT_METRICS):
       point_quality.point_shape(config.eval.metrics, config.data)
   losses.settings_from_config(config.loss)
   if config.loss.parametrization == "denoiser":
@@ -50,14 +49,10 @@ def check(config) -> None:
   models.create_model(config.model, input_pipeline.data_shape(config.data))
 
 
-def check_eval(eval_config) -> None:
-  """The fields of `config.eval` (configs/default.py), each by the module that reads it; the data-dependent
-  ones are checked by evaluate."""
-  if "seed" in eval_config:
-    field_checks.require_seed("eval.seed", eval_config.seed)
-  nll_rounds.check_settings(eval_config)
-  if "metrics" in eval_config:
-    image_quality.check_settings(eval_config)
+def check_eval(eval_config) -> eval_settings.Settings:
+  """config.eval checked into the record the metrics take (the data-dependent fields are checked by each metric
+  once the data are known)."""
+  return eval_settings.settings_from_config(eval_config)
 
 
 def check_training(config) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from etils import epath
 
+from hold_jax.evaluation import eval_settings
 from hold_jax.evaluation import image_quality
 from hold_jax.evaluation import nll_rounds
 from hold_jax.evaluation import point_quality
@@ -22,12 +23,13 @@ from hold_jax.evaluation import point_quality
 def run(config, workdir: str) -> list[str]:
   """Evaluates workdir's EMA parameters with `config` (the inference config: run_record.for_inference) and
   returns the paths of the reports written."""
-  metrics = set(config.eval.get("metrics", ("nll",)))
-  reports = [nll_rounds.evaluate(config, workdir)] if "nll" in metrics else []
-  if metrics & set(image_quality.IMAGE_METRICS):
-    reports.append(image_quality.evaluate_quality(config, workdir))
-  if metrics & set(point_quality.POINT_METRICS):
-    reports.append(point_quality.evaluate_points(config, workdir))
+  settings = eval_settings.settings_from_config(config.eval)  # checked once, for every metric
+  metrics = set(settings.metrics)
+  reports = [nll_rounds.evaluate(config, workdir, settings)] if "nll" in metrics else []
+  if metrics & set(eval_settings.IMAGE_METRICS):
+    reports.append(image_quality.evaluate_quality(config, workdir, settings))
+  if metrics & set(eval_settings.POINT_METRICS):
+    reports.append(point_quality.evaluate_points(config, workdir, settings))
   return reports
 
 

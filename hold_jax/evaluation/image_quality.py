@@ -50,6 +50,7 @@ from hold_jax import multihost
 from hold_jax import report_files
 from hold_jax.data import image_data
 from hold_jax.data import input_pipeline
+from hold_jax.evaluation import eval_settings
 from hold_jax.evaluation import image_features
 from hold_jax.evaluation import quality_files
 from hold_jax.evaluation import report_text
@@ -62,28 +63,8 @@ from hold_jax.workdir import checkpoints
 from hold_jax.workdir import trained_model
 from hold_jax.workdir import workdir_view
 
-IMAGE_METRICS = quality_files.IMAGE_METRICS
-POINT_METRICS = ("sw1",)  # point data's: the sliced Wasserstein-1 distance (hold_jax/evaluation/point_quality.py)
-# What eval.metrics may name: the NLL bound (nll_rounds.py), the image metrics and the point-set metrics.
-METRICS = ("nll",) + IMAGE_METRICS + POINT_METRICS
-
-
-def check_settings(eval_config) -> None:
-  """Raises ValueError naming the first bad sample-quality field of `config.eval` (the fields it shares with
-  the NLL bound, eval.round_size and eval.checkpoint_step, are nll_rounds.check_settings'); every entry of
-  eval.sampler_sweep is parsed too."""
-  metrics = eval_config.metrics
-  field_checks.require(isinstance(metrics, (tuple, list)) and len(metrics) > 0 and
-                       all(name in METRICS for name in metrics), "eval.metrics", metrics,
-                       f"a non-empty tuple of names from {METRICS}, e.g. --config.eval.metrics=\"('fid', 'kid')\"")
-  field_checks.require(eval_config.feature_network in image_features.FEATURE_NETWORKS, "eval.feature_network",
-                       eval_config.feature_network, f"one of {image_features.FEATURE_NETWORKS}")
-  field_checks.require(eval_config.resize in image_features.RESIZE_MODES, "eval.resize", eval_config.resize,
-                       f"one of {image_features.RESIZE_MODES}")
-  for field, minimum in (("num_samples", 1), ("num_repeats", 1), ("feature_batch_size", 1),
-                         ("kid_subset_size", 2), ("is_splits", 1)):
-    field_checks.require_int(f"eval.{field}", eval_config[field], minimum)
-  sampler_sweep.parse_sampler_sweep(eval_config.get("sampler_sweep", ()))
+IMAGE_METRICS = eval_settings.IMAGE_METRICS
+POINT_METRICS = eval_settings.POINT_METRICS
 
 
 def image_shape(metrics, data_config) -> tuple[int, int, int]:
@@ -166,30 +147,32 @@ class Loaded:
   baselines: dict[str, dict[str, float]] | None
 
 
-def load(config, workdir: str) -> Loaded:
-  """The shared pieces of config's evaluation. The parameters are read before the reference statistics are
-  computed, so an absent or damaged checkpoint fails in seconds rather than after the reference features."""
-  settings = config.eval
+def load(config, settings: eval_settings.Settings, workdir: str) -> Loaded:
+  """The shared pieces of config's evaluation (`settings` its config.eval, checked). The parameters are read
+  before the reference statistics are computed, so an absent or damaged checkpoint fails in seconds rather than
+  after the reference features."""
   data_shape = image_shape(settings.metrics, config.data)
   network = image_features.load_network(settings)
-  params, step = trained_model.load_ema_params(config, workdir, data_shape, trained_model.chosen_step(settings))
+  params, step = trained_model.load_ema_params(config, workdir, data_shape, settings.chosen_step)
   reference = image_features.reference_statistics(config, network)
   baselines = digits_baselines(config, network, settings) if settings.feature_network == "digits" else None
   return Loaded(tuple(data_shape), network, params, step, reference, baselines)
 
 
-def evaluate_quality(config, workdir: str) -> str:
+def evaluate_quality(config, workdir: str, settings: eval_settings.Settings | None = None) -> str:
   """Generates, measures and reports (module docstring); returns the report's path
-  (workdir/eval/<report_stem>.json), or with eval.sampler_sweep the table's (workdir/eval/<table_stem>.json)."""
+  (workdir/eval/<report_stem>.json), or with eval.sampler_sweep the table's (workdir/eval/<table_stem>.json).
+  `settings`: config.eval checked (eval_settings), made here when None."""
   started = time.time()
-  entries = sampler_sweep.sweep_configs(config)  # a bad entry fails before anything is loaded
-  loaded = load(config, workdir)
+  settings = eval_settings.settings_from_config(config.eval if settings is None else settings)
+  entries = sampler_sweep.sweep_configs(config)
+  loaded = load(config, settings, workdir)
   writer = metric_writers.create_default_writer(workdir, collection="eval") if jax.process_index() == 0 else None
   if not entries:
-    return evaluate_loaded(config, workdir, loaded, writer, started)[0]
+    return evaluate_loaded(config, settings, workdir, loaded, writer, started)[0]
   rows = []
   for index, (entry, config_of_entry) in enumerate(entries):
-    rows.append(table_row(entry, *evaluate_loaded(config_of_entry, workdir, loaded, writer, time.time())))
+    rows.append(table_row(entry, *evaluate_loaded(config_of_entry, settings, workdir, loaded, writer, time.time())))
     if jax.process_index() == 0:
       console.say(f"eval: sampler {index + 1}/{len(entries)} ({entry.method}:{entry.grid}:{entry.num_steps}, NFE "
                   f"{rows[-1]['nfe']}): {report_text.means_line(rows[-1])}")
@@ -224,12 +207,12 @@ def write_table(config, workdir: str, loaded: Loaded, rows: list[dict[str, Any]]
   return str(path)
 
 
-def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers.MetricWriter | None,
-                    started: float) -> tuple[str, dict[str, Any]]:
+def evaluate_loaded(config, settings: eval_settings.Settings, workdir: str, loaded: Loaded,
+                    writer: metric_writers.MetricWriter | None, started: float) -> tuple[str, dict[str, Any]]:
   """One evaluation with config.sampling from the already-loaded pieces: generates the missing rounds, then
   writes the report (process 0, with its summary to `writer`); returns its path and the report. `started` is
   when its clock began (the report's seconds and the ETA count from there)."""
-  settings, network, step = config.eval, loaded.network, loaded.step
+  network, step = loaded.network, loaded.step
   run_dir = trained_model.workdir_path(workdir) / "eval" / quality_files.run_name(config, network, step)
   if jax.process_index() == 0:
     checkpoints.check_workdir(run_dir, 0, "the round files")
@@ -245,7 +228,7 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
 
     def compute(first: int, last: int, rng=rng) -> dict[str, np.ndarray]:
       features, logits, nfe = _generate_round(sampler, loaded.params, rng, np.arange(first, last), mesh, network,
-                                              config)
+                                              settings.feature_batch_size, config.sampling)
       return {"features": features, "logits": logits, "nfe": np.asarray(nfe)}
 
     def after_round(found, round_index: int, rounds: int, last: int, computed: int, repeat=repeat) -> None:
@@ -273,7 +256,8 @@ def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers
   return str(path), report
 
 
-def digits_baselines(config, network: image_features.Network, settings) -> dict[str, dict[str, float]]:
+def digits_baselines(config, network: image_features.Network,
+                     settings: eval_settings.Settings) -> dict[str, dict[str, float]]:
   """The same metrics for real digits the model never saw against the others, and for uniform noise: the
   classifier's split of the digits (hold_jax/evaluation/feature_networks/digits_features.py), its 297 held-out images
   and as many noise images against statistics of its 1,500 training images. They bracket what a model can reach; with
@@ -296,20 +280,22 @@ def digits_baselines(config, network: image_features.Network, settings) -> dict[
   return results
 
 
-def _generate_round(sampler, params, rng, ids, mesh, network: image_features.Network, config):
+def _generate_round(sampler, params, rng, ids, mesh, network: image_features.Network, feature_batch_size: int,
+                    sampling_config):
   """(features, logits, nfe) of the samples `ids`, generated in sampling batches (images never all held)."""
-  stream, nfe = image_features.FeatureStream(network, config.eval.feature_batch_size), 0
-  for batch in data_parallel.id_batches(int(ids[0]), int(ids[-1]) + 1, config.sampling.batch_size):
+  stream, nfe = image_features.FeatureStream(network, feature_batch_size), 0
+  for batch in data_parallel.id_batches(int(ids[0]), int(ids[-1]) + 1, sampling_config.batch_size):
     samples, batch_nfe = data_parallel.generate(sampler, params, rng, batch, mesh)
     if not np.isfinite(samples).all():
       raise FloatingPointError(f"Samples {batch[0]}..{batch[-1]} are not finite; nothing of this round was "
-                               f"written. {samplers.non_finite_advice(config.sampling)}")
+                               f"written. {samplers.non_finite_advice(sampling_config)}")
     stream.add(image_data.to_pixels(samples))
     nfe = max(nfe, batch_nfe)
   return (*stream.finish(), nfe)
 
 
-def _metrics(features, logits, reference, settings, network: image_features.Network, nfe: int) -> dict[str, float]:
+def _metrics(features, logits, reference, settings: eval_settings.Settings, network: image_features.Network,
+             nfe: int) -> dict[str, float]:
   from hold_jax.evaluation import statistics  # pylint: disable=g-import-not-at-top
   results = {"num_samples": int(len(features)), "nfe": int(nfe)}
   if "fid" in settings.metrics:

@@ -120,13 +120,6 @@ def settings_from_config(eval_config, data_shape: tuple[int, ...]) -> ODESetting
   return dataclasses.replace(settings, rtol=float(settings.rtol), atol=float(settings.atol))
 
 
-def check_settings(eval_config) -> None:
-  """Raises ValueError naming the first bad field of `config.eval` that the bound reads (the data-dependent
-  ones, such as eval.batch_size against the device count, are checked by evaluate once the data is known)."""
-  settings_from_config(eval_config, data_shape=(1,))
-  check_aux_distribution(eval_config.aux_distribution)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The forward-time vector field and its divergence, for one example.
 

@@ -52,13 +52,13 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hold_jax import console
-from hold_jax import field_checks
 from hold_jax import models
 from hold_jax import multihost
 from hold_jax import report_files
 from hold_jax.data import image_data
 from hold_jax.data import image_sources
 from hold_jax.data import input_pipeline
+from hold_jax.evaluation import eval_settings
 from hold_jax.evaluation import likelihood
 from hold_jax.evaluation import report_text
 from hold_jax.evaluation import round_files
@@ -92,21 +92,6 @@ class Examples:
   description: str
 
 
-def check_settings(eval_config) -> None:
-  """Raises ValueError naming the first bad field of `config.eval` that the bound reads, before any work: the
-  likelihood's settings (likelihood.check_settings) and the examples' batching and rounds, which the quality
-  metrics share. What needs the data or the devices (a generated set's count, the batch against the device
-  count) is checked in `evaluate`."""
-  likelihood.check_settings(eval_config)
-  field_checks.require_int("eval.batch_size", eval_config.batch_size, 1)
-  field_checks.require_int("eval.round_size", eval_config.round_size, 1)
-  num_examples = eval_config.num_examples
-  field_checks.require(field_checks.is_int(num_examples) and (num_examples >= 1 or num_examples == -1),
-                       "eval.num_examples", num_examples, "an integer >= 1, or -1 for a whole split")
-  # -1 is the newest readable checkpoint; whether a chosen step exists is known only once the workdir is read.
-  field_checks.require_int("eval.checkpoint_step", eval_config.get("checkpoint_step", -1), -1)
-
-
 def generated_points(dataset: str, seed: int, indices: np.ndarray) -> np.ndarray:
   """(n, D) float32: point k drawn alone from np.random.default_rng([seed, GENERATED_POINT_STREAM, k])."""
   generate = input_pipeline.GENERATORS[dataset]
@@ -119,9 +104,9 @@ def first_examples(num_total: int, num_wanted: int) -> int:
   return num_total if num_wanted == -1 else min(num_wanted, num_total)
 
 
-def load_examples(config) -> Examples:
-  """This process's examples of `config.data` for `config.eval` (see the module docstring)."""
-  dataset, settings = config.data.dataset, config.eval
+def load_examples(config, settings: eval_settings.Settings) -> Examples:
+  """This process's examples of `config.data` for `settings` (config.eval; see the module docstring)."""
+  dataset = config.data.dataset
   if dataset in image_sources.SOURCES:
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.split, data_config.random_flip, data_config.dequantize = settings.split, False, True
@@ -216,18 +201,20 @@ def format_report(report: dict[str, Any], path: str) -> str:
           f"{report['checkpoint_step']})\n{path}")
 
 
-def make_batch_bound(config, data_shape: tuple[int, ...], settings: likelihood.ODESettings):
-  """bound(params, x (B, *data_shape), indices (B,)) -> (nll_bound, nfe, solved), each (B,); jitted."""
+def make_batch_bound(config, data_shape: tuple[int, ...], settings: eval_settings.Settings):
+  """bound(params, x (B, *data_shape), indices (B,)) -> (nll_bound, nfe, solved), each (B,); jitted. `settings`
+  an eval_settings.Settings or config.eval: its ODE settings, eval.seed and eval.aux_distribution."""
+  settings = eval_settings.settings_from_config(settings)
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, data_shape)
   score_fn = trained_model.make_score_fn(sde, model, config.loss)
-  base_key = jax.random.PRNGKey(config.eval.seed)
-  aux_distribution = config.eval.aux_distribution
+  base_key = jax.random.PRNGKey(settings.seed)
+  ode_settings, aux_distribution = settings.ode_settings(data_shape), settings.aux_distribution
 
   @jax.jit
   def bound(params, x, indices):
     keys = jax.vmap(lambda k: jax.random.fold_in(base_key, k))(indices)
-    result = likelihood.nll_bound(sde, score_fn, params, x, keys, settings, aux_distribution)
+    result = likelihood.nll_bound(sde, score_fn, params, x, keys, ode_settings, aux_distribution)
     return result.nll_bound, result.nfe, result.solved
 
   return bound
@@ -305,8 +292,8 @@ def report_stem(settings: dict[str, Any]) -> str:
   return f"{report_label(settings)}_{report_files.canonical_hash(settings)}"
 
 
-def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, rounds_dir: epath.Path,
-                    num_coords: int) -> dict[str, np.ndarray]:
+def bound_in_rounds(bound, params, examples: Examples, settings: eval_settings.Settings, mesh: Mesh,
+                    rounds_dir: epath.Path, num_coords: int) -> dict[str, np.ndarray]:
   """nll_bound, nfe and solved (num_total,) of every example, in index order, computed in rounds.
 
   Round r holds the examples with global index in [r R, (r + 1) R), R = eval.round_size, whichever process
@@ -315,7 +302,6 @@ def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, round
   any moment therefore resumes at its first missing round, with any process count, and reports the same
   numbers as an uninterrupted one.
   """
-  settings = config.eval
   started, parts = time.time(), {name: [] for name in RESULT_NAMES}
 
   def compute(first: int, last: int) -> dict[str, np.ndarray]:
@@ -340,42 +326,43 @@ def bound_in_rounds(bound, params, examples: Examples, config, mesh: Mesh, round
   return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def evaluate(config, workdir: str) -> str:
+def evaluate(config, workdir: str, settings: eval_settings.Settings | None = None) -> str:
   """Bounds the NLL of the examples of config.eval and writes workdir/eval/<report_stem>.json; returns its
   path."""
   started = time.time()
-  eval_config = config.eval
+  # config.eval checked (made here when None); the reports record config.eval itself
+  checked = eval_settings.settings_from_config(config.eval if settings is None else settings)
   data_shape = input_pipeline.data_shape(config.data)
   num_coords = math.prod(data_shape)
-  settings = likelihood.settings_from_config(eval_config, data_shape)
+  ode = checked.ode_settings(data_shape)
   sde = sde_lib.from_config(config.sde)
-  entropy = float(likelihood.auxiliary_entropy(sde, num_coords, eval_config.aux_distribution))  # checks q
+  entropy = float(likelihood.auxiliary_entropy(sde, num_coords, checked.aux_distribution))  # checks q
   if jax.process_index() == 0:  # an unwritable workdir is found before the bound is computed, not after
     checkpoints.check_workdir(trained_model.workdir_path(workdir) / "eval", 1 << 20, "the report")
   mesh = multihost.make_mesh(jax.local_devices())
-  if eval_config.batch_size % mesh.size:
-    raise ValueError(f"eval.batch_size = {eval_config.batch_size} must be divisible by this host's {mesh.size} "
+  if checked.batch_size % mesh.size:
+    raise ValueError(f"eval.batch_size = {checked.batch_size} must be divisible by this host's {mesh.size} "
                      "devices.")
-  examples = load_examples(config)
+  examples = load_examples(config, checked)
   if examples.num_levels is not None and not config.data.dequantize:
     logging.warning("The model was trained with data.dequantize = False (pixel / 255) and is bounded on dequantised "
                     "data ((pixel + U) / 256); the bound is valid but looser than for a model trained dequantised.")
 
-  params, step = trained_model.load_ema_params(config, workdir, data_shape, trained_model.chosen_step(eval_config))
+  params, step = trained_model.load_ema_params(config, workdir, data_shape, checked.chosen_step)
   params = jax.device_put(jax.device_get(params), NamedSharding(mesh, PartitionSpec()))  # this host's devices
-  bound = make_batch_bound(config, data_shape, settings)
+  bound = make_batch_bound(config, data_shape, checked)
   recorded = report_settings(config, step, data_shape)
   name = report_stem(recorded)
   directory = trained_model.workdir_path(workdir) / "eval"
   rounds_dir = directory / rounds_folder(config, step, report_label(recorded))
-  gathered = bound_in_rounds(bound, params, examples, config, mesh, rounds_dir, num_coords)
+  gathered = bound_in_rounds(bound, params, examples, checked, mesh, rounds_dir, num_coords)
   nll_bound, nfe, solved = gathered["nll_bound"], gathered["nfe"], gathered["solved"].astype(bool)
   failed = ~solved | ~np.isfinite(nll_bound)
   if failed.any():
     raise FloatingPointError(
         f"{failed.sum()} of {len(nll_bound)} examples have no finite bound (the first is example "
-        f"{int(np.argmax(failed))}); no report was written. Raise eval.max_steps (now {settings.max_steps}), loosen "
-        f"eval.ode_rtol / eval.ode_atol (now {settings.rtol} / {settings.atol}), or raise sde.eps.")
+        f"{int(np.argmax(failed))}); no report was written. Raise eval.max_steps (now {ode.max_steps}), loosen "
+        f"eval.ode_rtol / eval.ode_atol (now {ode.rtol} / {ode.atol}), or raise sde.eps.")
 
   report = {
       "quantity": ("Upper bound on -log p_model(x) per example, p_model the x-marginal of the probability-flow "
@@ -394,8 +381,8 @@ def evaluate(config, workdir: str) -> str:
       "rounds": rounds_dir.name,
       "hashed_settings": recorded,
       "seconds": round(time.time() - started, 1),
-      "settings": {**eval_config.to_dict(), "divergence_used": settings.divergence,
-                   "num_probes_used": settings.num_probes if settings.divergence == "hutchinson" else num_coords,
+      "settings": {**config.eval.to_dict(), "divergence_used": ode.divergence,
+                   "num_probes_used": ode.num_probes if ode.divergence == "hutchinson" else num_coords,
                    "sde": dataclasses.asdict(sde), "parametrization": config.loss.parametrization,
                    "dataset": config.data.dataset},
   }

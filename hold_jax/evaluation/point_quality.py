@@ -47,6 +47,7 @@ from hold_jax import console
 from hold_jax import field_checks
 from hold_jax import report_files
 from hold_jax.data import input_pipeline
+from hold_jax.evaluation import eval_settings
 from hold_jax.evaluation import image_quality
 from hold_jax.evaluation import point_clouds
 from hold_jax.evaluation import quality_files
@@ -58,7 +59,7 @@ from hold_jax.workdir import checkpoints
 from hold_jax.workdir import run_record
 from hold_jax.workdir import trained_model
 
-POINT_METRICS = image_quality.POINT_METRICS  # ('sw1',): what eval.metrics may name for point data
+POINT_METRICS = eval_settings.POINT_METRICS  # ('sw1',): what eval.metrics may name for point data
 # The numpy stream of the held-out points (SeedSequence words [eval.seed, HELDOUT_STREAM, draw]; draw 0 the
 # compared points, 1 the second held-out draw, 2 the noise), apart from nll_rounds.GENERATED_POINT_STREAM.
 HELDOUT_STREAM = 0x68656C64  # 'held'
@@ -72,7 +73,7 @@ def point_shape(metrics, data_config) -> tuple[int]:
   """(D,): the shape of one point of `config.data`; a ValueError naming eval.metrics when the data are images."""
   data_shape = input_pipeline.data_shape(data_config)
   field_checks.require(len(data_shape) == 1, "eval.metrics", tuple(metrics),
-                       f"names from {('nll',) + image_quality.IMAGE_METRICS} for data.dataset = "
+                       f"names from {('nll',) + eval_settings.IMAGE_METRICS} for data.dataset = "
                        f"{data_config.dataset!r}: "
                        f"{POINT_METRICS} compare point sets (N, D), not images")
   return tuple(data_shape)
@@ -208,11 +209,11 @@ class Loaded:
   baselines: dict[str, dict[str, float]]
 
 
-def load(config, workdir: str) -> Loaded:
-  """The shared pieces of config's evaluation; the parameters first, so an absent checkpoint fails at once."""
-  settings = config.eval
+def load(config, settings: eval_settings.Settings, workdir: str) -> Loaded:
+  """The shared pieces of config's evaluation (`settings` its config.eval, checked); the parameters first, so an
+  absent checkpoint fails at once."""
   data_shape = point_shape(settings.metrics, config.data)
-  params, step = trained_model.load_ema_params(config, workdir, data_shape, trained_model.chosen_step(settings))
+  params, step = trained_model.load_ema_params(config, workdir, data_shape, settings.chosen_step)
   heldout = heldout_points(config.data.dataset, settings.num_samples, settings.seed)
   if len(heldout.points) < settings.num_samples:
     console.say(f"eval: {heldout.description}")
@@ -220,20 +221,22 @@ def load(config, workdir: str) -> Loaded:
                 data_baselines(heldout, config.data.dataset, settings.seed))
 
 
-def evaluate_points(config, workdir: str) -> str:
+def evaluate_points(config, workdir: str, settings: eval_settings.Settings | None = None) -> str:
   """Draws, measures and reports (module docstring); returns the report's path, or with eval.sampler_sweep the
-  table's."""
+  table's. `settings`: config.eval checked (eval_settings), made here when None."""
   started = time.time()
-  entries = sampler_sweep.sweep_configs(config)  # a bad entry fails before anything is loaded
-  loaded = load(config, workdir)
+  settings = eval_settings.settings_from_config(config.eval if settings is None else settings)
+  entries = sampler_sweep.sweep_configs(config)
+  loaded = load(config, settings, workdir)
   if jax.process_index() == 0:  # an unwritable workdir is found before the sampling, not after
     checkpoints.check_workdir(trained_model.workdir_path(workdir) / "eval", 1 << 20, "the report")
   writer = metric_writers.create_default_writer(workdir, collection="eval") if jax.process_index() == 0 else None
   if not entries:
-    return evaluate_loaded(config, workdir, loaded, writer, started)[0]
+    return evaluate_loaded(config, settings, workdir, loaded, writer, started)[0]
   rows = []
   for index, (entry, config_of_entry) in enumerate(entries):
-    rows.append(image_quality.table_row(entry, *evaluate_loaded(config_of_entry, workdir, loaded, writer, time.time())))
+    rows.append(image_quality.table_row(entry, *evaluate_loaded(config_of_entry, settings, workdir, loaded, writer,
+                                                                time.time())))
     if jax.process_index() == 0:
       console.say(f"eval: sampler {index + 1}/{len(entries)} ({entry.method}:{entry.grid}:{entry.num_steps}, NFE "
                   f"{rows[-1]['nfe']}): {report_text.means_line(rows[-1])}")
@@ -252,11 +255,11 @@ def draw_repeat(draw: Callable, params, num_samples: int, seed: int, sampling_co
   return samples, nfe
 
 
-def evaluate_loaded(config, workdir: str, loaded: Loaded, writer: metric_writers.MetricWriter | None,
-                    started: float) -> tuple[str, dict[str, Any]]:
+def evaluate_loaded(config, settings: eval_settings.Settings, workdir: str, loaded: Loaded,
+                    writer: metric_writers.MetricWriter | None, started: float) -> tuple[str, dict[str, Any]]:
   """One evaluation with config.sampling from the loaded pieces: every repeat drawn and measured, then the
   report written (process 0, its summary to `writer`); returns its path and the report."""
-  settings, heldout = config.eval, loaded.heldout
+  heldout = loaded.heldout
   num_samples = len(heldout.points)
   repeats = []
   draw = sample_job.make_drawer(config, loaded.data_shape, return_nfe=True)  # compiled once for every repeat

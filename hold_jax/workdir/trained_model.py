@@ -80,12 +80,6 @@ def abstract_params(model: nn.Module, data_shape: tuple[int, ...], blocks: int, 
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
-def chosen_step(eval_config) -> int | None:
-  """eval.checkpoint_step as load_ema_params's `step`: None for -1 (the newest readable checkpoint)."""
-  step = eval_config.get("checkpoint_step", -1)
-  return None if step == -1 else int(step)
-
-
 def load_ema_params(config, workdir: str, data_shape: tuple[int, ...], step: int | None = None
                     ) -> tuple[Any, int]:
   """EMA parameters and step of a checkpoint in workdir, read alone (a partial restore, so the optimizer
