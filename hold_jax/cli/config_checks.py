@@ -30,13 +30,14 @@ def check(config) -> None:
                      "configs/mixture_demo.py --workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
   if "seed" in config:
     field_checks.require_seed("seed", config.seed)
+  data = input_pipeline.settings_from_config(config.data)
   samplers.settings_from_config(sde_lib.from_config(config.sde), config.sampling)
   if "eval" in config:
     metrics = set(check_eval(config.eval).metrics)
     if metrics & set(eval_settings.IMAGE_METRICS):
-      image_quality.image_shape(config.eval.metrics, config.data)
+      image_quality.image_shape(config.eval.metrics, data)
     if metrics & set(eval_settings.POINT_METRICS):
-      point_quality.point_shape(config.eval.metrics, config.data)
+      point_quality.point_shape(config.eval.metrics, data)
   losses.settings_from_config(config.loss)
   if config.loss.parametrization == "denoiser":
     field_checks.require(config.model.get("embedding", "fourier") == "fourier", "model.embedding",
@@ -46,7 +47,7 @@ def check(config) -> None:
   check_training(config)
   input_pipeline.check_global_batch(config.training.batch_size)
   # create_model runs models.check_config; the data itself loads in train.
-  models.create_model(config.model, input_pipeline.data_shape(config.data))
+  models.create_model(config.model, input_pipeline.data_shape(data))
 
 
 def check_eval(eval_config) -> eval_settings.Settings:

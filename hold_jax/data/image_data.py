@@ -139,12 +139,13 @@ class ImageStream:
 
 
 def image_shape(data_config) -> tuple[int, int, int]:
-  """(image_size, image_size, num_channels) of an image dataset config, checked; reads no data."""
+  """(image_size, image_size, num_channels) of an image dataset config, checked; reads no data. num_channels
+  None is the data set's own."""
   dataset = data_config.dataset
   if dataset not in image_sources.SOURCES:
     raise ValueError(f"data.dataset = {dataset!r} is not an image dataset: one of {sorted(image_sources.SOURCES)}.")
   stored = image_sources.SOURCES[dataset].image_shape
-  if data_config.num_channels != stored[2]:
+  if data_config.num_channels is not None and data_config.num_channels != stored[2]:
     raise ValueError(f"data.num_channels = {data_config.num_channels}, but {dataset!r} images have "
                      f"{stored[2]} channel(s); set --config.data.num_channels={stored[2]}.")
   size = data_config.image_size

@@ -1,5 +1,6 @@
 """Training data streams (docs/training.md): generated 2-D sets and a user's own point cloud here, images
-(CIFAR-10, CelebA-HQ, digits) in image_data; `create_stream` picks by config.data.dataset.
+(CIFAR-10, CelebA-HQ, digits) in image_data; `create_stream` picks by config.data.dataset. config.data is
+checked once into `Settings`, which the functions here take (or the config group itself, made into one).
 
 Every batch is a pure function of (seed, step, process index), so a resumed run sees exactly the batches
 an uninterrupted one would have, and each process draws only its own share of the global batch.
@@ -14,6 +15,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from hold_jax import field_checks
 from hold_jax.data import image_data
 from hold_jax.data import image_sources
 
@@ -181,6 +183,46 @@ class PointStream:
     return GENERATORS[self.dataset](rng, self.local_batch_size).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """config.data, checked when made: data.dataset names a generated set, an image data set or 'npy:PATH' (the
+  file itself is read, and checked, when the data are); the image fields are checked for image data and unused
+  otherwise (configs/images.py says what each means)."""
+
+  dataset: str
+  data_dir: str | None = None
+  split: str = "train"
+  image_size: int = 32
+  num_channels: int | None = None  # None: the data set's own (3 for CIFAR-10 and CelebA-HQ, 1 for the digits)
+  random_flip: bool = True
+  dequantize: bool = False
+
+  def __post_init__(self):
+    field_checks.require(isinstance(self.dataset, str), "data.dataset", self.dataset,
+                         f"a string: one of {sorted(GENERATORS) + sorted(image_sources.SOURCES)} or 'npy:PATH'")
+    if self.dataset not in image_sources.SOURCES:
+      if not self.dataset.startswith("npy:"):
+        _check_generated(self.dataset)
+      return
+    image_data.image_shape(self)
+    field_checks.require(isinstance(self.split, str) and bool(self.split), "data.split", self.split,
+                         "the name of a split of the data set, e.g. 'train'")
+    field_checks.require(self.data_dir is None or isinstance(self.data_dir, str), "data.data_dir", self.data_dir,
+                         "a folder, or None for tfds' default ~/tensorflow_datasets")
+    for field in ("random_flip", "dequantize"):
+      field_checks.require(isinstance(getattr(self, field), bool), f"data.{field}", getattr(self, field),
+                           "true or false")
+
+
+def settings_from_config(data_config) -> Settings:
+  """config.data checked once into Settings; a field the config lacks keeps its default (data.dataset has
+  none)."""
+  if not isinstance(data_config, Settings) and "dataset" not in data_config:
+    raise ValueError("config.data has no dataset: set data.dataset to one of "
+                     f"{sorted(GENERATORS) + sorted(image_sources.SOURCES)} or 'npy:PATH'.")
+  return field_checks.settings_of(Settings, data_config)
+
+
 def check_global_batch(global_batch: int) -> None:
   """The global batch must split evenly over processes (data shares) and devices (the mesh's data axis)."""
   if global_batch % jax.process_count() or global_batch % jax.device_count():
@@ -188,14 +230,14 @@ def check_global_batch(global_batch: int) -> None:
                      f"({jax.process_count()}) and of devices ({jax.device_count()}).")
 
 
-def data_shape(data_config) -> tuple[int, ...]:
-  """The shape of one example of `config.data` (no batch), checked, without loading a data set."""
-  dataset = data_config.dataset
-  if dataset in image_sources.SOURCES:
-    return image_data.image_shape(data_config)
-  if dataset.startswith("npy:"):
-    return load_point_cloud(dataset[len("npy:"):]).shape[1:]
-  _check_generated(dataset)
+def data_shape(settings: Settings) -> tuple[int, ...]:
+  """The shape of one example of `settings` (or config.data; no batch), without loading a data set (a point
+  cloud's file is read)."""
+  settings = settings_from_config(settings)
+  if settings.dataset in image_sources.SOURCES:
+    return image_data.image_shape(settings)
+  if settings.dataset.startswith("npy:"):
+    return load_point_cloud(settings.dataset[len("npy:"):]).shape[1:]
   return (2,)
 
 
@@ -209,17 +251,16 @@ def _check_generated(dataset: str) -> None:
 RANGE_DRAWS = 100_000  # points drawn (seed 0) to find the range of a generated data set
 
 
-def data_range(data_config) -> tuple[np.ndarray | float, np.ndarray | float]:
-  """(low, high) of the data in model space: (-1, 1) for images; per coordinate (D,) for point data, the
-  minimum and maximum of a user's cloud or of RANGE_DRAWS points of a generated set. What
-  sampling.clip_x0 = 'auto' clips the posterior mean to."""
-  dataset = data_config.dataset
+def data_range(settings: Settings) -> tuple[np.ndarray | float, np.ndarray | float]:
+  """(low, high) of the data of `settings` (or config.data) in model space: (-1, 1) for images; per coordinate
+  (D,) for point data, the minimum and maximum of a user's cloud or of RANGE_DRAWS points of a generated set.
+  What sampling.clip_x0 = 'auto' clips the posterior mean to."""
+  dataset = settings_from_config(settings).dataset
   if dataset in image_sources.SOURCES:
     return -1.0, 1.0
   if dataset.startswith("npy:"):
     points = load_point_cloud(dataset[len("npy:"):])
   else:
-    _check_generated(dataset)
     points = GENERATORS[dataset](np.random.default_rng(0), RANGE_DRAWS)
   points = np.asarray(points, np.float32)
   return points.min(axis=0), points.max(axis=0)
@@ -229,8 +270,8 @@ PLOT_STREAM = 0x706C6F74  # 'plot': the last entropy word of the draws under a p
 NUM_REFERENCE_POINTS = 4096
 
 
-def reference_points(data_config, num: int = NUM_REFERENCE_POINTS) -> np.ndarray | None:
-  """(min(num, N), D) float32 points of `config.data` to draw faintly under samples (hold_jax/plots.py), the
+def reference_points(settings: Settings, num: int = NUM_REFERENCE_POINTS) -> np.ndarray | None:
+  """(min(num, N), D) float32 points of `settings` (or config.data) to draw faintly under samples (hold_jax/plots.py), the
   same on every call: `num` fresh points of a generated set, or a random subset of a user's cloud of N points
   (all of them when N <= num). None for images.
 
@@ -238,27 +279,25 @@ def reference_points(data_config, num: int = NUM_REFERENCE_POINTS) -> np.ndarray
   (equal to the same four words ending in 0) and data_range seed 0, so a plot never shows the very points a
   model was trained on at step 0, nor depends on the training seed.
   """
-  dataset = data_config.dataset
+  dataset = settings_from_config(settings).dataset
   if dataset in image_sources.SOURCES:
     return None
   rng = np.random.default_rng([0, 0, 0, PLOT_STREAM])
   if dataset.startswith("npy:"):
     points = load_point_cloud(dataset[len("npy:"):])
     return points[np.sort(rng.choice(len(points), num, replace=False))] if len(points) > num else points
-  _check_generated(dataset)
   return GENERATORS[dataset](rng, num).astype(np.float32)
 
 
-def create_stream(data_config, global_batch: int, seed: int) -> PointStream | image_data.ImageStream:
-  """The stream of `config.data.dataset` for this process: `.data_shape` and `.local_batch(step)`."""
-  dataset = data_config.dataset
+def create_stream(settings: Settings, global_batch: int, seed: int) -> PointStream | image_data.ImageStream:
+  """The stream of `settings` (or config.data) for this process: `.data_shape` and `.local_batch(step)`."""
+  settings = settings_from_config(settings)
+  dataset = settings.dataset
   check_global_batch(global_batch)
   process_count = jax.process_count()
   if dataset in image_sources.SOURCES:
-    return image_data.create_image_stream(data_config, global_batch, seed, jax.process_index(), process_count)
+    return image_data.create_image_stream(settings, global_batch, seed, jax.process_index(), process_count)
   points = None
   if dataset.startswith("npy:"):
     points = load_point_cloud(dataset[len("npy:"):])
-  else:
-    _check_generated(dataset)
   return PointStream(dataset, global_batch, seed, jax.process_index(), process_count, points)

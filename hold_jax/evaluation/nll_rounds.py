@@ -45,7 +45,6 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
@@ -108,9 +107,9 @@ def load_examples(config, settings: eval_settings.Settings) -> Examples:
   """This process's examples of `config.data` for `settings` (config.eval; see the module docstring)."""
   dataset = config.data.dataset
   if dataset in image_sources.SOURCES:
-    data_config = ml_collections.ConfigDict(config.data.to_dict())
-    data_config.split, data_config.random_flip, data_config.dequantize = settings.split, False, True
-    stream = input_pipeline.create_stream(data_config, jax.device_count(), config.seed)
+    data = dataclasses.replace(input_pipeline.settings_from_config(config.data), split=settings.split,
+                               random_flip=False, dequantize=True)
+    stream = input_pipeline.create_stream(data, jax.device_count(), config.seed)
     sizes = multihost.all_processes(np.array([len(stream.images)]))[:, 0]
     offset = int(sizes[:jax.process_index()].sum())
     keep = first_examples(int(sizes.sum()), settings.num_examples)

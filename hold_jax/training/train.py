@@ -219,7 +219,8 @@ def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> TrainStat
   mesh = multihost.make_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = multihost.batch_sharding(mesh)
-  stream = input_pipeline.create_stream(config.data, training.batch_size, config.seed)
+  stream = input_pipeline.create_stream(input_pipeline.settings_from_config(config.data), training.batch_size,
+                                        config.seed)
   sde = sde_lib.from_config(config.sde)
   model = models.create_model(config.model, stream.data_shape)
   optimizer = optimization.make_optimizer(optim, training.num_steps)
