@@ -241,9 +241,9 @@ def run_main(absl_flags, monkeypatch, capsys):
   monkeypatch.setattr(checkpoints, "shorten_library_tracebacks", lambda: None)  # process-wide hooks
   monkeypatch.setattr(main_lib, "run", lambda *args: "the job ran")
 
-  def run(*args):
+  def run(*args, config=f"{TOY2D}:local"):
     capsys.readouterr()
-    remaining = command_errors.parse_flags(["prog", "--config", f"{TOY2D}:local", *args], flags.FLAGS)
+    remaining = command_errors.parse_flags(["prog", "--config", config, *args], flags.FLAGS)
     try:
       main_lib.main(remaining)
       status = 0
@@ -253,6 +253,24 @@ def run_main(absl_flags, monkeypatch, capsys):
     return status, captured.out, captured.err
 
   return run
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data.dataset", "'moons'", "data.dataset = 'moons' is not allowed"),
+    ("training.batch_size", "0", "training.batch_size = 0 is not allowed"),
+    ("checkpoint.keep", "0", "checkpoint.keep = 0 is not allowed"),
+    ("optim.beta2", "1.0", "optim.beta2 = 1.0 is not allowed"),
+    ("eval.is_splits", "0", "eval.is_splits = 0 is not allowed"),
+])
+def test_a_bad_field_value_is_one_line_before_the_job(tmp_path, run_main, field, value, message):
+  # A config file that sets the field (a command-line override of it is parsed the same way: test_bad_input.py).
+  config_file = tmp_path / "bad.py"
+  config_file.write_text("from hold_jax.configs import toy2d\n\n\ndef get_config():\n"
+                         f"  config = toy2d.get_config('local')\n  config.{field} = {value}\n  return config\n")
+  status, out, err = run_main("--workdir", str(tmp_path / "run"), config=str(config_file))
+  assert status == 2 and out == ""
+  assert_one_line(err, message)
+  assert not (tmp_path / "run").exists()
 
 
 def test_a_workdir_that_cannot_be_written_is_one_line_before_the_log(tmp_path, run_main, monkeypatch):

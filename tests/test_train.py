@@ -224,18 +224,14 @@ def test_non_finite_samples_are_reported_not_written(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "samples") or not os.listdir(tmp_path / "samples")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.training.num_stepz=5", "num_stepz"),
-    ("--config.data.dataset=moons", "data.dataset = 'moons' is not allowed"),
-    ("--config.model.name=unet", "model.name = 'unet' is not allowed"),
-    ("--config.training.batch_size=0", "training.batch_size = 0"),
-])
-def test_bad_command_line_values_name_the_field(tmp_path, override, message):
+def test_a_bad_command_line_value_names_the_field(tmp_path):
+  # One real process; the other fields take the same path in-process (tests/test_bad_input_cli.py, a misspelt
+  # field name: tests/test_bad_input.py).
   command = [sys.executable, "-m", "hold_jax.main", "--config", "configs/toy2d.py:local", "--workdir",
-             str(tmp_path), override]
+             str(tmp_path), "--config.model.name=unet"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode != 0
-  assert message in result.stderr
+  assert "model.name = 'unet' is not allowed" in result.stderr
 
 
 def test_sampling_without_a_checkpoint_says_what_to_do(tmp_path):
