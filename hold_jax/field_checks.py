@@ -1,5 +1,5 @@
-"""Tests of single config values, shared by config_checks and the models, that name the field, the value and
-what it must be.
+"""Tests of single config values that name the field, the value and what it must be, and `settings_of`, which
+makes a config group into the frozen settings record that checks them (each part's `Settings`).
 
 Every test is written in the positive form (`ok = low <= x < high`), because NaN fails every comparison: a
 negative test (`if x <= 0: raise`) lets NaN through. A string or None where a number belongs fails the test

@@ -63,16 +63,13 @@ from hold_jax.workdir import checkpoints
 from hold_jax.workdir import trained_model
 from hold_jax.workdir import workdir_view
 
-IMAGE_METRICS = eval_settings.IMAGE_METRICS
-POINT_METRICS = eval_settings.POINT_METRICS
-
 
 def image_shape(metrics, data_config) -> tuple[int, int, int]:
   """The shape of one image of `config.data`; a ValueError naming eval.metrics when the data are not images."""
   data_shape = input_pipeline.data_shape(data_config)
   field_checks.require(len(data_shape) == 3, "eval.metrics", tuple(metrics),
-                       f"names from {('nll',) + POINT_METRICS} for data.dataset = {data_config.dataset!r}: FID, "
-                       "KID and IS need images")
+                       f"names from {('nll',) + eval_settings.POINT_METRICS} for data.dataset = "
+                       f"{data_config.dataset!r}: FID, KID and IS need images")
   return data_shape
 
 
