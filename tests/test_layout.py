@@ -84,6 +84,12 @@ def test_the_top_level_stays_small():
   assert len(top) <= MAX_TOP_LEVEL_MODULES, f"{len(top)} modules directly under hold_jax/: {top}"
 
 
+def test_no_private_jax_module_is_used():
+  # jax._src moves between releases without notice; the public API is what a pinned version promises.
+  used = [str(path.relative_to(ROOT)) for path in modules().values() if "jax._src" in path.read_text()]
+  assert not used, f"{used} use jax._src: use jax's public API, failing loudly with the version where it lacks one"
+
+
 def test_the_check_sees_a_climb(tmp_path):
   """imported_modules reads function-level imports and submodule imports (a test of the test)."""
   source = tmp_path / "example.py"
