@@ -23,13 +23,14 @@ demo: $(STAMP)
 exact-demo: $(STAMP)
 	$(VENV)/bin/python -m hold_jax.cli.demo --config configs/mixture_demo.py --workdir runs/exact_demo
 
-# Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot.
+# Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot. Files
+# are handed out in the order tests/conftest.py gives them (the longest first), not by their number of tests.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # The tests not marked slow (each slow one takes over about 20 s): a quick check while editing.
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/process.py
