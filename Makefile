@@ -23,14 +23,13 @@ demo: $(STAMP)
 exact-demo: $(STAMP)
 	$(VENV)/bin/python -m hold_jax.cli.demo --config configs/mixture_demo.py --workdir runs/exact_demo
 
-# Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot. Files
-# are handed out in the order tests/conftest.py gives them (the longest first), not by their number of tests.
+# Two workers, whole files each (module fixtures are built once): the suite waits on subprocesses a lot.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 # The tests not marked slow (each slow one takes over about 20 s): a quick check while editing.
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/process.py

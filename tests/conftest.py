@@ -46,21 +46,6 @@ def _switch_precision(x64):
     _last_precision[0] = x64
 
 
-# The files that take longest on 2 CPU cores, longest first. `make test` hands whole files to its two workers in
-# collection order (--no-loadscope-reorder): started first, the long files end while short ones fill the other
-# worker, instead of one long file running alone at the end. A file not listed keeps its place after these.
-LONGEST_FILES = ("test_readme.py", "test_notebook.py", "test_train.py", "test_launch.py", "test_sampling.py",
-                 "test_quality.py", "test_image_training.py", "test_schedule_resume.py", "test_fault_tolerance.py",
-                 "test_flow_coordinates.py", "test_likelihood.py", "test_generation.py", "test_main.py",
-                 "test_console.py", "test_pretrained.py", "test_api.py", "test_package.py")
-
-
-def pytest_collection_modifyitems(items):
-  """Items of LONGEST_FILES first, in that order; every file's own order kept (a stable sort)."""
-  rank = {name: index for index, name in enumerate(LONGEST_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
   """x64 on for a float64-marked test (setup, call and teardown), off for every other; off again afterwards."""
