@@ -27,7 +27,8 @@ def check(config) -> None:
   if missing:
     raise ValueError(f"the config has no {', '.join(missing)}: it does not train a network. The exact-score demo "
                      "(configs/mixture_demo.py) runs with `python -m hold_jax.cli.demo --config "
-                     "configs/mixture_demo.py --workdir DIR`; a training config starts from configs/toy2d.py or configs/images.py.")
+                     "configs/mixture_demo.py --workdir DIR`; a training config starts from configs/toy2d.py or "
+                     "configs/images.py.")
   if "seed" in config:
     field_checks.require_seed("seed", config.seed)
   data = input_pipeline.settings_from_config(config.data)

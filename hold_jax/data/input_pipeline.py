@@ -271,9 +271,9 @@ NUM_REFERENCE_POINTS = 4096
 
 
 def reference_points(settings: Settings, num: int = NUM_REFERENCE_POINTS) -> np.ndarray | None:
-  """(min(num, N), D) float32 points of `settings` (or config.data) to draw faintly under samples (hold_jax/plots.py), the
-  same on every call: `num` fresh points of a generated set, or a random subset of a user's cloud of N points
-  (all of them when N <= num). None for images.
+  """(min(num, N), D) float32 points of `settings` (or config.data) to draw faintly under samples
+  (hold_jax/plots.py), the same on every call: `num` fresh points of a generated set, or a random subset of a
+  user's cloud of N points (all of them when N <= num). None for images.
 
   The draws come from default_rng([0, 0, 0, PLOT_STREAM]): training's batches use [seed, step, process]
   (equal to the same four words ending in 0) and data_range seed 0, so a plot never shows the very points a

@@ -3,8 +3,8 @@
 One `jax.jit` step over a `Mesh` of every device of every host: the batch is sharded on the 'data' axis
 and the state replicated, which is the data-parallel "pmapped" step written with today's sharding API.
 Each host builds its share of the global batch (`input_pipeline`) on a thread ahead of the step (`prefetch`)
-and the global array is assembled with `jax.make_array_from_process_local_data`. The rng of step k is fold_in(state.rng, k), and batch k depends
-only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
+and the global array is assembled with `jax.make_array_from_process_local_data`. The rng of step k is
+fold_in(state.rng, k), and batch k depends only on (seed, k), so a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
 
